@@ -1,0 +1,410 @@
+//! The GGUF reader: map the file once, validate header, metadata and tensor table against
+//! the file's size before anything is allocated or dereferenced, then hand out tensors as
+//! byte ranges of the map.
+//!
+//! The file is treated as hostile: every count, length, offset and shape is checked, so a
+//! corrupt or malicious file yields one [`GgufError`] naming the problem — never a panic
+//! and never an allocation sized by an unchecked number.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use super::dtype::GgmlDType;
+use super::value::{type_id, Value};
+use super::{DEFAULT_ALIGNMENT, MAGIC};
+
+/// Most dimensions a GGML tensor may have.
+pub const MAX_DIMS: usize = 4;
+/// Arrays nested deeper than this are refused (GGUF writers never nest beyond one level).
+const MAX_ARRAY_DEPTH: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("not a GGUF file: magic is {found:?}, expected \"GGUF\"")]
+    BadMagic { found: [u8; 4] },
+    #[error("unsupported GGUF version {0} (pupil reads versions 2 and 3)")]
+    UnsupportedVersion(u32),
+    #[error("truncated GGUF file: {what} at byte {offset} runs past the end ({file_len} bytes)")]
+    Truncated { what: String, offset: u64, file_len: u64 },
+    #[error("corrupt GGUF file: {what} count {count} cannot fit in the {remaining} bytes left")]
+    CountTooLarge { what: String, count: u64, remaining: u64 },
+    #[error("corrupt GGUF file: {what} is not valid UTF-8")]
+    InvalidUtf8 { what: String },
+    #[error("corrupt GGUF file: metadata key {key:?} has unknown value type {type_id}")]
+    UnknownValueType { key: String, type_id: u32 },
+    #[error("corrupt GGUF file: metadata key {0:?} nests arrays too deeply")]
+    NestedTooDeep(String),
+    #[error("corrupt GGUF file: duplicate {what} {name:?}")]
+    Duplicate { what: &'static str, name: String },
+    #[error("tensor {tensor:?} has unknown GGML type id {type_id}")]
+    UnknownDType { tensor: String, type_id: u32 },
+    #[error("corrupt GGUF file: tensor {tensor:?} has {n_dims} dimensions (at most {MAX_DIMS})")]
+    TooManyDims { tensor: String, n_dims: u32 },
+    #[error("corrupt GGUF file: tensor {tensor:?} has shape {shape:?}: {why}")]
+    BadShape { tensor: String, shape: Vec<u64>, why: &'static str },
+    #[error("corrupt GGUF file: tensor {tensor:?} data [{start}, {end}) lies outside the file ({file_len} bytes)")]
+    TensorOutOfBounds { tensor: String, start: u64, end: u64, file_len: u64 },
+    #[error("corrupt GGUF file: tensor {tensor:?} offset {offset} is not a multiple of the alignment {alignment}")]
+    Misaligned { tensor: String, offset: u64, alignment: u64 },
+    #[error("corrupt GGUF file: general.alignment {0} must be a non-zero multiple of 8 and a power of two")]
+    BadAlignment(u64),
+    #[error("missing metadata key {0:?}")]
+    MissingKey(String),
+    #[error("metadata key {key:?} should be {expected}, found {found}")]
+    WrongType { key: String, expected: &'static str, found: String },
+    #[error("missing tensor {0:?}")]
+    MissingTensor(String),
+}
+
+/// Where one tensor lives and what it holds. `dims` are in GGML order: `dims[0]` is the
+/// contiguous (row) dimension.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub dtype: GgmlDType,
+    /// Absolute byte range in the file.
+    pub data: Range<usize>,
+}
+
+impl TensorInfo {
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// A validated GGUF file over a read-only memory map.
+pub struct GgufFile {
+    path: PathBuf,
+    map: Arc<Mmap>,
+    version: u32,
+    metadata: Vec<(String, Value)>,
+    metadata_index: HashMap<String, usize>,
+    tensors: Vec<TensorInfo>,
+    tensor_index: HashMap<String, usize>,
+    alignment: u64,
+}
+
+impl GgufFile {
+    /// Map and validate `path`. Touches only the header pages; tensor bytes stay on disk
+    /// until a kernel reads them.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
+        let path = path.as_ref().to_path_buf();
+        let open_err = |source| GgufError::Open { path: path.clone(), source };
+        let file = File::open(&path).map_err(open_err)?;
+        // SAFETY: the map is read-only. Like every mmap-based runtime we rely on the file
+        // not being truncated underneath us while it is in use.
+        let map = unsafe { Mmap::map(&file) }.map_err(open_err)?;
+        #[cfg(unix)]
+        {
+            // Weights are streamed layer by layer on every token; ask for read-ahead.
+            let _ = map.advise(memmap2::Advice::WillNeed);
+        }
+        let header = parse(&map)?;
+        Ok(Self {
+            path,
+            map: Arc::new(map),
+            version: header.version,
+            metadata_index: header.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect(),
+            metadata: header.metadata,
+            tensor_index: header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect(),
+            tensors: header.tensors,
+            alignment: header.alignment,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    pub fn alignment(&self) -> u64 {
+        self.alignment
+    }
+
+    pub fn file_size(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The shared map, for zero-copy weight views that outlive this struct's borrow.
+    pub fn map(&self) -> &Arc<Mmap> {
+        &self.map
+    }
+
+    /// Metadata in file order.
+    pub fn metadata(&self) -> &[(String, Value)] {
+        &self.metadata
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata_index.get(key).map(|&i| &self.metadata[i].1)
+    }
+
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    pub fn require_tensor(&self, name: &str) -> Result<&TensorInfo, GgufError> {
+        self.tensor(name).ok_or_else(|| GgufError::MissingTensor(name.to_string()))
+    }
+
+    /// The bytes of a tensor: a view into the map, never a copy.
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
+        &self.map[info.data.clone()]
+    }
+
+    pub fn require(&self, key: &str) -> Result<&Value, GgufError> {
+        self.get(key).ok_or_else(|| GgufError::MissingKey(key.to_string()))
+    }
+
+    pub fn get_str(&self, key: &str) -> Result<Option<&str>, GgufError> {
+        self.get(key).map(|v| v.as_str().ok_or_else(|| wrong_type(key, "a string", v))).transpose()
+    }
+
+    pub fn get_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
+        self.get(key).map(|v| v.as_u64().ok_or_else(|| wrong_type(key, "an unsigned integer", v))).transpose()
+    }
+
+    pub fn get_f64(&self, key: &str) -> Result<Option<f64>, GgufError> {
+        self.get(key).map(|v| v.as_f64().ok_or_else(|| wrong_type(key, "a number", v))).transpose()
+    }
+
+    pub fn get_bool(&self, key: &str) -> Result<Option<bool>, GgufError> {
+        self.get(key).map(|v| v.as_bool().ok_or_else(|| wrong_type(key, "a bool", v))).transpose()
+    }
+
+    pub fn get_array(&self, key: &str) -> Result<Option<&[Value]>, GgufError> {
+        self.get(key).map(|v| v.as_array().ok_or_else(|| wrong_type(key, "an array", v))).transpose()
+    }
+
+    pub fn require_str(&self, key: &str) -> Result<&str, GgufError> {
+        self.get_str(key)?.ok_or_else(|| GgufError::MissingKey(key.to_string()))
+    }
+
+    pub fn require_u64(&self, key: &str) -> Result<u64, GgufError> {
+        self.get_u64(key)?.ok_or_else(|| GgufError::MissingKey(key.to_string()))
+    }
+}
+
+pub(crate) fn wrong_type(key: &str, expected: &'static str, found: &Value) -> GgufError {
+    GgufError::WrongType { key: key.to_string(), expected, found: found.summary() }
+}
+
+struct Header {
+    version: u32,
+    metadata: Vec<(String, Value)>,
+    tensors: Vec<TensorInfo>,
+    alignment: u64,
+}
+
+/// A bounds-checked little-endian cursor over the mapped bytes.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn remaining(&self) -> u64 {
+        (self.bytes.len() - self.pos) as u64
+    }
+
+    fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8], GgufError> {
+        if n > self.remaining() {
+            return Err(GgufError::Truncated { what: what(), offset: self.pos as u64, file_len: self.bytes.len() as u64 });
+        }
+        let start = self.pos;
+        self.pos += n as usize;
+        Ok(&self.bytes[start..self.pos])
+    }
+
+    fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N], GgufError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N as u64, what)?);
+        Ok(out)
+    }
+
+    fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &dyn Fn() -> String) -> Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// A count that announces `count` items of at least `min_item_bytes` each: refuse it
+    /// before allocating if the rest of the file cannot possibly hold them.
+    fn count(&mut self, min_item_bytes: u64, what: &dyn Fn() -> String) -> Result<usize, GgufError> {
+        let count = self.u64(what)?;
+        let fits = count.checked_mul(min_item_bytes).is_some_and(|b| b <= self.remaining());
+        if !fits {
+            return Err(GgufError::CountTooLarge { what: what(), count, remaining: self.remaining() });
+        }
+        Ok(count as usize)
+    }
+
+    fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
+        let len = self.u64(what)?;
+        let bytes = self.take(len, what)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 { what: what() })
+    }
+}
+
+/// Smallest encoded size of one value of GGUF type `ty`, used to bound array counts.
+fn min_value_size(ty: u32) -> u64 {
+    use type_id::*;
+    match ty {
+        U8 | I8 | BOOL => 1,
+        U16 | I16 => 2,
+        U32 | I32 | F32 => 4,
+        U64 | I64 | F64 | STRING => 8,
+        ARRAY => 12,
+        _ => 1,
+    }
+}
+
+fn read_value(c: &mut Cursor, key: &str, ty: u32, depth: usize) -> Result<Value, GgufError> {
+    use type_id::*;
+    let what = || format!("value of {key:?}");
+    Ok(match ty {
+        U8 => Value::U8(c.array::<1>(&what)?[0]),
+        I8 => Value::I8(c.array::<1>(&what)?[0] as i8),
+        U16 => Value::U16(u16::from_le_bytes(c.array(&what)?)),
+        I16 => Value::I16(i16::from_le_bytes(c.array(&what)?)),
+        U32 => Value::U32(c.u32(&what)?),
+        I32 => Value::I32(i32::from_le_bytes(c.array(&what)?)),
+        F32 => Value::F32(f32::from_le_bytes(c.array(&what)?)),
+        BOOL => Value::Bool(c.array::<1>(&what)?[0] != 0),
+        STRING => Value::String(c.string(&what)?),
+        U64 => Value::U64(c.u64(&what)?),
+        I64 => Value::I64(i64::from_le_bytes(c.array(&what)?)),
+        F64 => Value::F64(f64::from_le_bytes(c.array(&what)?)),
+        ARRAY => {
+            if depth >= MAX_ARRAY_DEPTH {
+                return Err(GgufError::NestedTooDeep(key.to_string()));
+            }
+            let item_ty = c.u32(&what)?;
+            if item_ty > F64 {
+                return Err(GgufError::UnknownValueType { key: key.to_string(), type_id: item_ty });
+            }
+            let n = c.count(min_value_size(item_ty), &|| format!("array {key:?}"))?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push(read_value(c, key, item_ty, depth + 1)?);
+            }
+            Value::Array(item_ty, items)
+        }
+        other => return Err(GgufError::UnknownValueType { key: key.to_string(), type_id: other }),
+    })
+}
+
+fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
+    let mut c = Cursor { bytes, pos: 0 };
+    let magic: [u8; 4] = c.array(&|| "magic".into()).map_err(|_| {
+        let mut found = [0u8; 4];
+        found[..bytes.len().min(4)].copy_from_slice(&bytes[..bytes.len().min(4)]);
+        GgufError::BadMagic { found }
+    })?;
+    if magic != MAGIC {
+        return Err(GgufError::BadMagic { found: magic });
+    }
+    let version = c.u32(&|| "version".into())?;
+    if !(2..=3).contains(&version) {
+        return Err(GgufError::UnsupportedVersion(version));
+    }
+    // Each tensor info takes at least 8 (name len) + 4 (n_dims) + 4 (type) + 8 (offset).
+    let n_tensors_raw = c.u64(&|| "tensor count".into())?;
+    let n_kv = c.count(8 + 4, &|| "metadata key/value".into())?;
+
+    let mut metadata = Vec::with_capacity(n_kv);
+    let mut seen = HashMap::with_capacity(n_kv);
+    for i in 0..n_kv {
+        let key = c.string(&|| format!("metadata key #{i}"))?;
+        let ty = c.u32(&|| format!("type of {key:?}"))?;
+        let value = read_value(&mut c, &key, ty, 0)?;
+        if seen.insert(key.clone(), ()).is_some() {
+            return Err(GgufError::Duplicate { what: "metadata key", name: key });
+        }
+        metadata.push((key, value));
+    }
+
+    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        Some((k, v)) => v.as_u64().ok_or_else(|| wrong_type(k, "an unsigned integer", v))?,
+        None => DEFAULT_ALIGNMENT,
+    };
+    // Weights are read as u16/f32 fields in place, so blocks need at least 8-byte alignment.
+    if alignment == 0 || alignment % 8 != 0 || !alignment.is_power_of_two() {
+        return Err(GgufError::BadAlignment(alignment));
+    }
+
+    let min_tensor_info = 8 + 4 + 4 + 8;
+    if n_tensors_raw.checked_mul(min_tensor_info).is_none_or(|b| b > c.remaining()) {
+        return Err(GgufError::CountTooLarge { what: "tensor".into(), count: n_tensors_raw, remaining: c.remaining() });
+    }
+    let n_tensors = n_tensors_raw as usize;
+    let mut raw = Vec::with_capacity(n_tensors);
+    let mut names = HashMap::with_capacity(n_tensors);
+    for i in 0..n_tensors {
+        let name = c.string(&|| format!("name of tensor #{i}"))?;
+        let what = || format!("info of tensor {name:?}");
+        let n_dims = c.u32(&what)?;
+        if n_dims as usize > MAX_DIMS {
+            return Err(GgufError::TooManyDims { tensor: name, n_dims });
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            dims.push(c.u64(&what)?);
+        }
+        let type_id = c.u32(&what)?;
+        let offset = c.u64(&what)?;
+        let dtype = GgmlDType::from_id(type_id).ok_or_else(|| GgufError::UnknownDType { tensor: name.clone(), type_id })?;
+        if names.insert(name.clone(), ()).is_some() {
+            return Err(GgufError::Duplicate { what: "tensor", name });
+        }
+        raw.push((name, dims, dtype, offset));
+    }
+
+    let file_len = bytes.len() as u64;
+    let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+    let mut tensors = Vec::with_capacity(raw.len());
+    for (name, dims, dtype, offset) in raw {
+        let bad_shape = |why| GgufError::BadShape { tensor: name.clone(), shape: dims.clone(), why };
+        let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad_shape("element count overflows"))?;
+        if dims.first().is_some_and(|&d| d % dtype.block_size() as u64 != 0) {
+            return Err(bad_shape("row length is not a whole number of quantization blocks"));
+        }
+        let n_bytes = dtype.bytes_for(n_elements).ok_or_else(|| bad_shape("byte size overflows"))?;
+        if offset % alignment != 0 {
+            return Err(GgufError::Misaligned { tensor: name, offset, alignment });
+        }
+        let start = data_start.checked_add(offset);
+        let end = start.and_then(|s| s.checked_add(n_bytes));
+        match (start, end) {
+            (Some(start), Some(end)) if end <= file_len => {
+                tensors.push(TensorInfo { name, dims, dtype, data: start as usize..end as usize });
+            }
+            _ => {
+                return Err(GgufError::TensorOutOfBounds {
+                    tensor: name,
+                    start: start.unwrap_or(u64::MAX),
+                    end: end.unwrap_or(u64::MAX),
+                    file_len,
+                })
+            }
+        }
+    }
+    Ok(Header { version, metadata, tensors, alignment })
+}

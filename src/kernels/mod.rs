@@ -1,0 +1,12 @@
+//! Numeric kernels over raw GGML blocks: dequantization, dot products and the quantized
+//! mat-mul the model runs on. No knowledge of models or files lives here.
+//!
+//! Each kernel has a portable scalar form; SIMD forms are chosen at run time and tested
+//! against the scalar one.
+
+pub mod dequant;
+pub mod dot;
+pub mod matmul;
+
+pub use dequant::{dequantize, is_supported};
+pub use matmul::{matmul, QMatrix};

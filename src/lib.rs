@@ -1,0 +1,14 @@
+//! pupil: a lean runtime for small quantized GGUF "student" language models.
+//!
+//! Layers, lowest first (each imports only the ones below it):
+//! `gguf` (file format) → `kernels` (quantized math) → `model` (architectures) →
+//! `tokenizer` → `generate` (sampling, sessions) → `bench` (quality and speed) → `cli`.
+//! `catalog` fetches and verifies the models everything else runs.
+
+pub mod catalog;
+pub mod fsutil;
+pub mod gguf;
+pub mod kernels;
+pub mod model;
+pub mod threads;
+pub mod tokenizer;

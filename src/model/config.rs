@@ -1,0 +1,126 @@
+//! Hyperparameters read from GGUF metadata: nothing about a model's shape is a constant.
+
+use super::ModelError;
+use crate::gguf::GgufFile;
+
+/// How RoPE positions are stretched beyond the trained context.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Positions used as they are (the default).
+    None,
+    /// Positions divided by `factor` (`rope.scaling.type = linear`).
+    Linear { factor: f32 },
+}
+
+/// Llama-family hyperparameters, keyed as llama.cpp writes them (`{arch}.*`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `general.architecture`.
+    pub architecture: String,
+    /// Vocabulary size: length of `tokenizer.ggml.tokens` (or `{arch}.vocab_size`).
+    pub n_vocab: usize,
+    /// `{arch}.embedding_length`: width of the residual stream.
+    pub n_embd: usize,
+    /// `{arch}.block_count`.
+    pub n_layer: usize,
+    /// `{arch}.attention.head_count`.
+    pub n_head: usize,
+    /// `{arch}.attention.head_count_kv`; defaults to `n_head` (no grouped-query attention).
+    pub n_head_kv: usize,
+    /// `{arch}.attention.key_length`; defaults to `n_embd / n_head`.
+    pub head_dim: usize,
+    /// `{arch}.feed_forward_length`.
+    pub n_ff: usize,
+    /// `{arch}.context_length`: the context the model was trained with.
+    pub n_ctx_train: usize,
+    /// `{arch}.rope.freq_base`; default 10000.
+    pub rope_freq_base: f32,
+    /// `{arch}.rope.dimension_count`: leading dimensions of each head that are rotated;
+    /// defaults to `head_dim`.
+    pub n_rot: usize,
+    /// `{arch}.rope.scaling.type` / `.factor`.
+    pub rope_scaling: RopeScaling,
+    /// `{arch}.attention.layer_norm_rms_epsilon`; default 1e-5.
+    pub rms_norm_eps: f32,
+}
+
+/// Refuses sizes that would make the forward pass allocate absurd buffers.
+const MAX_DIM: u64 = 1 << 20;
+
+impl Config {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, ModelError> {
+        let arch = file.require_str("general.architecture")?.to_string();
+        if arch != "llama" {
+            return Err(ModelError::UnsupportedArchitecture(arch));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let dim = |k: &str| -> Result<usize, ModelError> {
+            let v = file.require_u64(&key(k))?;
+            if v == 0 || v > MAX_DIM {
+                return Err(ModelError::BadConfig(format!("{} = {v} is out of range", key(k))));
+            }
+            Ok(v as usize)
+        };
+        let opt_dim = |k: &str| -> Result<Option<usize>, ModelError> {
+            match file.get_u64(&key(k))? {
+                Some(v) if v == 0 || v > MAX_DIM => Err(ModelError::BadConfig(format!("{} = {v} is out of range", key(k)))),
+                other => Ok(other.map(|v| v as usize)),
+            }
+        };
+        let n_embd = dim("embedding_length")?;
+        let n_head = dim("attention.head_count")?;
+        let n_head_kv = opt_dim("attention.head_count_kv")?.unwrap_or(n_head);
+        if n_head % n_head_kv != 0 {
+            return Err(ModelError::BadConfig(format!("head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
+        }
+        let head_dim = match opt_dim("attention.key_length")? {
+            Some(d) => d,
+            None if n_embd % n_head == 0 => n_embd / n_head,
+            None => return Err(ModelError::BadConfig(format!("embedding_length {n_embd} is not a multiple of head_count {n_head}"))),
+        };
+        let n_rot = opt_dim("rope.dimension_count")?.unwrap_or(head_dim);
+        if n_rot > head_dim || n_rot % 2 != 0 {
+            return Err(ModelError::BadConfig(format!("rope.dimension_count {n_rot} does not fit head size {head_dim}")));
+        }
+        let n_vocab = match file.get_array("tokenizer.ggml.tokens")? {
+            Some(tokens) => tokens.len(),
+            None => dim("vocab_size")?,
+        };
+        let rope_scaling = match file.get_str(&key("rope.scaling.type"))? {
+            None | Some("none") => RopeScaling::None,
+            Some("linear") => {
+                let factor = file.get_f64(&key("rope.scaling.factor"))?.unwrap_or(1.0) as f32;
+                if !(factor.is_finite() && factor > 0.0) {
+                    return Err(ModelError::BadConfig(format!("rope.scaling.factor {factor} must be positive")));
+                }
+                RopeScaling::Linear { factor }
+            }
+            Some(other) => return Err(ModelError::UnsupportedRopeScaling(other.to_string())),
+        };
+        let rope_freq_base = file.get_f64(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
+        let rms_norm_eps = file.get_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5) as f32;
+        if !(rope_freq_base.is_finite() && rope_freq_base > 0.0 && rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
+            return Err(ModelError::BadConfig("rope.freq_base or layer_norm_rms_epsilon out of range".into()));
+        }
+        Ok(Self {
+            n_vocab,
+            n_embd,
+            n_layer: dim("block_count")?,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff: dim("feed_forward_length")?,
+            n_ctx_train: dim("context_length")?,
+            rope_freq_base,
+            n_rot,
+            rope_scaling,
+            rms_norm_eps,
+            architecture: arch,
+        })
+    }
+
+    /// Width of one position's keys (or values) across all KV heads.
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+}

@@ -1,0 +1,300 @@
+//! The Llama architecture (Llama 2/3, SmolLM, TinyLlama, Mistral-style GQA), read top to
+//! bottom like the paper: embed → [RMS-norm → attention → residual → RMS-norm → SwiGLU MLP
+//! → residual] × n_layer → RMS-norm → output head.
+//!
+//! Tensor names are llama.cpp's GGUF names. RoPE rotates adjacent pairs (llama.cpp's
+//! "normal" mode: the GGUF converter permutes Q/K rows for it).
+
+use rayon::prelude::*;
+
+use super::{Config, KvCache, ModelError, RopeScaling};
+use crate::gguf::GgufFile;
+use crate::kernels::{self, dot::dot, matmul, QMatrix};
+
+/// One transformer layer's weights.
+struct Block {
+    attn_norm: Vec<f32>,
+    attn_q: QMatrix,
+    attn_k: QMatrix,
+    attn_v: QMatrix,
+    attn_output: QMatrix,
+    ffn_norm: Vec<f32>,
+    ffn_gate: QMatrix,
+    ffn_up: QMatrix,
+    ffn_down: QMatrix,
+}
+
+pub struct Llama {
+    pub cfg: Config,
+    /// `token_embd.weight`: looked up one quantized row at a time.
+    token_embd: QMatrix,
+    output_norm: Vec<f32>,
+    /// `output.weight`, or `token_embd.weight` again when the embeddings are tied.
+    output: QMatrix,
+    blocks: Vec<Block>,
+    /// Angle per position for each rotated pair: `base^(-2i/n_rot) / freq_factor[i]`,
+    /// with linear scaling folded in.
+    inv_freq: Vec<f64>,
+}
+
+fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<QMatrix, ModelError> {
+    let info = file.require_tensor(name)?;
+    let expected = vec![cols as u64, rows as u64];
+    if info.dims != expected {
+        return Err(ModelError::BadTensorShape { tensor: name.into(), expected, found: info.dims.clone() });
+    }
+    if !kernels::is_supported(info.dtype) {
+        return Err(ModelError::UnsupportedDType { tensor: name.into(), dtype: info.dtype });
+    }
+    Ok(QMatrix::new(info.dtype, rows, cols, file.map().clone(), info.data.clone()))
+}
+
+/// A small 1-D tensor (norm weights, RoPE factors), dequantized to an owned vector.
+fn vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
+    let m = matrix_1d(file, name, n)?;
+    let mut out = vec![0f32; n];
+    m.dequantize_row(0, &mut out);
+    Ok(out)
+}
+
+fn matrix_1d(file: &GgufFile, name: &str, n: usize) -> Result<QMatrix, ModelError> {
+    let info = file.require_tensor(name)?;
+    if info.dims != [n as u64] {
+        return Err(ModelError::BadTensorShape { tensor: name.into(), expected: vec![n as u64], found: info.dims.clone() });
+    }
+    if !kernels::is_supported(info.dtype) {
+        return Err(ModelError::UnsupportedDType { tensor: name.into(), dtype: info.dtype });
+    }
+    Ok(QMatrix::new(info.dtype, 1, n, file.map().clone(), info.data.clone()))
+}
+
+impl Llama {
+    /// Lays out every weight as a view of the mapped file; copies only the small norm
+    /// vectors.
+    pub fn load(file: &GgufFile) -> Result<Self, ModelError> {
+        let cfg = Config::from_gguf(file)?;
+        let (e, d) = (cfg.n_embd, cfg.head_dim);
+        let token_embd = matrix(file, "token_embd.weight", e, cfg.n_vocab)?;
+        let output = match file.tensor("output.weight") {
+            Some(_) => matrix(file, "output.weight", e, cfg.n_vocab)?,
+            None => token_embd.clone(),
+        };
+        let blocks = (0..cfg.n_layer)
+            .map(|i| {
+                let name = |t: &str| format!("blk.{i}.{t}.weight");
+                Ok(Block {
+                    attn_norm: vector(file, &name("attn_norm"), e)?,
+                    attn_q: matrix(file, &name("attn_q"), e, cfg.n_head * d)?,
+                    attn_k: matrix(file, &name("attn_k"), e, cfg.n_head_kv * d)?,
+                    attn_v: matrix(file, &name("attn_v"), e, cfg.n_head_kv * d)?,
+                    attn_output: matrix(file, &name("attn_output"), cfg.n_head * d, e)?,
+                    ffn_norm: vector(file, &name("ffn_norm"), e)?,
+                    ffn_gate: matrix(file, &name("ffn_gate"), e, cfg.n_ff)?,
+                    ffn_up: matrix(file, &name("ffn_up"), e, cfg.n_ff)?,
+                    ffn_down: matrix(file, &name("ffn_down"), cfg.n_ff, e)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+
+        // Llama 3.1+ stores per-pair frequency divisors in `rope_freqs.weight`.
+        let freq_factors = match file.tensor("rope_freqs.weight") {
+            Some(_) => Some(vector(file, "rope_freqs.weight", cfg.n_rot / 2)?),
+            None => None,
+        };
+        let pos_scale = match cfg.rope_scaling {
+            RopeScaling::None => 1.0,
+            RopeScaling::Linear { factor } => 1.0 / factor as f64,
+        };
+        let inv_freq = (0..cfg.n_rot / 2)
+            .map(|i| {
+                let f = (cfg.rope_freq_base as f64).powf(-2.0 * i as f64 / cfg.n_rot as f64) * pos_scale;
+                match &freq_factors {
+                    Some(ff) => f / ff[i] as f64,
+                    None => f,
+                }
+            })
+            .collect();
+        let output_norm = vector(file, "output_norm.weight", e)?;
+        Ok(Self { cfg, token_embd, output_norm, output, blocks, inv_freq })
+    }
+
+    /// A KV cache for `n_ctx` positions (clamped to the trained context).
+    pub fn new_cache(&self, n_ctx: usize) -> KvCache {
+        KvCache::new(&self.cfg, n_ctx.clamp(1, self.cfg.n_ctx_train))
+    }
+
+    /// Runs `tokens` at the next positions of `cache` and returns the final (normed)
+    /// hidden state of every position, `tokens.len() × n_embd`. Feed rows of it to
+    /// [`Llama::logits`]. Runs on the current rayon pool.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+        let cfg = &self.cfg;
+        let n = tokens.len();
+        let pos0 = cache.len();
+        if pos0 + n > cache.n_ctx() {
+            return Err(ModelError::ContextFull { needed: pos0 + n, n_ctx: cache.n_ctx() });
+        }
+        let (e, d, nh, nkv) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
+        let (q_dim, kv_dim) = (nh * d, nkv * d);
+
+        let mut x = vec![0f32; n * e];
+        for (row, &id) in x.chunks_exact_mut(e).zip(tokens) {
+            if id as usize >= cfg.n_vocab {
+                return Err(ModelError::TokenOutOfRange { id, n_vocab: cfg.n_vocab });
+            }
+            self.token_embd.dequantize_row(id as usize, row);
+        }
+
+        let (cos, sin) = self.rope_tables(pos0, n);
+        let mut xn = vec![0f32; n * e];
+        let mut q = vec![0f32; n * q_dim];
+        let mut k = vec![0f32; n * kv_dim];
+        let mut v = vec![0f32; n * kv_dim];
+        let mut att = vec![0f32; n * q_dim];
+        let mut proj = vec![0f32; n * e];
+        let mut gate = vec![0f32; n * cfg.n_ff];
+        let mut up = vec![0f32; n * cfg.n_ff];
+
+        for (layer, b) in self.blocks.iter().enumerate() {
+            // Attention.
+            rms_norm(&x, &b.attn_norm, cfg.rms_norm_eps, &mut xn);
+            matmul(&b.attn_q, &xn, n, &mut q);
+            matmul(&b.attn_k, &xn, n, &mut k);
+            matmul(&b.attn_v, &xn, n, &mut v);
+            rope(&mut q, d, cfg.n_rot, &cos, &sin);
+            rope(&mut k, d, cfg.n_rot, &cos, &sin);
+            let (k_cache, v_cache) = cache.layer_mut(layer);
+            k_cache[pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&k);
+            v_cache[pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&v);
+            attention(&q, k_cache, v_cache, pos0, nh, nkv, d, &mut att);
+            matmul(&b.attn_output, &att, n, &mut proj);
+            add_in_place(&mut x, &proj);
+
+            // Feed-forward (SwiGLU).
+            rms_norm(&x, &b.ffn_norm, cfg.rms_norm_eps, &mut xn);
+            matmul(&b.ffn_gate, &xn, n, &mut gate);
+            matmul(&b.ffn_up, &xn, n, &mut up);
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = silu(*g) * u;
+            }
+            matmul(&b.ffn_down, &gate, n, &mut proj);
+            add_in_place(&mut x, &proj);
+        }
+        cache.advance(n);
+        rms_norm(&x, &self.output_norm, cfg.rms_norm_eps, &mut xn);
+        Ok(xn)
+    }
+
+    /// Logits (`rows × n_vocab`) for `rows` hidden states returned by [`Llama::forward`].
+    pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
+        let rows = hidden.len() / self.cfg.n_embd;
+        let mut out = vec![0f32; rows * self.cfg.n_vocab];
+        matmul(&self.output, hidden, rows, &mut out);
+        out
+    }
+
+    /// Total bytes of the weights this model reads, by how they are stored.
+    pub fn weight_bytes(&self) -> usize {
+        let per_block: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                [&b.attn_q, &b.attn_k, &b.attn_v, &b.attn_output, &b.ffn_gate, &b.ffn_up, &b.ffn_down]
+                    .iter()
+                    .map(|m| m.bytes().len())
+                    .sum::<usize>()
+            })
+            .sum();
+        per_block + self.token_embd.bytes().len()
+    }
+
+    /// cos/sin of every rotated pair at positions `pos0..pos0 + n`, `n × n_rot/2` each.
+    fn rope_tables(&self, pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in pos0..pos0 + n {
+            for &f in &self.inv_freq {
+                let (s, c) = (p as f64 * f).sin_cos();
+                cos.push(c as f32);
+                sin.push(s as f32);
+            }
+        }
+        (cos, sin)
+    }
+}
+
+/// `out = x / rms(x) · w`, row by row.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let e = w.len();
+    for (xr, or) in x.chunks_exact(e).zip(out.chunks_exact_mut(e)) {
+        let ss: f32 = dot(xr, xr) / e as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for ((o, &xi), &wi) in or.iter_mut().zip(xr).zip(w) {
+            *o = xi * scale * wi;
+        }
+    }
+}
+
+/// Rotates adjacent pairs of the first `n_rot` dimensions of every head, in place.
+/// `x` is `n × (n_heads · head_dim)`; `cos`/`sin` are `n × n_rot/2`.
+fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, cos: &[f32], sin: &[f32]) {
+    let half = n_rot / 2;
+    let n = cos.len() / half.max(1);
+    let row_len = x.len() / n.max(1);
+    for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
+        let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+        for head in row.chunks_exact_mut(head_dim) {
+            for i in 0..half {
+                let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = x0 * c[i] - x1 * s[i];
+                head[2 * i + 1] = x0 * s[i] + x1 * c[i];
+            }
+        }
+    }
+}
+
+/// Causal grouped-query attention of `n` new queries (at positions `pos0..`) over the
+/// cache, which already holds their own keys and values. Query head `h` reads KV head
+/// `h / (n_head / n_head_kv)` in place: no per-head copies.
+#[allow(clippy::too_many_arguments)]
+fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, n_head: usize, n_head_kv: usize, head_dim: usize, out: &mut [f32]) {
+    let group = n_head / n_head_kv;
+    let kv_dim = n_head_kv * head_dim;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    out.par_chunks_mut(head_dim).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+        let (t, h) = (i / n_head, i % n_head);
+        let kv_off = (h / group) * head_dim;
+        let qh = &q[i * head_dim..(i + 1) * head_dim];
+        let n_keys = pos0 + t + 1;
+        scores.clear();
+        scores.extend((0..n_keys).map(|j| dot(qh, &k_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim]) * scale));
+        softmax_in_place(scores);
+        o.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let vj = &v_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim];
+            for (oi, &vi) in o.iter_mut().zip(vj) {
+                *oi += p * vi;
+            }
+        }
+    });
+}
+
+pub fn softmax_in_place(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}

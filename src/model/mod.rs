@@ -1,0 +1,35 @@
+//! Model architectures owned by pupil, built from a validated GGUF file.
+//!
+//! The forward pass reads weights straight from the memory map (`kernels::QMatrix`) and
+//! keeps activations in f32. It returns hidden states for every position of a batch so
+//! that generation (last position), perplexity and distillation (all positions) share it.
+
+pub mod config;
+pub mod kv_cache;
+pub mod llama;
+
+pub use config::{Config, RopeScaling};
+pub use kv_cache::KvCache;
+pub use llama::Llama;
+
+use crate::gguf::{GgmlDType, GgufError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("unsupported architecture {0:?} (pupil runs: llama)")]
+    UnsupportedArchitecture(String),
+    #[error("tensor {tensor:?} has type {dtype}, which pupil cannot compute with yet")]
+    UnsupportedDType { tensor: String, dtype: GgmlDType },
+    #[error("tensor {tensor:?} has shape {found:?}, expected {expected:?}")]
+    BadTensorShape { tensor: String, expected: Vec<u64>, found: Vec<u64> },
+    #[error("invalid model hyperparameters: {0}")]
+    BadConfig(String),
+    #[error("unsupported rope scaling type {0:?} (pupil supports none, linear, and llama3 frequency factors)")]
+    UnsupportedRopeScaling(String),
+    #[error("token id {id} is outside the vocabulary ({n_vocab} tokens)")]
+    TokenOutOfRange { id: u32, n_vocab: usize },
+    #[error("context is full: {needed} positions needed, the context holds {n_ctx} (raise --ctx-size)")]
+    ContextFull { needed: usize, n_ctx: usize },
+}

@@ -1,0 +1,45 @@
+//! Shared helpers for tests that run the real models.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use pupil::catalog::{self, Catalog};
+
+/// The path of catalog model `name`, pulled (and verified) on first use.
+///
+/// Without network access a test that needs a real model cannot run: it is skipped with a
+/// message, unless `PUPIL_REQUIRE_MODELS=1` (as in CI), where it fails.
+pub fn model(name: &str) -> Option<PathBuf> {
+    let catalog = Catalog::builtin();
+    let entry = catalog.find(name).unwrap_or_else(|| panic!("{name} is not in the catalog"));
+    match catalog::ensure(entry, false) {
+        Ok(path) => Some(path),
+        Err(e) if std::env::var("PUPIL_REQUIRE_MODELS").as_deref() == Ok("1") => {
+            panic!("model {name} is required (PUPIL_REQUIRE_MODELS=1) but could not be pulled: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: model {name} unavailable ({e}); set PUPIL_REQUIRE_MODELS=1 to make this a failure");
+            None
+        }
+    }
+}
+
+pub fn fixture_path(model_dir: &str, file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model_dir).join(file)
+}
+
+/// Lines of a JSON-lines fixture.
+pub fn fixture_lines(model_dir: &str, file: &str) -> Vec<serde_json::Value> {
+    let path = fixture_path(model_dir, file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("fixture line is JSON")).collect()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+pub const SMOLLM2: &str = "smollm2-135m-instruct";
+pub const SMOLLM2_FIXTURES: &str = "smollm2-135m-instruct-q4_1";
+pub const GEMMA3: &str = "gemma3-270m";
+pub const GEMMA3_FIXTURES: &str = "gemma3-270m-q4_k_m";
