@@ -5,8 +5,11 @@
 //! `tokenizer` → `generate` (sampling, sessions) → `bench` (quality and speed) → `cli`.
 //! `catalog` fetches and verifies the models everything else runs.
 
+pub mod bench;
 pub mod catalog;
+pub mod cli;
 pub mod fsutil;
+pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod model;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use super::dtype::GgmlDType;
-use super::value::{type_id, Value};
+use super::value::{type_id, Array, Value};
 use super::{DEFAULT_ALIGNMENT, MAGIC};
 
 /// Most dimensions a GGML tensor may have.
@@ -107,10 +107,11 @@ impl GgufFile {
             // Weights are streamed layer by layer on every token; ask for read-ahead.
             let _ = map.advise(memmap2::Advice::WillNeed);
         }
+        let map = Arc::new(map);
         let header = parse(&map)?;
         Ok(Self {
             path,
-            map: Arc::new(map),
+            map,
             version: header.version,
             metadata_index: header.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect(),
             metadata: header.metadata,
@@ -187,7 +188,7 @@ impl GgufFile {
         self.get(key).map(|v| v.as_bool().ok_or_else(|| wrong_type(key, "a bool", v))).transpose()
     }
 
-    pub fn get_array(&self, key: &str) -> Result<Option<&[Value]>, GgufError> {
+    pub fn get_array(&self, key: &str) -> Result<Option<&Array>, GgufError> {
         self.get(key).map(|v| v.as_array().ok_or_else(|| wrong_type(key, "an array", v))).transpose()
     }
 
@@ -215,6 +216,8 @@ struct Header {
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// The map `bytes` belongs to, so arrays can be left in it.
+    map: &'a Arc<Mmap>,
 }
 
 impl<'a> Cursor<'a> {
@@ -256,10 +259,14 @@ impl<'a> Cursor<'a> {
         Ok(count as usize)
     }
 
-    fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
+    fn str(&mut self, what: &dyn Fn() -> String) -> Result<&'a str, GgufError> {
         let len = self.u64(what)?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 { what: what() })
+        std::str::from_utf8(bytes).map_err(|_| GgufError::InvalidUtf8 { what: what() })
+    }
+
+    fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
+        self.str(what).map(str::to_string)
     }
 }
 
@@ -301,18 +308,32 @@ fn read_value(c: &mut Cursor, key: &str, ty: u32, depth: usize) -> Result<Value,
                 return Err(GgufError::UnknownValueType { key: key.to_string(), type_id: item_ty });
             }
             let n = c.count(min_value_size(item_ty), &|| format!("array {key:?}"))?;
-            let mut items = Vec::with_capacity(n);
-            for _ in 0..n {
-                items.push(read_value(c, key, item_ty, depth + 1)?);
+            if item_ty == ARRAY {
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(read_value(c, key, item_ty, depth + 1)?);
+                }
+                return Ok(Value::array(item_ty, items));
             }
-            Value::Array(item_ty, items)
+            // Scalars and strings stay in the map: validate each item, copy nothing.
+            let start = c.pos;
+            let item_what = || format!("item of array {key:?}");
+            if item_ty == STRING {
+                for _ in 0..n {
+                    c.str(&item_what)?;
+                }
+            } else {
+                c.take(n as u64 * min_value_size(item_ty), &item_what)?;
+            }
+            Value::Array(Array::Mapped { item_type: item_ty, len: n, map: c.map.clone(), range: start..c.pos })
         }
         other => return Err(GgufError::UnknownValueType { key: key.to_string(), type_id: other }),
     })
 }
 
-fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
-    let mut c = Cursor { bytes, pos: 0 };
+fn parse(map: &Arc<Mmap>) -> Result<Header, GgufError> {
+    let bytes: &[u8] = map;
+    let mut c = Cursor { bytes, pos: 0, map };
     let magic: [u8; 4] = c.array(&|| "magic".into()).map_err(|_| {
         let mut found = [0u8; 4];
         found[..bytes.len().min(4)].copy_from_slice(&bytes[..bytes.len().min(4)]);

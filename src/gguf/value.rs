@@ -1,4 +1,13 @@
 //! Metadata values as GGUF stores them.
+//!
+//! Arrays of scalars and strings are not copied out of the file: they stay in the memory
+//! map and are decoded when iterated, so a 262,144-token vocabulary costs no heap until a
+//! tokenizer reads it.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use memmap2::Mmap;
 
 /// GGUF metadata value type ids.
 pub mod type_id {
@@ -17,8 +26,7 @@ pub mod type_id {
     pub const F64: u32 = 12;
 }
 
-/// One metadata value. Arrays keep their element type so an empty array still says what
-/// it would hold.
+/// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     U8(u8),
@@ -30,7 +38,7 @@ pub enum Value {
     F32(f32),
     Bool(bool),
     String(String),
-    Array(u32, Vec<Value>),
+    Array(Array),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -106,11 +114,16 @@ impl Value {
         }
     }
 
-    pub fn as_array(&self) -> Option<&[Value]> {
+    pub fn as_array(&self) -> Option<&Array> {
         match self {
-            Value::Array(_, items) => Some(items),
+            Value::Array(a) => Some(a),
             _ => None,
         }
+    }
+
+    /// An in-memory array of `items`, all of GGUF type `item_type`.
+    pub fn array(item_type: u32, items: Vec<Value>) -> Self {
+        Value::Array(Array::Owned { item_type, items })
     }
 
     /// A short human rendering for `pupil inspect` (long arrays are summarised).
@@ -121,9 +134,9 @@ impl Value {
                 format!("{head:?}… ({} bytes)", s.len())
             }
             Value::String(s) => format!("{s:?}"),
-            Value::Array(_, items) if items.len() > 6 => format!("[{} items]", items.len()),
-            Value::Array(_, items) => {
-                let parts: Vec<String> = items.iter().map(Value::summary).collect();
+            Value::Array(a) if a.len() > 6 => format!("[{} items]", a.len()),
+            Value::Array(a) => {
+                let parts: Vec<String> = a.iter().map(|v| v.summary()).collect();
                 format!("[{}]", parts.join(", "))
             }
             Value::Bool(v) => v.to_string(),
@@ -131,5 +144,91 @@ impl Value {
             Value::F64(v) => v.to_string(),
             other => other.as_i64().map(|v| v.to_string()).unwrap_or_default(),
         }
+    }
+}
+
+/// A metadata array: built in memory, or left in the mapped file.
+#[derive(Clone)]
+pub enum Array {
+    Owned { item_type: u32, items: Vec<Value> },
+    /// `len` items of scalar or string type `item_type`, encoded in `map[range]`. The
+    /// reader validated every item (sizes, string lengths, UTF-8) when it parsed the file.
+    Mapped { item_type: u32, len: usize, map: Arc<Mmap>, range: Range<usize> },
+}
+
+impl Array {
+    pub fn item_type(&self) -> u32 {
+        match self {
+            Array::Owned { item_type, .. } | Array::Mapped { item_type, .. } => *item_type,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Array::Owned { items, .. } => items.len(),
+            Array::Mapped { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The items, decoded one by one.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = Value> + '_> {
+        match self {
+            Array::Owned { items, .. } => Box::new(items.iter().cloned()),
+            Array::Mapped { item_type, len, map, range } => {
+                let bytes = &map[range.clone()];
+                let mut pos = 0;
+                Box::new((0..*len).map(move |_| decode_item(bytes, &mut pos, *item_type)))
+            }
+        }
+    }
+}
+
+/// Decodes one scalar or string item at `pos` (already validated by the reader; a short
+/// read yields zero bytes rather than a panic).
+fn decode_item(bytes: &[u8], pos: &mut usize, item_type: u32) -> Value {
+    let mut take = |n: usize| -> &[u8] {
+        let start = (*pos).min(bytes.len());
+        let end = (start + n).min(bytes.len());
+        *pos = start + n;
+        &bytes[start..end]
+    };
+    fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
+        let mut out = [0u8; N];
+        out[..b.len().min(N)].copy_from_slice(&b[..b.len().min(N)]);
+        out
+    }
+    use type_id::*;
+    match item_type {
+        U8 => Value::U8(arr::<1>(take(1))[0]),
+        I8 => Value::I8(arr::<1>(take(1))[0] as i8),
+        U16 => Value::U16(u16::from_le_bytes(arr(take(2)))),
+        I16 => Value::I16(i16::from_le_bytes(arr(take(2)))),
+        U32 => Value::U32(u32::from_le_bytes(arr(take(4)))),
+        I32 => Value::I32(i32::from_le_bytes(arr(take(4)))),
+        F32 => Value::F32(f32::from_le_bytes(arr(take(4)))),
+        BOOL => Value::Bool(arr::<1>(take(1))[0] != 0),
+        U64 => Value::U64(u64::from_le_bytes(arr(take(8)))),
+        I64 => Value::I64(i64::from_le_bytes(arr(take(8)))),
+        F64 => Value::F64(f64::from_le_bytes(arr(take(8)))),
+        _ => {
+            let len = u64::from_le_bytes(arr(take(8))) as usize;
+            Value::String(String::from_utf8_lossy(take(len)).into_owned())
+        }
+    }
+}
+
+impl PartialEq for Array {
+    fn eq(&self, other: &Self) -> bool {
+        self.item_type() == other.item_type() && self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for Array {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Array(type {}, {} items)", self.item_type(), self.len())
     }
 }

@@ -98,11 +98,11 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
         Value::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
         Value::Bool(v) => out.push(*v as u8),
         Value::String(s) => write_string(out, s),
-        Value::Array(item_ty, items) => {
-            out.extend_from_slice(&item_ty.to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for item in items {
-                write_value(out, item);
+        Value::Array(a) => {
+            out.extend_from_slice(&a.item_type().to_le_bytes());
+            out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            for item in a.iter() {
+                write_value(out, &item);
             }
         }
         Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),

@@ -1,31 +1,51 @@
 //! The key/value cache: preallocated once for the whole context, written in place.
 //!
 //! Layout per layer: `[n_ctx][n_head_kv · head_dim]` f32, for keys and for values. The
-//! buffers are zero-initialised allocations, which the OS backs lazily, so an unused tail
-//! of a long context costs address space, not memory.
+//! buffers are anonymous memory maps, which the OS backs with zero pages on first touch,
+//! so the unused tail of a long context costs address space, not memory. (A zeroed heap
+//! allocation does not promise that: the allocator may have to clear reused memory.)
+
+use memmap2::MmapMut;
 
 use super::Config;
+
+/// A lazily committed, zero-initialised f32 buffer.
+struct LazyBuffer {
+    map: Option<MmapMut>,
+    len: usize,
+}
+
+impl LazyBuffer {
+    fn new(len: usize) -> std::io::Result<Self> {
+        let map = if len == 0 { None } else { Some(MmapMut::map_anon(len * std::mem::size_of::<f32>())?) };
+        Ok(Self { map, len })
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        match &mut self.map {
+            // SAFETY: the map is page-aligned, holds exactly `len` f32s, and every bit
+            // pattern is a valid f32.
+            Some(m) => unsafe { std::slice::from_raw_parts_mut(m.as_mut_ptr().cast::<f32>(), self.len) },
+            None => &mut [],
+        }
+    }
+}
 
 pub struct KvCache {
     n_ctx: usize,
     kv_dim: usize,
     /// Positions filled so far.
     len: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<LazyBuffer>,
+    v: Vec<LazyBuffer>,
 }
 
 impl KvCache {
-    pub fn new(cfg: &Config, n_ctx: usize) -> Self {
+    /// Reserves keys and values for `n_ctx` positions of every layer.
+    pub fn new(cfg: &Config, n_ctx: usize) -> std::io::Result<Self> {
         let kv_dim = cfg.kv_dim();
-        let layer = || vec![0f32; n_ctx * kv_dim];
-        Self {
-            n_ctx,
-            kv_dim,
-            len: 0,
-            k: (0..cfg.n_layer).map(|_| layer()).collect(),
-            v: (0..cfg.n_layer).map(|_| layer()).collect(),
-        }
+        let layers = || (0..cfg.n_layer).map(|_| LazyBuffer::new(n_ctx * kv_dim)).collect::<std::io::Result<Vec<_>>>();
+        Ok(Self { n_ctx, kv_dim, len: 0, k: layers()?, v: layers()? })
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -57,7 +77,7 @@ impl KvCache {
 
     /// Keys and values of `layer` (all `n_ctx` positions, mutable for writing new ones).
     pub(crate) fn layer_mut(&mut self, layer: usize) -> (&mut [f32], &mut [f32]) {
-        (&mut self.k[layer], &mut self.v[layer])
+        (self.k[layer].as_mut_slice(), self.v[layer].as_mut_slice())
     }
 
     pub(crate) fn advance(&mut self, n: usize) {

@@ -119,8 +119,8 @@ impl Llama {
     }
 
     /// A KV cache for `n_ctx` positions (clamped to the trained context).
-    pub fn new_cache(&self, n_ctx: usize) -> KvCache {
-        KvCache::new(&self.cfg, n_ctx.clamp(1, self.cfg.n_ctx_train))
+    pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache, ModelError> {
+        KvCache::new(&self.cfg, n_ctx.clamp(1, self.cfg.n_ctx_train)).map_err(ModelError::KvCache)
     }
 
     /// Runs `tokens` at the next positions of `cache` and returns the final (normed)

@@ -30,6 +30,8 @@ pub enum ModelError {
     UnsupportedRopeScaling(String),
     #[error("token id {id} is outside the vocabulary ({n_vocab} tokens)")]
     TokenOutOfRange { id: u32, n_vocab: usize },
+    #[error("cannot reserve the KV cache: {0}")]
+    KvCache(std::io::Error),
     #[error("context is full: {needed} positions needed, the context holds {n_ctx} (raise --ctx-size)")]
     ContextFull { needed: usize, n_ctx: usize },
 }

@@ -73,15 +73,46 @@ pub enum VocabKind {
     SentencePiece,
 }
 
+/// Many short byte strings in one buffer (a `Vec<String>` of a vocabulary costs several
+/// times its text in per-string headers and allocator overhead).
+struct StringTable {
+    data: Vec<u8>,
+    /// `offsets[i]..offsets[i + 1]` is item `i`.
+    offsets: Vec<u32>,
+}
+
+impl StringTable {
+    fn new<I: IntoIterator<Item = B>, B: AsRef<[u8]>>(items: I) -> Self {
+        let mut data = Vec::new();
+        let mut offsets = vec![0u32];
+        for item in items {
+            data.extend_from_slice(item.as_ref());
+            offsets.push(data.len() as u32);
+        }
+        data.shrink_to_fit();
+        Self { data, offsets }
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        let (start, end) = (*self.offsets.get(i)?, *self.offsets.get(i + 1)?);
+        Some(&self.data[start as usize..end as usize])
+    }
+}
+
 pub struct Tokenizer {
     /// `tokenizers` carries its "treat special tokens as text" switch inside itself, so
     /// encoding flips it under a lock.
     inner: Mutex<tokenizers::Tokenizer>,
     kind: VocabKind,
-    tokens: Vec<String>,
+    /// Token texts as stored in the vocabulary (valid UTF-8: they came from GGUF strings).
+    tokens: StringTable,
     token_types: Vec<i32>,
     /// What each token prints as (control tokens print as nothing).
-    token_bytes: Vec<Vec<u8>>,
+    token_bytes: StringTable,
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
@@ -143,7 +174,18 @@ impl Tokenizer {
             }
         }
         let chat_template = file.get_str("tokenizer.chat_template")?.map(str::to_string);
-        Ok(Self { inner: Mutex::new(inner), kind, tokens, token_types, token_bytes, bos, eos, add_bos, end_of_generation, chat_template })
+        Ok(Self {
+            inner: Mutex::new(inner),
+            kind,
+            tokens: StringTable::new(&tokens),
+            token_types,
+            token_bytes: StringTable::new(&token_bytes),
+            bos,
+            eos,
+            add_bos,
+            end_of_generation,
+            chat_template,
+        })
     }
 
     pub fn kind(&self) -> &VocabKind {
@@ -173,11 +215,12 @@ impl Tokenizer {
 
     /// The token's text as stored in the vocabulary.
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        self.tokens.get(id as usize).and_then(|b| std::str::from_utf8(b).ok())
     }
 
+    /// The id of the token whose text is exactly `text` (a linear scan: not for hot paths).
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.tokens.iter().position(|t| t == text).map(|i| i as u32)
+        (0..self.tokens.len()).find(|&i| self.tokens.get(i) == Some(text.as_bytes())).map(|i| i as u32)
     }
 
     /// Whether generating `id` ends the reply (EOS, end-of-turn tokens).
@@ -212,7 +255,7 @@ impl Tokenizer {
     /// The bytes token `id` prints as (empty for control tokens). Generated text is
     /// streamed from these, since one token can hold part of a UTF-8 character.
     pub fn token_bytes(&self, id: u32) -> Result<&[u8], TokenizerError> {
-        self.token_bytes.get(id as usize).map(Vec::as_slice).ok_or(TokenizerError::OutOfRange { id, n_vocab: self.tokens.len() })
+        self.token_bytes.get(id as usize).ok_or(TokenizerError::OutOfRange { id, n_vocab: self.tokens.len() })
     }
 
     /// Decodes ids to text (control tokens dropped, invalid UTF-8 replaced).
@@ -234,7 +277,7 @@ fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>, TokenizerErro
     let arr = file.get_array(key)?.ok_or_else(|| GgufError::MissingKey(key.into()))?;
     arr.iter()
         .map(|v| match v {
-            Value::String(s) => Ok(s.clone()),
+            Value::String(s) => Ok(s),
             other => Err(TokenizerError::Corrupt(format!("{key} holds a non-string ({})", other.summary()))),
         })
         .collect()

@@ -1,0 +1,47 @@
+//! `perplexity`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::ModelArg;
+use crate::bench::perplexity as score;
+use crate::generate::Runtime;
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Text file to score.
+    #[arg(short = 'f', long)]
+    pub file: std::path::PathBuf,
+    /// Tokens per chunk (llama-perplexity's -c).
+    #[arg(short = 'c', long, default_value_t = 512)]
+    pub ctx_size: usize,
+    /// Score at most this many chunks.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn perplexity(a: PerplexityArgs, threads: usize) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let rt = Runtime::load(&a.model.model, threads, true)?;
+    let r = score(&rt, &text, a.ctx_size, a.chunks, |done, total, ppl| {
+        eprint!("\rpupil: chunk {done}/{total}, running PPL {ppl:.4}");
+        let _ = std::io::stderr().flush();
+    })?;
+    eprintln!();
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    println!(
+        "{} chunks of {} tokens, {} tokens scored ({} bytes)",
+        r.chunks, r.n_ctx, r.scored_tokens, r.scored_bytes
+    );
+    println!("PPL = {:.4} ± {:.4}, bits/byte = {:.4}", r.ppl, r.ppl_err, r.bits_per_byte);
+    Ok(())
+}

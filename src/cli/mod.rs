@@ -1,0 +1,108 @@
+//! The `pupil` command line: argument parsing and printing only; all work is done by the
+//! library.
+
+mod measure;
+mod run;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::generate::{Rng, SamplerConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "pupil", version, about = "Run, chat with and measure small quantized GGUF language models.")]
+pub struct Cli {
+    /// Worker threads (0: one per core).
+    #[arg(short = 't', long, global = true, default_value_t = 0)]
+    pub threads: usize,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Download a catalog model, verify its sha256 and install it.
+    Pull(run::PullArgs),
+    /// Show the model catalog and which models are present.
+    List,
+    /// Describe a GGUF file: architecture, hyperparameters, tokenizer, tensors.
+    Inspect(run::InspectArgs),
+    /// Print the token ids of a text.
+    Tokenize(run::TokenizeArgs),
+    /// Continue a prompt, streaming the generated text to stdout.
+    Complete(run::CompleteArgs),
+    /// Chat interactively (or from piped stdin) using the model's chat template.
+    Chat(run::ChatArgs),
+    /// Perplexity and bits per byte of a text file, by llama-perplexity's method.
+    Perplexity(measure::PerplexityArgs),
+}
+
+/// `--model`: a GGUF path or a catalog name (pulled on first use).
+#[derive(Args, Debug, Clone)]
+pub struct ModelArg {
+    /// GGUF file or catalog name (see `pupil list`).
+    #[arg(short = 'm', long = "model", default_value = "smollm2-135m-instruct")]
+    pub model: String,
+}
+
+/// Sampling options, with llama.cpp's defaults.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy (argmax).
+    #[arg(long, visible_alias = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold (1.0: off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens below min-p × the top probability (0: off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for tokens among the last --repeat-last-n (1.0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed (default: from the clock); the same seed gives the same output.
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
+    /// Stop after this many generated tokens.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Context size in tokens (clamped to the model's trained context).
+    #[arg(short = 'c', long, default_value_t = 4096)]
+    pub ctx_size: usize,
+}
+
+impl SamplingArgs {
+    pub fn sampler_config(&self) -> anyhow::Result<SamplerConfig> {
+        anyhow::ensure!(self.temperature >= 0.0 && self.temperature.is_finite(), "--temperature must be ≥ 0");
+        anyhow::ensure!((0.0..=1.0).contains(&self.top_p), "--top-p must be in [0, 1]");
+        anyhow::ensure!((0.0..=1.0).contains(&self.min_p), "--min-p must be in [0, 1]");
+        anyhow::ensure!(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite(), "--repeat-penalty must be > 0");
+        Ok(SamplerConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed.unwrap_or_else(Rng::entropy_seed),
+        })
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let threads = cli.threads;
+    match cli.command {
+        Command::Pull(a) => run::pull(a),
+        Command::List => run::list(),
+        Command::Inspect(a) => run::inspect(a),
+        Command::Tokenize(a) => run::tokenize(a, threads),
+        Command::Complete(a) => run::complete(a, threads),
+        Command::Chat(a) => run::chat(a, threads),
+        Command::Perplexity(a) => measure::perplexity(a, threads),
+    }
+}
