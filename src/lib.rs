@@ -3,7 +3,8 @@
 //! Layers, lowest first (each imports only the ones below it):
 //! `gguf` (file format) → `kernels` (quantized math) → `model` (architectures) →
 //! `tokenizer` → `generate` (sampling, sessions) → `bench` (quality and speed) → `cli`.
-//! `catalog` fetches and verifies the models everything else runs.
+//! `catalog` fetches and verifies the models everything else runs; `synth` writes tiny
+//! synthetic models for tests; `rng`, `fsutil` and `threads` are shared utilities.
 
 pub mod bench;
 pub mod catalog;
@@ -13,5 +14,7 @@ pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod model;
+pub mod rng;
+pub mod synth;
 pub mod threads;
 pub mod tokenizer;

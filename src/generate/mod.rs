@@ -1,12 +1,11 @@
 //! From prompt to text: a loaded model ([`Runtime`]), sampling ([`Sampler`]) and the
 //! generation loop with its KV-cache lifetime, streaming and stop rules ([`Session`]).
 
-pub mod rng;
 pub mod runtime;
 pub mod sampler;
 pub mod session;
 
-pub use rng::Rng;
+pub use crate::rng::Rng;
 pub use runtime::{LoadError, Runtime};
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{Generation, GenerationError, Session, StopReason, Timings};

@@ -33,7 +33,7 @@ pub enum GgufError {
     UnsupportedVersion(u32),
     #[error("truncated GGUF file: {what} at byte {offset} runs past the end ({file_len} bytes)")]
     Truncated { what: String, offset: u64, file_len: u64 },
-    #[error("corrupt GGUF file: {what} count {count} cannot fit in the {remaining} bytes left")]
+    #[error("corrupt or truncated GGUF file: {what} count {count} cannot fit in the {remaining} bytes left")]
     CountTooLarge { what: String, count: u64, remaining: u64 },
     #[error("corrupt GGUF file: {what} is not valid UTF-8")]
     InvalidUtf8 { what: String },

@@ -285,7 +285,7 @@ fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>, TokenizerErro
 
 /// GPT-2's byte ↔ printable-character table: bytes that are printable map to themselves,
 /// the rest to code points from U+0100 up.
-fn byte_level_table() -> [char; 256] {
+pub fn byte_level_table() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next = 256u32;
     for b in 0..256u32 {

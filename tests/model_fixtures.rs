@@ -1,0 +1,147 @@
+//! The Llama forward pass matches llama.cpp on the real SmolLM2 file, by the fair checks
+//! of `tests/fixtures/README.md`: greedy tokens (free-running and teacher-forced, where the
+//! reference's top-1 margin makes the choice unambiguous) and the logits' distribution
+//! (KL over the reference's top 20 plus the remaining mass, top-1 agreement).
+
+mod common;
+
+use common::*;
+use pupil::bench::quality::log_sum_exp;
+use pupil::generate::{Runtime, Sampler, SamplerConfig, Session};
+use pupil::generate::sampler::argmax;
+
+/// Checks stated by the fixtures' README.
+const FREE_RUN_MARGIN: f64 = 0.5;
+const TOP1_MARGIN: f64 = 1.0;
+const MAX_MEAN_KL: f64 = 0.03;
+const MAX_POSITION_KL: f64 = 0.1;
+
+fn runtime() -> Option<Runtime> {
+    let path = model(SMOLLM2)?;
+    Some(Runtime::load_path(&path, 2).expect("load SmolLM2"))
+}
+
+/// Logits of every position of `ids`, run in one batch from an empty cache.
+fn all_logits(rt: &Runtime, ids: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = rt.model.new_cache(ids.len()).unwrap();
+    let hidden = rt.pool.install(|| rt.model.forward(ids, &mut cache)).unwrap();
+    let logits = rt.pool.install(|| rt.model.logits(&hidden));
+    logits.chunks_exact(rt.model.cfg.n_vocab).map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn smollm2_greedy_matches_llama_cpp() {
+    let Some(rt) = runtime() else { return };
+    for case in fixture_lines(SMOLLM2_FIXTURES, "greedy.jsonl") {
+        let prompt_text = case["prompt"].as_str().unwrap();
+        let prompt = ids(&case["prompt_ids"]);
+        let reference = ids(&case["ids"]);
+        let margins: Vec<f64> = case["top1_margin"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect();
+        assert_eq!(rt.tokenizer.encode_prompt(prompt_text, true).unwrap(), prompt, "prompt ids of {prompt_text:?}");
+
+        // Free-running: identical up to the first step whose reference margin is ambiguous.
+        let decisive = margins.iter().position(|&m| m < FREE_RUN_MARGIN).unwrap_or(margins.len());
+        let mut session = Session::new(&rt, 2048).unwrap();
+        let mut sampler = Sampler::new(SamplerConfig::greedy());
+        let generated = session.generate(&prompt, reference.len(), &mut sampler, |_| {}).unwrap().ids;
+        let checked = decisive.min(reference.len());
+        assert!(generated.len() >= checked, "{prompt_text:?}: stopped after {} tokens, expected at least {checked}", generated.len());
+        assert_eq!(generated[..checked], reference[..checked], "{prompt_text:?}: free-running greedy diverged before step {checked}");
+
+        // Teacher-forced: one pass over prompt + reference; argmax agrees at decisive steps.
+        let mut all = prompt.clone();
+        all.extend(&reference);
+        let logits = all_logits(&rt, &all);
+        for (i, (&want, &margin)) in reference.iter().zip(&margins).enumerate() {
+            if margin >= FREE_RUN_MARGIN {
+                let got = argmax(&logits[prompt.len() - 1 + i]);
+                assert_eq!(got, want, "{prompt_text:?}: teacher-forced step {i} (margin {margin})");
+            }
+        }
+    }
+}
+
+#[test]
+fn smollm2_logits_match_llama_cpp() {
+    let Some(rt) = runtime() else { return };
+    let (mut worst_kl, mut worst_mean_kl, mut worst_dlogit) = (0f64, 0f64, 0f64);
+    for case in fixture_lines(SMOLLM2_FIXTURES, "logits.jsonl") {
+        let prompt = case["prompt"].as_str().unwrap();
+        let input = ids(&case["ids"]);
+        let logits = all_logits(&rt, &input);
+        let positions = case["positions"].as_array().unwrap();
+        assert_eq!(positions.len(), input.len());
+        let mut kl_sum = 0.0;
+        for (pos, (reference, ours)) in positions.iter().zip(&logits).enumerate() {
+            let ref_lse = reference["logsumexp"].as_f64().unwrap();
+            let top_ids = ids(&reference["top_ids"]);
+            let top_logits: Vec<f64> = reference["top_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let our_lse = log_sum_exp(ours);
+
+            // KL(reference ‖ ours) over the reference's top 20 plus one bucket for the rest.
+            let (mut kl, mut p_top, mut q_top) = (0.0, 0.0, 0.0);
+            for (&id, &ref_logit) in top_ids.iter().zip(&top_logits) {
+                let (lp, lq) = (ref_logit - ref_lse, ours[id as usize] as f64 - our_lse);
+                kl += lp.exp() * (lp - lq);
+                p_top += lp.exp();
+                q_top += lq.exp();
+                worst_dlogit = worst_dlogit.max((ours[id as usize] as f64 - ref_logit).abs());
+            }
+            let (p_rest, q_rest) = ((1.0 - p_top).max(1e-12), (1.0 - q_top).max(1e-12));
+            kl += p_rest * (p_rest / q_rest).ln();
+            assert!(kl <= MAX_POSITION_KL, "{prompt:?} position {pos}: KL {kl:.4} > {MAX_POSITION_KL}");
+            kl_sum += kl;
+            worst_kl = worst_kl.max(kl);
+
+            if top_logits[0] - top_logits[1] >= TOP1_MARGIN {
+                assert_eq!(argmax(ours), top_ids[0], "{prompt:?} position {pos}: top-1 differs");
+            }
+        }
+        let mean = kl_sum / positions.len() as f64;
+        assert!(mean <= MAX_MEAN_KL, "{prompt:?}: mean KL {mean:.4} > {MAX_MEAN_KL}");
+        worst_mean_kl = worst_mean_kl.max(mean);
+    }
+    eprintln!("SmolLM2 vs llama.cpp: worst mean KL {worst_mean_kl:.5}, worst position KL {worst_kl:.5}, max |Δ logit| over reference top-20 {worst_dlogit:.4}");
+}
+
+#[test]
+fn smollm2_perplexity_matches_llama_cpp() {
+    let Some(rt) = runtime() else { return };
+    // llama-perplexity -c 512 on Debian's GPL-3 text gives 18.3914 (fixtures README).
+    let path = std::path::Path::new("/usr/share/common-licenses/GPL-3");
+    let text = std::fs::read_to_string(path).expect("Debian's GPL-3 text (package base-files)");
+    let r = pupil::bench::perplexity(&rt, &text, 512, None, |_, _, _| {}).unwrap();
+    eprintln!("SmolLM2 PPL {:.4} ± {:.4}, bits/byte {:.4}, {} chunks", r.ppl, r.ppl_err, r.bits_per_byte, r.chunks);
+    assert_eq!(r.chunks, 14, "same chunking as llama-perplexity");
+    let rel = (r.ppl - 18.3914).abs() / 18.3914;
+    assert!(rel <= 0.02, "PPL {} is {:.2}% from llama.cpp's 18.3914", r.ppl, rel * 100.0);
+    assert!(r.bits_per_byte > 0.5 && r.bits_per_byte < 1.5, "bits/byte {}", r.bits_per_byte);
+}
+
+#[test]
+fn smollm2_batched_prefill_equals_token_by_token() {
+    let Some(rt) = runtime() else { return };
+    let ids = rt.tokenizer.encode("The Llama jumped over the fence and kept running", false).unwrap();
+    let batched = all_logits(&rt, &ids);
+    let mut cache = rt.model.new_cache(64).unwrap();
+    for (i, &id) in ids.iter().enumerate() {
+        let hidden = rt.pool.install(|| rt.model.forward(&[id], &mut cache)).unwrap();
+        let one = rt.pool.install(|| rt.model.logits(&hidden));
+        let max_diff = one.iter().zip(&batched[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max_diff < 1e-3, "position {i}: batched and incremental logits differ by {max_diff}");
+    }
+}
+
+#[test]
+fn smollm2_same_seed_same_sample() {
+    let Some(rt) = runtime() else { return };
+    let prompt = rt.tokenizer.encode_prompt("Once upon a time", true).unwrap();
+    let run = |seed| {
+        let mut session = Session::new(&rt, 256).unwrap();
+        let mut sampler = Sampler::new(SamplerConfig { seed, temperature: 1.0, ..SamplerConfig::default() });
+        session.generate(&prompt, 24, &mut sampler, |_| {}).unwrap().ids
+    };
+    let a = run(11);
+    assert_eq!(a, run(11));
+    assert!((12..20).any(|s| run(s) != a), "different seeds should sample differently");
+}
