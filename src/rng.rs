@@ -22,7 +22,10 @@ impl Rng {
 
     /// A seed from the clock and process id, for runs without `--seed`.
     pub fn entropy_seed() -> u64 {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         nanos ^ ((std::process::id() as u64) << 32)
     }
 
@@ -64,7 +67,8 @@ mod tests {
         assert_eq!(xs, ys);
         assert_ne!(Rng::new(43).next_u64(), xs[0]);
         let mut r = Rng::new(1);
-        let mean = (0..10_000).map(|_| r.next_f64()).inspect(|v| assert!((0.0..1.0).contains(v))).sum::<f64>() / 10_000.0;
+        let mean =
+            (0..10_000).map(|_| r.next_f64()).inspect(|v| assert!((0.0..1.0).contains(v))).sum::<f64>() / 10_000.0;
         assert!((mean - 0.5).abs() < 0.02, "{mean}");
     }
 

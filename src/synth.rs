@@ -3,8 +3,8 @@
 //! a real model would be slow or could not be corrupted on purpose. They are marked
 //! `general.synthetic = true`; their outputs mean nothing.
 
-use crate::rng::Rng;
 use crate::gguf::{value::type_id, GgufWriter, Value};
+use crate::rng::Rng;
 
 /// Shape of a synthetic model.
 #[derive(Debug, Clone)]
@@ -73,7 +73,8 @@ impl TinyLlama {
         let mut rng = Rng::new(self.seed);
         let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize| {
             let scale = 1.0 / (cols as f64).sqrt();
-            let values: Vec<f32> = (0..rows * cols).map(|_| ((rng.next_f64() * 2.0 - 1.0) * scale * 1.7) as f32).collect();
+            let values: Vec<f32> =
+                (0..rows * cols).map(|_| ((rng.next_f64() * 2.0 - 1.0) * scale * 1.7) as f32).collect();
             w.add_f32(name, &[cols as u64, rows as u64], &values);
         };
         let (e, q, kv) = (self.n_embd, self.n_head * head_dim, self.n_head_kv * head_dim);

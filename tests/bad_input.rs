@@ -153,7 +153,10 @@ fn unknown_tensor_type() {
     let dir = scratch_dir("dtype");
     let mut rest = kv_string("general.architecture", "llama");
     rest.extend(tensor_info("blk.0.attn_q.weight", &[32, 32], 99, 0));
-    assert_refused(&write(&dir, "d.gguf", &raw_header(1, 1, &rest)), "tensor \"blk.0.attn_q.weight\" has unknown GGML type id 99");
+    assert_refused(
+        &write(&dir, "d.gguf", &raw_header(1, 1, &rest)),
+        "tensor \"blk.0.attn_q.weight\" has unknown GGML type id 99",
+    );
 }
 
 #[test]

@@ -20,14 +20,19 @@ fn pupil(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
     drop(input);
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn complete_streams_text_and_reports_stats() {
     let Some(path) = model(SMOLLM2) else { return };
     let m = path.to_str().unwrap();
-    let (ok, stdout, stderr) = pupil(&["complete", "-m", m, "--temperature", "0", "-n", "8", "-t", "2", "The capital of France is"], None);
+    let (ok, stdout, stderr) =
+        pupil(&["complete", "-m", m, "--temperature", "0", "-n", "8", "-t", "2", "The capital of France is"], None);
     assert!(ok, "{stderr}");
     // llama.cpp's greedy continuation starts " Paris.\n\nThe".
     assert!(stdout.starts_with(" Paris.\n\nThe"), "{stdout:?}");
@@ -41,7 +46,20 @@ fn complete_streams_text_and_reports_stats() {
 fn complete_json_gives_ids_and_timings() {
     let Some(path) = model(SMOLLM2) else { return };
     let fixture = &fixture_lines(SMOLLM2_FIXTURES, "greedy.jsonl")[0];
-    let (ok, stdout, stderr) = pupil(&["complete", "-m", path.to_str().unwrap(), "--json", "--temperature", "0", "-n", "3", fixture["prompt"].as_str().unwrap()], None);
+    let (ok, stdout, stderr) = pupil(
+        &[
+            "complete",
+            "-m",
+            path.to_str().unwrap(),
+            "--json",
+            "--temperature",
+            "0",
+            "-n",
+            "3",
+            fixture["prompt"].as_str().unwrap(),
+        ],
+        None,
+    );
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(ids(&v["prompt_ids"]), ids(&fixture["prompt_ids"]));
@@ -57,7 +75,8 @@ fn special_token_text_is_parsed_unless_no_special() {
     let m = path.to_str().unwrap();
     let prompt = "<|im_start|>user\nHi<|im_end|>\n";
     let (_, special, _) = pupil(&["complete", "-m", m, "--json", "-n", "1", "--temperature", "0", prompt], None);
-    let (_, plain, _) = pupil(&["complete", "-m", m, "--json", "-n", "1", "--temperature", "0", "--no-special", prompt], None);
+    let (_, plain, _) =
+        pupil(&["complete", "-m", m, "--json", "-n", "1", "--temperature", "0", "--no-special", prompt], None);
     let special: serde_json::Value = serde_json::from_str(special.trim()).unwrap();
     let plain: serde_json::Value = serde_json::from_str(plain.trim()).unwrap();
     assert_eq!(special["prompt_ids"][0], 1, "<|im_start|> is token 1");
@@ -68,7 +87,8 @@ fn special_token_text_is_parsed_unless_no_special() {
 fn tokenize_prints_fixture_ids() {
     let Some(path) = model(SMOLLM2) else { return };
     let case = &fixture_lines(SMOLLM2_FIXTURES, "tokenizer.jsonl")[2];
-    let (ok, stdout, stderr) = pupil(&["tokenize", "-m", path.to_str().unwrap(), "--json", case["text"].as_str().unwrap()], None);
+    let (ok, stdout, stderr) =
+        pupil(&["tokenize", "-m", path.to_str().unwrap(), "--json", case["text"].as_str().unwrap()], None);
     assert!(ok, "{stderr}");
     let got: Vec<u32> = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(got, ids(&case["ids"]));
@@ -78,11 +98,12 @@ fn tokenize_prints_fixture_ids() {
 fn chat_answers_piped_turns_and_resets() {
     let Some(path) = model(SMOLLM2) else { return };
     let input = "What is the capital of France?\n/reset\nSay hello.\n/exit\nnot read\n";
-    let (ok, stdout, stderr) = pupil(&["chat", "-m", path.to_str().unwrap(), "--temperature", "0", "-n", "24"], Some(input));
+    let (ok, stdout, stderr) =
+        pupil(&["chat", "-m", path.to_str().unwrap(), "--temperature", "0", "-n", "24"], Some(input));
     assert!(ok, "{stderr}");
     assert!(stdout.contains("Paris"), "{stdout:?}");
     assert!(stderr.contains("conversation cleared"), "{stderr:?}");
-    assert_eq!(stdout.lines().filter(|l| !l.trim().is_empty()).count() >= 2, true, "two replies: {stdout:?}");
+    assert!(stdout.lines().filter(|l| !l.trim().is_empty()).count() >= 2, "two replies: {stdout:?}");
 }
 
 #[test]
@@ -90,7 +111,16 @@ fn inspect_and_list_describe_the_model() {
     let Some(path) = model(SMOLLM2) else { return };
     let (ok, stdout, stderr) = pupil(&["inspect", path.to_str().unwrap()], None);
     assert!(ok, "{stderr}");
-    for field in ["architecture:  llama", "block_count", "context_length                       8192", "gpt2 vocabulary, pre-tokenizer smollm, 49152 tokens", "chat template: present", "Q4_1", "Q8_0", "272 ("] {
+    for field in [
+        "architecture:  llama",
+        "block_count",
+        "context_length                       8192",
+        "gpt2 vocabulary, pre-tokenizer smollm, 49152 tokens",
+        "chat template: present",
+        "Q4_1",
+        "Q8_0",
+        "272 (",
+    ] {
         assert!(stdout.contains(field), "inspect output lacks {field:?}:\n{stdout}");
     }
     let (ok, stdout, _) = pupil(&["list"], None);

@@ -54,7 +54,10 @@ fn check(dtype: GgmlDType, candle: CandleType) {
             .and_then(|t| t.to_vec1::<f32>())
             .expect("candle dequantizes");
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-            assert!(a == b || (a - b).abs() <= 1e-6 * b.abs().max(1.0), "{dtype} seed {seed} element {i}: ours {a}, candle {b}");
+            assert!(
+                a == b || (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{dtype} seed {seed} element {i}: ours {a}, candle {b}"
+            );
         }
     }
 }

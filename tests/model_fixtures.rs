@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use pupil::bench::quality::log_sum_exp;
-use pupil::generate::{Runtime, Sampler, SamplerConfig, Session};
 use pupil::generate::sampler::argmax;
+use pupil::generate::{Runtime, Sampler, SamplerConfig, Session};
 
 /// Checks stated by the fixtures' README.
 const FREE_RUN_MARGIN: f64 = 0.5;
@@ -45,8 +45,16 @@ fn smollm2_greedy_matches_llama_cpp() {
         let mut sampler = Sampler::new(SamplerConfig::greedy());
         let generated = session.generate(&prompt, reference.len(), &mut sampler, |_| {}).unwrap().ids;
         let checked = decisive.min(reference.len());
-        assert!(generated.len() >= checked, "{prompt_text:?}: stopped after {} tokens, expected at least {checked}", generated.len());
-        assert_eq!(generated[..checked], reference[..checked], "{prompt_text:?}: free-running greedy diverged before step {checked}");
+        assert!(
+            generated.len() >= checked,
+            "{prompt_text:?}: stopped after {} tokens, expected at least {checked}",
+            generated.len()
+        );
+        assert_eq!(
+            generated[..checked],
+            reference[..checked],
+            "{prompt_text:?}: free-running greedy diverged before step {checked}"
+        );
 
         // Teacher-forced: one pass over prompt + reference; argmax agrees at decisive steps.
         let mut all = prompt.clone();
@@ -75,7 +83,8 @@ fn smollm2_logits_match_llama_cpp() {
         for (pos, (reference, ours)) in positions.iter().zip(&logits).enumerate() {
             let ref_lse = reference["logsumexp"].as_f64().unwrap();
             let top_ids = ids(&reference["top_ids"]);
-            let top_logits: Vec<f64> = reference["top_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let top_logits: Vec<f64> =
+                reference["top_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             let our_lse = log_sum_exp(ours);
 
             // KL(reference ‖ ours) over the reference's top 20 plus one bucket for the rest.

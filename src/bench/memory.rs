@@ -20,7 +20,12 @@ pub fn memory_status() -> Option<MemoryStatus> {
         let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
         Some(kb * 1024)
     };
-    Some(MemoryStatus { rss: field("VmRSS:")?, rss_anon: field("RssAnon:")?, rss_file: field("RssFile:")?, rss_peak: field("VmHWM:")? })
+    Some(MemoryStatus {
+        rss: field("VmRSS:")?,
+        rss_anon: field("RssAnon:")?,
+        rss_file: field("RssFile:")?,
+        rss_peak: field("VmHWM:")?,
+    })
 }
 
 pub fn mib(bytes: u64) -> f64 {

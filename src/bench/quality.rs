@@ -31,7 +31,13 @@ const LOGIT_ROWS: usize = 32;
 
 /// Scores `text` in chunks of `n_ctx` tokens (at most `max_chunks` of them), calling
 /// `on_chunk(done, total, running_ppl)` after each.
-pub fn perplexity(rt: &Runtime, text: &str, n_ctx: usize, max_chunks: Option<usize>, mut on_chunk: impl FnMut(usize, usize, f64)) -> Result<PerplexityResult, GenerationError> {
+pub fn perplexity(
+    rt: &Runtime,
+    text: &str,
+    n_ctx: usize,
+    max_chunks: Option<usize>,
+    mut on_chunk: impl FnMut(usize, usize, f64),
+) -> Result<PerplexityResult, GenerationError> {
     let tok = &rt.tokenizer;
     let model = &rt.model;
     let n_ctx = n_ctx.min(model.cfg.n_ctx_train);

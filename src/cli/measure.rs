@@ -38,10 +38,7 @@ pub fn perplexity(a: PerplexityArgs, threads: usize) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     }
-    println!(
-        "{} chunks of {} tokens, {} tokens scored ({} bytes)",
-        r.chunks, r.n_ctx, r.scored_tokens, r.scored_bytes
-    );
+    println!("{} chunks of {} tokens, {} tokens scored ({} bytes)", r.chunks, r.n_ctx, r.scored_tokens, r.scored_bytes);
     println!("PPL = {:.4} ± {:.4}, bits/byte = {:.4}", r.ppl, r.ppl_err, r.bits_per_byte);
     Ok(())
 }

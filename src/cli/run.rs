@@ -27,7 +27,9 @@ pub struct PullArgs {
 
 pub fn pull(a: PullArgs) -> anyhow::Result<()> {
     let catalog = Catalog::load()?;
-    let entry = catalog.find(&a.name).ok_or_else(|| anyhow::anyhow!("unknown model {:?} (known: {})", a.name, catalog.names()))?;
+    let entry = catalog
+        .find(&a.name)
+        .ok_or_else(|| anyhow::anyhow!("unknown model {:?} (known: {})", a.name, catalog.names()))?;
     if a.verify {
         catalog::verify(entry)?;
         println!("{}: ok ({} bytes, sha256 {})", entry.path()?.display(), entry.size, entry.sha256);
@@ -69,7 +71,13 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     let path = catalog::resolve(&a.model, true)?;
     let f = GgufFile::open(&path)?;
     let arch = f.get_str("general.architecture")?.unwrap_or("(none)").to_string();
-    println!("file:          {} ({:.1} MB, GGUF v{}, alignment {})", path.display(), f.file_size() as f64 / 1e6, f.version(), f.alignment());
+    println!(
+        "file:          {} ({:.1} MB, GGUF v{}, alignment {})",
+        path.display(),
+        f.file_size() as f64 / 1e6,
+        f.version(),
+        f.alignment()
+    );
     println!("name:          {}", f.get_str("general.name")?.unwrap_or("(none)"));
     println!("architecture:  {arch}");
     println!("hyperparameters:");
@@ -88,7 +96,10 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     );
     match f.get_str("tokenizer.chat_template")? {
         Some(t) => println!("chat template: present ({} bytes)", t.len()),
-        None => println!("chat template: absent (pupil falls back to {})", if arch.starts_with("gemma") { "Gemma turns" } else { "ChatML" }),
+        None => println!(
+            "chat template: absent (pupil falls back to {})",
+            if arch.starts_with("gemma") { "Gemma turns" } else { "ChatML" }
+        ),
     }
     let mut by_type: BTreeMap<&str, (usize, u64, u64)> = BTreeMap::new();
     for t in f.tensors() {
@@ -99,10 +110,19 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     }
     let total: u64 = by_type.values().map(|v| v.1).sum();
     let params: u64 = by_type.values().map(|v| v.2).sum();
-    println!("tensors:       {} ({:.1} M parameters, {:.1} MB)", f.tensors().len(), params as f64 / 1e6, total as f64 / 1e6);
+    println!(
+        "tensors:       {} ({:.1} M parameters, {:.1} MB)",
+        f.tensors().len(),
+        params as f64 / 1e6,
+        total as f64 / 1e6
+    );
     for (ty, (count, bytes, elems)) in &by_type {
         let bpw = *bytes as f64 * 8.0 / *elems as f64;
-        println!("  {ty:<8} {count:>5} tensors {:>9.1} MB {:>5.1}% {bpw:>6.2} bits/weight", *bytes as f64 / 1e6, 100.0 * *bytes as f64 / total.max(1) as f64);
+        println!(
+            "  {ty:<8} {count:>5} tensors {:>9.1} MB {:>5.1}% {bpw:>6.2} bits/weight",
+            *bytes as f64 / 1e6,
+            100.0 * *bytes as f64 / total.max(1) as f64
+        );
     }
     if a.metadata {
         println!("metadata:");

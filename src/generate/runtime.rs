@@ -51,7 +51,12 @@ impl Runtime {
             return Err(LoadError::VocabMismatch { tokenizer: tokenizer.n_vocab(), model: model.cfg.n_vocab });
         }
         let text = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("").to_string();
-        let template = ChatTemplate::new(tokenizer.chat_template(), &model.cfg.architecture, &text(tokenizer.bos()), &text(tokenizer.eos()))?;
+        let template = ChatTemplate::new(
+            tokenizer.chat_template(),
+            &model.cfg.architecture,
+            &text(tokenizer.bos()),
+            &text(tokenizer.eos()),
+        )?;
         let pool = crate::threads::pool(threads);
         // Building the tokenizer churns through temporary strings; hand that heap back.
         crate::threads::release_free_heap();

@@ -138,7 +138,13 @@ impl<'r> Session<'r> {
 
     /// Continues `prompt` for at most `max_tokens` tokens, calling `on_text` with each
     /// piece of text as soon as it forms complete UTF-8.
-    pub fn generate(&mut self, prompt: &[u32], max_tokens: usize, sampler: &mut Sampler, mut on_text: impl FnMut(&str)) -> Result<Generation, GenerationError> {
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        sampler: &mut Sampler,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation, GenerationError> {
         let tok = &self.rt.tokenizer;
         let t0 = Instant::now();
         let mut logits = self.prefill(prompt)?;

@@ -53,7 +53,7 @@ pub enum GgufError {
     TensorOutOfBounds { tensor: String, start: u64, end: u64, file_len: u64 },
     #[error("corrupt GGUF file: tensor {tensor:?} offset {offset} is not a multiple of the alignment {alignment}")]
     Misaligned { tensor: String, offset: u64, alignment: u64 },
-    #[error("corrupt GGUF file: general.alignment {0} must be a non-zero multiple of 8 and a power of two")]
+    #[error("corrupt GGUF file: general.alignment {0} must be a power of two")]
     BadAlignment(u64),
     #[error("missing metadata key {0:?}")]
     MissingKey(String),
@@ -227,7 +227,11 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8], GgufError> {
         if n > self.remaining() {
-            return Err(GgufError::Truncated { what: what(), offset: self.pos as u64, file_len: self.bytes.len() as u64 });
+            return Err(GgufError::Truncated {
+                what: what(),
+                offset: self.pos as u64,
+                file_len: self.bytes.len() as u64,
+            });
         }
         let start = self.pos;
         self.pos += n as usize;
@@ -366,8 +370,8 @@ fn parse(map: &Arc<Mmap>) -> Result<Header, GgufError> {
         Some((k, v)) => v.as_u64().ok_or_else(|| wrong_type(k, "an unsigned integer", v))?,
         None => DEFAULT_ALIGNMENT,
     };
-    // Weights are read as u16/f32 fields in place, so blocks need at least 8-byte alignment.
-    if alignment == 0 || alignment % 8 != 0 || !alignment.is_power_of_two() {
+    // Kernels read block fields byte-wise, so any power of two will do.
+    if !alignment.is_power_of_two() {
         return Err(GgufError::BadAlignment(alignment));
     }
 
@@ -391,7 +395,8 @@ fn parse(map: &Arc<Mmap>) -> Result<Header, GgufError> {
         }
         let type_id = c.u32(&what)?;
         let offset = c.u64(&what)?;
-        let dtype = GgmlDType::from_id(type_id).ok_or_else(|| GgufError::UnknownDType { tensor: name.clone(), type_id })?;
+        let dtype =
+            GgmlDType::from_id(type_id).ok_or_else(|| GgufError::UnknownDType { tensor: name.clone(), type_id })?;
         if names.insert(name.clone(), ()).is_some() {
             return Err(GgufError::Duplicate { what: "tensor", name });
         }
@@ -403,7 +408,10 @@ fn parse(map: &Arc<Mmap>) -> Result<Header, GgufError> {
     let mut tensors = Vec::with_capacity(raw.len());
     for (name, dims, dtype, offset) in raw {
         let bad_shape = |why| GgufError::BadShape { tensor: name.clone(), shape: dims.clone(), why };
-        let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad_shape("element count overflows"))?;
+        let n_elements = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad_shape("element count overflows"))?;
         if dims.first().is_some_and(|&d| d % dtype.block_size() as u64 != 0) {
             return Err(bad_shape("row length is not a whole number of quantization blocks"));
         }
@@ -428,4 +436,63 @@ fn parse(map: &Arc<Mmap>) -> Result<Header, GgufError> {
         }
     }
     Ok(Header { version, metadata, tensors, alignment })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{GgufWriter, Value};
+
+    fn roundtrip(w: &GgufWriter) -> Result<GgufFile, GgufError> {
+        let dir = std::env::temp_dir().join(format!("pupil-gguf-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.gguf", w.to_bytes().len()));
+        w.write(&path).unwrap();
+        GgufFile::open(&path)
+    }
+
+    #[test]
+    fn writer_and_reader_agree() {
+        let mut w = GgufWriter::new();
+        w.add("general.architecture", Value::String("llama".into()))
+            .add("a.u8", Value::U8(7))
+            .add("a.i64", Value::I64(-3))
+            .add("a.f64", Value::F64(0.25))
+            .add("a.bool", Value::Bool(true))
+            .add(
+                "a.strings",
+                Value::array(type_id::STRING, vec![Value::String("x".into()), Value::String("héllo".into())]),
+            )
+            .add("a.floats", Value::array(type_id::F32, vec![Value::F32(1.5), Value::F32(-2.0)]))
+            .add("a.nested", Value::array(type_id::ARRAY, vec![Value::array(type_id::U16, vec![Value::U16(9)])]));
+        w.add_f32("t.a", &[3], &[1.0, 2.0, 3.0]).add_f32("t.b", &[2, 2], &[4.0, 5.0, 6.0, 7.0]);
+        let f = roundtrip(&w).unwrap();
+        assert_eq!(f.version(), 3);
+        assert_eq!(f.get_str("general.architecture").unwrap(), Some("llama"));
+        assert_eq!(f.get_u64("a.u8").unwrap(), Some(7));
+        assert_eq!(f.get("a.i64"), Some(&Value::I64(-3)));
+        assert_eq!(f.get_f64("a.f64").unwrap(), Some(0.25));
+        assert_eq!(f.get_bool("a.bool").unwrap(), Some(true));
+        let strings: Vec<Value> = f.get_array("a.strings").unwrap().unwrap().iter().collect();
+        assert_eq!(strings, vec![Value::String("x".into()), Value::String("héllo".into())]);
+        assert_eq!(f.get("a.floats"), Some(&Value::array(type_id::F32, vec![Value::F32(1.5), Value::F32(-2.0)])));
+        assert_eq!(f.get_array("a.nested").unwrap().unwrap().len(), 1);
+        let b = f.require_tensor("t.b").unwrap();
+        assert_eq!(b.dims, vec![2, 2]);
+        assert_eq!(b.data.start % 32, 0, "tensor data is aligned");
+        let bytes = f.tensor_bytes(b);
+        assert_eq!(f32::from_le_bytes(bytes[12..16].try_into().unwrap()), 7.0);
+        assert!(matches!(f.require_tensor("missing"), Err(GgufError::MissingTensor(_))));
+        assert!(matches!(f.get_str("a.u8"), Err(GgufError::WrongType { .. })));
+    }
+
+    #[test]
+    fn duplicate_keys_and_bad_alignment_are_refused() {
+        let mut w = GgufWriter::new();
+        w.add("k", Value::U8(1)).add("k", Value::U8(2));
+        assert!(matches!(roundtrip(&w), Err(GgufError::Duplicate { .. })));
+        let mut w = GgufWriter::new();
+        w.add("general.alignment", Value::U32(24));
+        assert!(matches!(roundtrip(&w), Err(GgufError::BadAlignment(24))));
+    }
 }

@@ -150,10 +150,18 @@ impl Value {
 /// A metadata array: built in memory, or left in the mapped file.
 #[derive(Clone)]
 pub enum Array {
-    Owned { item_type: u32, items: Vec<Value> },
+    Owned {
+        item_type: u32,
+        items: Vec<Value>,
+    },
     /// `len` items of scalar or string type `item_type`, encoded in `map[range]`. The
     /// reader validated every item (sizes, string lengths, UTF-8) when it parsed the file.
-    Mapped { item_type: u32, len: usize, map: Arc<Mmap>, range: Range<usize> },
+    Mapped {
+        item_type: u32,
+        len: usize,
+        map: Arc<Mmap>,
+        range: Range<usize>,
+    },
 }
 
 impl Array {

@@ -63,7 +63,9 @@ impl Config {
         };
         let opt_dim = |k: &str| -> Result<Option<usize>, ModelError> {
             match file.get_u64(&key(k))? {
-                Some(v) if v == 0 || v > MAX_DIM => Err(ModelError::BadConfig(format!("{} = {v} is out of range", key(k)))),
+                Some(v) if v == 0 || v > MAX_DIM => {
+                    Err(ModelError::BadConfig(format!("{} = {v} is out of range", key(k))))
+                }
                 other => Ok(other.map(|v| v as usize)),
             }
         };
@@ -71,16 +73,24 @@ impl Config {
         let n_head = dim("attention.head_count")?;
         let n_head_kv = opt_dim("attention.head_count_kv")?.unwrap_or(n_head);
         if n_head % n_head_kv != 0 {
-            return Err(ModelError::BadConfig(format!("head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
+            return Err(ModelError::BadConfig(format!(
+                "head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
+            )));
         }
         let head_dim = match opt_dim("attention.key_length")? {
             Some(d) => d,
             None if n_embd % n_head == 0 => n_embd / n_head,
-            None => return Err(ModelError::BadConfig(format!("embedding_length {n_embd} is not a multiple of head_count {n_head}"))),
+            None => {
+                return Err(ModelError::BadConfig(format!(
+                    "embedding_length {n_embd} is not a multiple of head_count {n_head}"
+                )))
+            }
         };
         let n_rot = opt_dim("rope.dimension_count")?.unwrap_or(head_dim);
         if n_rot > head_dim || n_rot % 2 != 0 {
-            return Err(ModelError::BadConfig(format!("rope.dimension_count {n_rot} does not fit head size {head_dim}")));
+            return Err(ModelError::BadConfig(format!(
+                "rope.dimension_count {n_rot} does not fit head size {head_dim}"
+            )));
         }
         let n_vocab = match file.get_array("tokenizer.ggml.tokens")? {
             Some(tokens) => tokens.len(),

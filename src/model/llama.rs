@@ -60,7 +60,11 @@ fn vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, ModelError>
 fn matrix_1d(file: &GgufFile, name: &str, n: usize) -> Result<QMatrix, ModelError> {
     let info = file.require_tensor(name)?;
     if info.dims != [n as u64] {
-        return Err(ModelError::BadTensorShape { tensor: name.into(), expected: vec![n as u64], found: info.dims.clone() });
+        return Err(ModelError::BadTensorShape {
+            tensor: name.into(),
+            expected: vec![n as u64],
+            found: info.dims.clone(),
+        });
     }
     if !kernels::is_supported(info.dtype) {
         return Err(ModelError::UnsupportedDType { tensor: name.into(), dtype: info.dtype });
@@ -257,7 +261,16 @@ fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, cos: &[f32], sin: &[f32]) 
 /// cache, which already holds their own keys and values. Query head `h` reads KV head
 /// `h / (n_head / n_head_kv)` in place: no per-head copies.
 #[allow(clippy::too_many_arguments)]
-fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, n_head: usize, n_head_kv: usize, head_dim: usize, out: &mut [f32]) {
+fn attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    out: &mut [f32],
+) {
     let group = n_head / n_head_kv;
     let kv_dim = n_head_kv * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
@@ -267,7 +280,9 @@ fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, n_head: u
         let qh = &q[i * head_dim..(i + 1) * head_dim];
         let n_keys = pos0 + t + 1;
         scores.clear();
-        scores.extend((0..n_keys).map(|j| dot(qh, &k_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim]) * scale));
+        scores.extend(
+            (0..n_keys).map(|j| dot(qh, &k_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim]) * scale),
+        );
         softmax_in_place(scores);
         o.fill(0.0);
         for (j, &p) in scores.iter().enumerate() {

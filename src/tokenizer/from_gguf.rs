@@ -39,12 +39,23 @@ pub mod token_type {
 /// Llama 3's pre-tokenizer pattern (`tokenizer.ggml.pre = llama-bpe`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen 2's: Llama 3's with single digits.
-const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Texts that end a turn in common chat formats; control tokens with these texts stop
 /// generation even when the metadata names only `eos`.
-const END_OF_GENERATION_TEXTS: &[&str] =
-    &["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<|return|>", "<EOT>", "<｜end▁of▁sentence｜>"];
+const END_OF_GENERATION_TEXTS: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<|return|>",
+    "<EOT>",
+    "<｜end▁of▁sentence｜>",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -289,7 +300,8 @@ pub fn byte_level_table() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next = 256u32;
     for b in 0..256u32 {
-        let printable = (b'!' as u32..=b'~' as u32).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (b'!' as u32..=b'~' as u32).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).expect("latin-1 code point")
         } else {
@@ -316,13 +328,19 @@ fn added_tokens(contents: impl Iterator<Item = (String, i32)>) -> (Vec<AddedToke
     (special, user)
 }
 
-fn build_gpt2(tokens: &[String], types: &[i32], merges: &[String], pre: &str) -> Result<(tokenizers::Tokenizer, Vec<Vec<u8>>), TokenizerError> {
+fn build_gpt2(
+    tokens: &[String],
+    types: &[i32],
+    merges: &[String],
+    pre: &str,
+) -> Result<(tokenizers::Tokenizer, Vec<Vec<u8>>), TokenizerError> {
     let pre_tokenizer: PreTokenizerWrapper = match pre {
         "smollm" => Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(),
         "gpt-2" | "gpt2" => ByteLevel::new(false, true, true).into(),
         "llama-bpe" | "llama3" | "qwen2" => {
             let pattern = if pre == "qwen2" { QWEN2_PATTERN } else { LLAMA3_PATTERN };
-            let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false).map_err(backend)?;
+            let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(backend)?;
             Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
         }
         other => return Err(TokenizerError::UnsupportedPre(other.to_string())),
@@ -330,9 +348,17 @@ fn build_gpt2(tokens: &[String], types: &[i32], merges: &[String], pre: &str) ->
     let vocab: ahash::AHashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let merges = merges
         .iter()
-        .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| TokenizerError::Corrupt(format!("merge {m:?} has no space"))))
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| TokenizerError::Corrupt(format!("merge {m:?} has no space")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let bpe = BPE::builder().vocab_and_merges(vocab, merges).ignore_merges(pre != "smollm" && pre != "gpt-2" && pre != "gpt2").build().map_err(backend)?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(pre != "smollm" && pre != "gpt-2" && pre != "gpt2")
+        .build()
+        .map_err(backend)?;
 
     let table = byte_level_table();
     let reverse: HashMap<char, u8> = table.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
@@ -370,7 +396,12 @@ fn parse_byte_token(t: &str) -> Option<u8> {
     (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok()).flatten()
 }
 
-fn build_spm(tokens: &[String], types: &[i32], scores: &[f32], add_space_prefix: bool) -> Result<(tokenizers::Tokenizer, Vec<Vec<u8>>), TokenizerError> {
+fn build_spm(
+    tokens: &[String],
+    types: &[i32],
+    scores: &[f32],
+    add_space_prefix: bool,
+) -> Result<(tokenizers::Tokenizer, Vec<Vec<u8>>), TokenizerError> {
     let mut vocab: ahash::AHashMap<String, u32> = ahash::AHashMap::with_capacity(tokens.len());
     for (i, t) in tokens.iter().enumerate() {
         vocab.entry(t.clone()).or_insert(i as u32);

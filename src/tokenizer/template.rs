@@ -47,14 +47,21 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// Compiles `source` (or the fallback for `architecture` when `None`).
-    pub fn new(source: Option<&str>, architecture: &str, bos_token: &str, eos_token: &str) -> Result<Self, TemplateError> {
+    pub fn new(
+        source: Option<&str>,
+        architecture: &str,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<Self, TemplateError> {
         let from_model = source.is_some();
         let source = source.unwrap_or(if architecture.starts_with("gemma") { GEMMA_TEMPLATE } else { CHATML_TEMPLATE });
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
         env.add_template_owned("chat", source.to_string()).map_err(|e| TemplateError::Parse(e.to_string()))?;
         Ok(Self { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string(), from_model })
@@ -81,7 +88,20 @@ fn strftime_now(fmt: &str) -> Result<String, Error> {
     Ok(format_time(secs, fmt))
 }
 
-const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
 const WEEKDAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
 
 /// Formats Unix time `secs` (UTC) with a strftime-style `fmt`.
@@ -181,7 +201,10 @@ mod tests {
     fn fallbacks_render_turns() {
         let msgs = [Message::new("system", "Be brief."), Message::new("user", "Hi")];
         let chatml = ChatTemplate::new(None, "llama", "<s>", "</s>").unwrap().render(&msgs, true).unwrap();
-        assert_eq!(chatml, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            chatml,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
         let gemma = ChatTemplate::new(None, "gemma3", "<bos>", "<eos>").unwrap().render(&msgs, true).unwrap();
         assert_eq!(gemma, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n");
     }

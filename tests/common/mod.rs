@@ -32,7 +32,10 @@ pub fn fixture_path(model_dir: &str, file: &str) -> PathBuf {
 pub fn fixture_lines(model_dir: &str, file: &str) -> Vec<serde_json::Value> {
     let path = fixture_path(model_dir, file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("fixture line is JSON")).collect()
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("fixture line is JSON"))
+        .collect()
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
