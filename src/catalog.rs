@@ -276,19 +276,17 @@ fn download_wheel(
     progress: bool,
 ) -> Result<(), CatalogError> {
     const ATTEMPTS: u32 = 3;
-    let mut last = None;
-    for attempt in 1..=ATTEMPTS {
+    let mut attempt = 1;
+    loop {
         match download_once(agent, src, dest, label, progress) {
-            Ok(()) => return Ok(()),
             Err(e @ CatalogError::Download { .. }) if attempt < ATTEMPTS => {
                 eprintln!("pupil: {e}; retrying ({attempt}/{ATTEMPTS})");
                 std::thread::sleep(Duration::from_secs(2 * attempt as u64));
-                last = Some(e);
+                attempt += 1;
             }
-            Err(e) => return Err(e),
+            result => return result,
         }
     }
-    Err(last.expect("at least one attempt"))
 }
 
 fn download_once(

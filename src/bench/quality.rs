@@ -42,12 +42,12 @@ pub fn perplexity(
     let model = &rt.model;
     let n_ctx = n_ctx.min(model.cfg.n_ctx_train);
     if n_ctx < 4 {
-        return Err(GenerationError::PromptTooLong { prompt: 4, n_ctx });
+        return Err(GenerationError::ChunkTooSmall(n_ctx));
     }
     let tokens = tok.encode_prompt(text, false)?;
     let available = tokens.len() / n_ctx;
     if available == 0 {
-        return Err(GenerationError::PromptTooLong { prompt: 2 * n_ctx, n_ctx: tokens.len() });
+        return Err(GenerationError::TextTooShort { tokens: tokens.len(), n_ctx });
     }
     let chunks = max_chunks.map_or(available, |m| m.min(available));
     let bos = tok.bos().filter(|_| tok.add_bos());

@@ -20,6 +20,10 @@ pub enum GenerationError {
     Tokenizer(#[from] TokenizerError),
     #[error("prompt is empty: nothing to continue from")]
     EmptyPrompt,
+    #[error("chunk size {0} is too small: perplexity needs at least 4 tokens per chunk")]
+    ChunkTooSmall(usize),
+    #[error("text has {tokens} tokens: too short for one chunk of {n_ctx}")]
+    TextTooShort { tokens: usize, n_ctx: usize },
     #[error("prompt has {prompt} tokens but the context holds {n_ctx} (raise --ctx-size or shorten it)")]
     PromptTooLong { prompt: usize, n_ctx: usize },
 }

@@ -67,6 +67,9 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(x.len(), n_tokens * cols, "matmul: activation shape");
     assert_eq!(out.len(), n_tokens * rows, "matmul: output shape");
+    if n_tokens == 0 {
+        return;
+    }
     let rb = w.row_bytes();
     let bytes = w.bytes();
 
@@ -104,6 +107,53 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
     for (r, row) in out_t.chunks_exact(n_tokens).enumerate() {
         for (t, &v) in row.iter().enumerate() {
             out[t * rows + r] = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// A weight of random blocks (with finite f16 scales) in an anonymous map.
+    fn random_weight(dtype: GgmlDType, rows: usize, cols: usize) -> QMatrix {
+        let n = dtype.bytes_for((rows * cols) as u64).unwrap() as usize;
+        let mut map = memmap2::MmapMut::map_anon(n).unwrap();
+        let mut rng = Rng::new(3);
+        map.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
+        for block in map.chunks_exact_mut(dtype.type_size()) {
+            block[1] = 0x20;
+            if dtype == GgmlDType::Q4_1 {
+                block[3] = 0x20;
+            }
+        }
+        QMatrix::new(dtype, rows, cols, Arc::new(map.make_read_only().unwrap()), 0..n)
+    }
+
+    #[test]
+    fn batched_and_single_token_matmul_equal_the_naive_product() {
+        let (rows, cols) = (37, 64); // rows not a multiple of ROW_BLOCK
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let w = random_weight(dtype, rows, cols);
+            let mut dense = vec![0f32; rows * cols];
+            dequantize(dtype, w.bytes(), &mut dense);
+            let mut rng = Rng::new(9);
+            for n_tokens in [1, 2, 5] {
+                let x: Vec<f32> = (0..n_tokens * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
+                let mut out = vec![0f32; n_tokens * rows];
+                matmul(&w, &x, n_tokens, &mut out);
+                for t in 0..n_tokens {
+                    for r in 0..rows {
+                        let want: f32 = (0..cols).map(|k| dense[r * cols + k] * x[t * cols + k]).sum();
+                        let got = out[t * rows + r];
+                        assert!(
+                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                            "{dtype} t={t} r={r}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -133,6 +133,9 @@ impl Llama {
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
         let cfg = &self.cfg;
         let n = tokens.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let pos0 = cache.len();
         if pos0 + n > cache.n_ctx() {
             return Err(ModelError::ContextFull { needed: pos0 + n, n_ctx: cache.n_ctx() });

@@ -14,7 +14,7 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>
 
 /// Gemma's turn format (system text folded into the first user turn, as Gemma's own
 /// template does), the fallback for `gemma*` files without a template.
-pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% set sys = '' %}{% for message in messages %}{% if message['role'] == 'system' %}{% set sys = message['content'] + '\n\n' %}{% else %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (sys if loop.index0 <= 1 else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% set ns = namespace(sys='') %}{% for message in messages %}{% if message['role'] == 'system' %}{% set ns.sys = message['content'] + '\n\n' %}{% else %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (ns.sys if loop.index0 <= 1 else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -63,6 +63,7 @@ impl ChatTemplate {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string()).map_err(|e| TemplateError::Parse(e.to_string()))?;
         Ok(Self { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string(), from_model })
     }
@@ -78,6 +79,84 @@ impl ChatTemplate {
             eos_token => self.eos_token,
         })
         .map_err(|e| TemplateError::Render(format!("{e:#}")))
+    }
+}
+
+/// `tojson` as Hugging Face's chat templating defines it: Python's
+/// `json.dumps(x, ensure_ascii=False, indent=indent)` — keys in insertion order, `", "` and
+/// `": "` separators (`","` between items when indenting), no HTML escaping. (minijinja's
+/// built-in writes compact JSON, which changes the prompt the model sees.)
+fn tojson(value: minijinja::Value, kwargs: minijinja::value::Kwargs) -> Result<String, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let formatter = PythonJson { indent: indent.map(|n| vec![b' '; n]), open: Vec::new() };
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+    serde::Serialize::serialize(&value, &mut ser)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    String::from_utf8(out).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+}
+
+/// serde_json formatting that reproduces Python's `json.dumps` separators and indents.
+struct PythonJson {
+    indent: Option<Vec<u8>>,
+    /// One entry per open array or object: whether it has items yet.
+    open: Vec<bool>,
+}
+
+impl PythonJson {
+    fn newline<W: ?Sized + std::io::Write>(&self, w: &mut W) -> std::io::Result<()> {
+        if let Some(unit) = &self.indent {
+            w.write_all(b"\n")?;
+            for _ in 0..self.open.len() {
+                w.write_all(unit)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn separator<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if !first {
+            w.write_all(if self.indent.is_some() { b"," } else { b", " })?;
+        }
+        if let Some(has_items) = self.open.last_mut() {
+            *has_items = true;
+        }
+        self.newline(w)
+    }
+
+    fn close<W: ?Sized + std::io::Write>(&mut self, w: &mut W, bracket: &[u8]) -> std::io::Result<()> {
+        // Python writes empty containers as `[]` / `{}` even when indenting.
+        if self.open.pop() == Some(true) {
+            self.newline(w)?;
+        }
+        w.write_all(bracket)
+    }
+}
+
+impl serde_json::ser::Formatter for PythonJson {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.open.push(false);
+        w.write_all(b"[")
+    }
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.close(w, b"]")
+    }
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        self.separator(w, first)
+    }
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.open.push(false);
+        w.write_all(b"{")
+    }
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.close(w, b"}")
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        self.separator(w, first)
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
     }
 }
 
@@ -191,10 +270,11 @@ mod tests {
 
     #[test]
     fn python_string_methods_and_tojson_work() {
-        let src = "{% for m in messages %}{{ m['content'].strip().upper() }}|{{ m | tojson }}{% endfor %}";
+        let src = "{% for m in messages %}{{ m['content'].strip().upper() }}|{{ m | tojson }}|{{ [1, 'é', [], {}] | tojson(indent=2) }}{% endfor %}";
         let t = ChatTemplate::new(Some(src), "llama", "", "").unwrap();
-        let out = t.render(&[Message::new("user", "  hi ")], false).unwrap();
-        assert_eq!(out, r#"HI|{"content":"  hi ","role":"user"}"#);
+        let out = t.render(&[Message::new("user", "  hi <b>")], false).unwrap();
+        // Python: json.dumps(m, ensure_ascii=False) and json.dumps([1, "é", [], {}], indent=2).
+        assert_eq!(out, "HI <B>|{\"role\": \"user\", \"content\": \"  hi <b>\"}|[\n  1,\n  \"é\",\n  [],\n  {}\n]");
     }
 
     #[test]
