@@ -1,6 +1,9 @@
-//! Measuring models: quality (perplexity, bits per byte) today; speed and reports later.
+//! Measuring models: speed (llama-bench's tests), quality (perplexity, bits per byte),
+//! memory, and the device a measurement came from.
 
+pub mod device;
 pub mod memory;
 pub mod quality;
+pub mod speed;
 
 pub use quality::{perplexity, PerplexityResult};

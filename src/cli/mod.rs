@@ -1,6 +1,7 @@
 //! The `pupil` command line: argument parsing and printing only; all work is done by the
 //! library.
 
+mod bench;
 mod measure;
 mod run;
 
@@ -34,6 +35,8 @@ pub enum Command {
     Chat(run::ChatArgs),
     /// Perplexity and bits per byte of a text file, by llama-perplexity's method.
     Perplexity(measure::PerplexityArgs),
+    /// Speed like llama-bench (pp/tg t/s), plus load time, memory and device identification.
+    Bench(bench::BenchArgs),
 }
 
 /// `--model`: a GGUF path or a catalog name (pulled on first use).
@@ -104,5 +107,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Complete(a) => run::complete(a, threads),
         Command::Chat(a) => run::chat(a, threads),
         Command::Perplexity(a) => measure::perplexity(a, threads),
+        Command::Bench(a) => bench::bench(a, threads),
     }
 }

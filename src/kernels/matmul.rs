@@ -2,9 +2,11 @@
 //! multiplies them with f32 activations.
 //!
 //! `y[t, r] = Σ_k W[r, k] · x[t, k]` for a weight `W` with `rows × cols` elements stored row
-//! by row in GGML blocks. Rows are split across the thread pool; each worker dequantizes a
-//! small block of rows into a scratch buffer once and reuses it for every token of the
-//! batch, so prefill reads each weight once instead of once per token.
+//! by row in GGML blocks. Rows are split across the thread pool.
+//!
+//! Quantized weights use integer kernels: the activations are quantized to 8 bits once
+//! per call ([`Q8Block`]) and every row is dotted in its packed form. Float weights (F32,
+//! F16, BF16) are dequantized a few rows at a time and dotted in f32.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use rayon::prelude::*;
 
 use super::dequant::dequantize;
 use super::dot::dot;
+use super::q8::{quantize_row, Q8Block};
+use super::quant_dot::{self, RowDot};
 use crate::gguf::GgmlDType;
 
 /// Rows dequantized together: enough to reuse each activation row from L1, few enough
@@ -64,12 +68,103 @@ impl QMatrix {
 /// `out[t·rows + r] = W[r] · x[t]` for `n_tokens` activation rows `x` of `w.cols` values.
 /// Runs on the current rayon pool.
 pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
-    let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(x.len(), n_tokens * cols, "matmul: activation shape");
-    assert_eq!(out.len(), n_tokens * rows, "matmul: output shape");
-    if n_tokens == 0 {
+    matmul_many(&mut [(w, out)], x, n_tokens);
+}
+
+/// Several products with the same input (Q/K/V, gate/up): the activations are quantized
+/// once and all rows of all matrices are shared out in one parallel pass, which halves
+/// the fork-join rounds per token.
+pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize) {
+    if n_tokens == 0 || jobs.is_empty() {
         return;
     }
+    let cols = jobs[0].0.cols;
+    for (w, out) in jobs.iter() {
+        assert_eq!(w.cols, cols, "matmul_many: matrices must share the input width");
+        assert_eq!(x.len(), n_tokens * cols, "matmul: activation shape");
+        assert_eq!(out.len(), n_tokens * w.rows, "matmul: output shape");
+    }
+    let kernels: Option<Vec<RowDot>> = jobs.iter().map(|(w, _)| quant_dot::kernel(w.dtype)).collect();
+    match kernels {
+        Some(kernels) => matmul_q8(jobs, &kernels, x, n_tokens),
+        None => {
+            for (w, out) in jobs.iter_mut() {
+                matmul_f32(w, x, n_tokens, out);
+            }
+        }
+    }
+}
+
+/// Rows per parallel task: enough tasks to balance the threads, few enough that
+/// scheduling stays negligible.
+fn rows_per_task(rows: usize) -> usize {
+    (rows / (rayon::current_num_threads() * 4)).clamp(ROW_BLOCK, 512)
+}
+
+/// One parallel task: rows `r0..` of one matrix, writing `out` (token-major for a single
+/// token, row-major `rows × n_tokens` otherwise).
+struct Task<'a> {
+    w: &'a QMatrix,
+    kernel: RowDot,
+    r0: usize,
+    out: &'a mut [f32],
+}
+
+fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], kernels: &[RowDot], x: &[f32], n_tokens: usize) {
+    let cols = jobs[0].0.cols;
+    let blocks = cols / 32;
+    let mut xq = vec![Q8Block::ZERO; n_tokens * blocks];
+    if n_tokens == 1 {
+        quantize_row(x, &mut xq);
+    } else {
+        xq.par_chunks_mut(blocks).zip(x.par_chunks(cols)).for_each(|(q, xt)| quantize_row(xt, q));
+    }
+
+    // Batches are computed row-major (each task owns whole rows), then transposed.
+    let mut transposed: Vec<Vec<f32>> =
+        if n_tokens == 1 { Vec::new() } else { jobs.iter().map(|(w, _)| vec![0f32; w.rows * n_tokens]).collect() };
+    let mut tasks = Vec::new();
+    if n_tokens == 1 {
+        for ((w, out), &kernel) in jobs.iter_mut().zip(kernels) {
+            let chunk = rows_per_task(w.rows);
+            for (i, out) in out.chunks_mut(chunk).enumerate() {
+                tasks.push(Task { w, kernel, r0: i * chunk, out });
+            }
+        }
+    } else {
+        for (((w, _), &kernel), out_t) in jobs.iter().zip(kernels).zip(transposed.iter_mut()) {
+            let chunk = rows_per_task(w.rows);
+            for (i, out) in out_t.chunks_mut(chunk * n_tokens).enumerate() {
+                tasks.push(Task { w, kernel, r0: i * chunk, out });
+            }
+        }
+    }
+    tasks.into_par_iter().for_each(|task| {
+        let rb = task.w.row_bytes();
+        let bytes = task.w.bytes();
+        for (i, row_out) in task.out.chunks_exact_mut(n_tokens).enumerate() {
+            let row = &bytes[(task.r0 + i) * rb..(task.r0 + i + 1) * rb];
+            for (t, o) in row_out.iter_mut().enumerate() {
+                *o = (task.kernel)(row, &xq[t * blocks..(t + 1) * blocks]);
+            }
+        }
+    });
+    for ((w, out), out_t) in jobs.iter_mut().zip(&transposed) {
+        transpose_into(out_t, w.rows, n_tokens, out);
+    }
+}
+
+/// `out[t·rows + r] = out_t[r·n_tokens + t]`.
+fn transpose_into(out_t: &[f32], rows: usize, n_tokens: usize, out: &mut [f32]) {
+    for (r, row) in out_t.chunks_exact(n_tokens).enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            out[t * rows + r] = v;
+        }
+    }
+}
+
+fn matmul_f32(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
     let rb = w.row_bytes();
     let bytes = w.bytes();
 
@@ -104,11 +199,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
             }
         },
     );
-    for (r, row) in out_t.chunks_exact(n_tokens).enumerate() {
-        for (t, &v) in row.iter().enumerate() {
-            out[t * rows + r] = v;
-        }
-    }
+    transpose_into(&out_t, rows, n_tokens, out);
 }
 
 #[cfg(test)]
@@ -127,6 +218,9 @@ mod tests {
             if dtype == GgmlDType::Q4_1 {
                 block[3] = 0x20;
             }
+            if dtype == GgmlDType::F16 {
+                block[1] &= 0x3F;
+            }
         }
         QMatrix::new(dtype, rows, cols, Arc::new(map.make_read_only().unwrap()), 0..n)
     }
@@ -134,7 +228,7 @@ mod tests {
     #[test]
     fn batched_and_single_token_matmul_equal_the_naive_product() {
         let (rows, cols) = (37, 64); // rows not a multiple of ROW_BLOCK
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::F16] {
             let w = random_weight(dtype, rows, cols);
             let mut dense = vec![0f32; rows * cols];
             dequantize(dtype, w.bytes(), &mut dense);
@@ -143,9 +237,16 @@ mod tests {
                 let x: Vec<f32> = (0..n_tokens * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
                 let mut out = vec![0f32; n_tokens * rows];
                 matmul(&w, &x, n_tokens, &mut out);
+                // Quantized weights multiply 8-bit activations: compare with those.
+                let mut xs = x.clone();
+                if quant_dot::has_kernel(dtype) {
+                    let mut q = vec![Q8Block::ZERO; xs.len() / 32];
+                    quantize_row(&x, &mut q);
+                    crate::kernels::q8::dequantize_row(&q, &mut xs);
+                }
                 for t in 0..n_tokens {
                     for r in 0..rows {
-                        let want: f32 = (0..cols).map(|k| dense[r * cols + k] * x[t * cols + k]).sum();
+                        let want: f32 = (0..cols).map(|k| dense[r * cols + k] * xs[t * cols + k]).sum();
                         let got = out[t * rows + r];
                         assert!(
                             (got - want).abs() <= 1e-4 * want.abs().max(1.0),

@@ -7,6 +7,8 @@
 pub mod dequant;
 pub mod dot;
 pub mod matmul;
+pub mod q8;
+pub mod quant_dot;
 
 pub use dequant::{dequantize, is_supported};
-pub use matmul::{matmul, QMatrix};
+pub use matmul::{matmul, matmul_many, QMatrix};

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::{Config, KvCache, ModelError, RopeScaling};
 use crate::gguf::GgufFile;
-use crate::kernels::{self, dot::dot, matmul, QMatrix};
+use crate::kernels::{self, dot::dot, matmul, matmul_many, QMatrix};
 
 /// One transformer layer's weights.
 struct Block {
@@ -164,9 +164,7 @@ impl Llama {
         for (layer, b) in self.blocks.iter().enumerate() {
             // Attention.
             rms_norm(&x, &b.attn_norm, cfg.rms_norm_eps, &mut xn);
-            matmul(&b.attn_q, &xn, n, &mut q);
-            matmul(&b.attn_k, &xn, n, &mut k);
-            matmul(&b.attn_v, &xn, n, &mut v);
+            matmul_many(&mut [(&b.attn_q, &mut q), (&b.attn_k, &mut k), (&b.attn_v, &mut v)], &xn, n);
             rope(&mut q, d, cfg.n_rot, &cos, &sin);
             rope(&mut k, d, cfg.n_rot, &cos, &sin);
             let (k_cache, v_cache) = cache.layer_mut(layer);
@@ -178,8 +176,7 @@ impl Llama {
 
             // Feed-forward (SwiGLU).
             rms_norm(&x, &b.ffn_norm, cfg.rms_norm_eps, &mut xn);
-            matmul(&b.ffn_gate, &xn, n, &mut gate);
-            matmul(&b.ffn_up, &xn, n, &mut up);
+            matmul_many(&mut [(&b.ffn_gate, &mut gate), (&b.ffn_up, &mut up)], &xn, n);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = silu(*g) * u;
             }
@@ -277,7 +274,7 @@ fn attention(
     let group = n_head / n_head_kv;
     let kv_dim = n_head_kv * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    out.par_chunks_mut(head_dim).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+    let head = |scores: &mut Vec<f32>, (i, o): (usize, &mut [f32])| {
         let (t, h) = (i / n_head, i % n_head);
         let kv_off = (h / group) * head_dim;
         let qh = &q[i * head_dim..(i + 1) * head_dim];
@@ -294,7 +291,15 @@ fn attention(
                 *oi += p * vi;
             }
         }
-    });
+    };
+    // Below a few hundred thousand multiply-adds a fork-join costs more than it saves.
+    let work = out.len() / head_dim * (pos0 + out.len() / (n_head * head_dim)) * head_dim;
+    if work < 1 << 18 {
+        let mut scores = Vec::new();
+        out.chunks_mut(head_dim).enumerate().for_each(|item| head(&mut scores, item));
+    } else {
+        out.par_chunks_mut(head_dim).enumerate().for_each_init(Vec::new, head);
+    }
 }
 
 pub fn softmax_in_place(x: &mut [f32]) {

@@ -1,0 +1,236 @@
+//! `bench`: llama-bench-compatible speed runs, plus load time, memory and device
+//! identification.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::bench::device::DeviceInfo;
+use crate::bench::memory::{memory_status, mib, reset_peak};
+use crate::bench::speed::{self, SpeedTest};
+use crate::catalog;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Md,
+    Json,
+    Jsonl,
+    Csv,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Models (GGUF paths or catalog names); repeat or separate with commas.
+    #[arg(short = 'm', long = "model", value_delimiter = ',', default_value = "smollm2-135m-instruct")]
+    pub models: Vec<String>,
+    /// Prompt-processing tests: tokens per batch (0 to skip).
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    pub n_prompt: Vec<usize>,
+    /// Text-generation tests: tokens generated one at a time (0 to skip).
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    pub n_gen: Vec<usize>,
+    /// Positions already in the KV cache before each test.
+    #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0")]
+    pub depth: Vec<usize>,
+    /// Repetitions of each test (after one warm-up).
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub repetitions: usize,
+    /// Thread counts to test (overrides the global --threads).
+    #[arg(long = "bench-threads", value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Md)]
+    pub output: Format,
+}
+
+/// One result row: what llama-bench prints, plus what it lacks.
+#[derive(Debug, Serialize)]
+struct Row {
+    model: String,
+    model_type: String,
+    size_bytes: u64,
+    n_params: u64,
+    quant_mix: String,
+    backend: &'static str,
+    threads: usize,
+    test: String,
+    n_prompt: usize,
+    n_gen: usize,
+    n_depth: usize,
+    repetitions: usize,
+    avg_ts: f64,
+    stddev_ts: f64,
+    median_ts: f64,
+    samples_ns: Vec<u64>,
+    load_to_first_token_ms: f64,
+    peak_rss_bytes: u64,
+    peak_anon_bytes: u64,
+    device: DeviceInfo,
+}
+
+pub fn bench(a: BenchArgs, global_threads: usize) -> anyhow::Result<()> {
+    let device = DeviceInfo::detect();
+    let thread_counts = if a.threads.is_empty() {
+        vec![if global_threads == 0 { device.cores } else { global_threads }]
+    } else {
+        a.threads.clone()
+    };
+    let mut tests = Vec::new();
+    for &d in &a.depth {
+        tests.extend(a.n_prompt.iter().filter(|&&p| p > 0).map(|&p| SpeedTest { n_prompt: p, n_gen: 0, depth: d }));
+        tests.extend(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| SpeedTest { n_prompt: 0, n_gen: n, depth: d }));
+    }
+    let mut rows = Vec::new();
+    for model in &a.models {
+        let path = catalog::resolve(model, true)?;
+        for &threads in &thread_counts {
+            reset_peak();
+            let (load_ms, rt) = speed::load_to_first_token(&path, threads)?;
+            let mut peak_anon = memory_status().map_or(0, |m| m.rss_anon);
+            let desc = describe(&rt);
+            for &test in &tests {
+                eprint!("pupil bench: {} {} t={threads} ...", desc.file, test.name());
+                let _ = std::io::stderr().flush();
+                let r = speed::run(&rt, test, a.repetitions, 42)?;
+                eprintln!(" {:.2} ± {:.2} t/s", r.mean_tps(), r.stddev_tps());
+                let mem = memory_status();
+                peak_anon = peak_anon.max(mem.map_or(0, |m| m.rss_anon));
+                rows.push(Row {
+                    model: desc.file.clone(),
+                    model_type: desc.model_type.clone(),
+                    size_bytes: desc.size,
+                    n_params: desc.params,
+                    quant_mix: desc.quant_mix.clone(),
+                    backend: "CPU",
+                    threads,
+                    test: test.name(),
+                    n_prompt: test.n_prompt,
+                    n_gen: test.n_gen,
+                    n_depth: test.depth,
+                    repetitions: a.repetitions,
+                    avg_ts: r.mean_tps(),
+                    stddev_ts: r.stddev_tps(),
+                    median_ts: r.median_tps(),
+                    samples_ns: r.samples_ns.clone(),
+                    load_to_first_token_ms: load_ms,
+                    peak_rss_bytes: mem.map_or(0, |m| m.rss_peak),
+                    peak_anon_bytes: peak_anon,
+                    device: device.clone(),
+                });
+            }
+        }
+    }
+    print_rows(&rows, a.output, &device)
+}
+
+struct Description {
+    file: String,
+    model_type: String,
+    size: u64,
+    params: u64,
+    quant_mix: String,
+}
+
+fn describe(rt: &crate::generate::Runtime) -> Description {
+    let f = &rt.file;
+    let mut mix: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut size, mut params) = (0u64, 0u64);
+    for t in f.tensors() {
+        size += t.data.len() as u64;
+        params += t.n_elements();
+        if t.dims.len() > 1 {
+            *mix.entry(t.dtype.name()).or_default() += t.data.len() as u64;
+        }
+    }
+    let mut mix: Vec<(&str, u64)> = mix.into_iter().collect();
+    mix.sort_by_key(|m| std::cmp::Reverse(m.1));
+    let quant_mix = mix
+        .iter()
+        .map(|(t, b)| format!("{t} {:.0}%", 100.0 * *b as f64 / size.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let main_type = mix.first().map_or("?", |m| m.0);
+    Description {
+        file: f.path().file_name().map_or_else(|| f.path().display().to_string(), |n| n.to_string_lossy().into_owned()),
+        model_type: format!("{} {:.0}M {main_type}", rt.model.cfg.architecture, params as f64 / 1e6),
+        size,
+        params,
+        quant_mix,
+    }
+}
+
+fn print_rows(rows: &[Row], format: Format, device: &DeviceInfo) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(rows)?)?,
+        Format::Jsonl => {
+            for r in rows {
+                writeln!(out, "{}", serde_json::to_string(r)?)?;
+            }
+        }
+        Format::Csv => {
+            writeln!(out, "model,model_type,size_bytes,n_params,quant_mix,backend,threads,test,n_prompt,n_gen,n_depth,avg_ts,stddev_ts,median_ts,load_to_first_token_ms,peak_rss_bytes,peak_anon_bytes,cpu")?;
+            for r in rows {
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.1},{},{},\"{}\"",
+                    r.model,
+                    r.model_type,
+                    r.size_bytes,
+                    r.n_params,
+                    r.quant_mix,
+                    r.backend,
+                    r.threads,
+                    r.test,
+                    r.n_prompt,
+                    r.n_gen,
+                    r.n_depth,
+                    r.avg_ts,
+                    r.stddev_ts,
+                    r.median_ts,
+                    r.load_to_first_token_ms,
+                    r.peak_rss_bytes,
+                    r.peak_anon_bytes,
+                    device.cpu
+                )?;
+            }
+        }
+        Format::Md => {
+            writeln!(out, "| model | size | params | quant mix | backend | threads | test | t/s | load→1st token | peak RSS | peak anon |")?;
+            writeln!(out, "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+            for r in rows {
+                writeln!(
+                    out,
+                    "| {} | {:.2} MiB | {:.2} M | {} | {} | {} | {} | {:.2} ± {:.2} | {:.0} ms | {:.1} MiB | {:.1} MiB |",
+                    r.model_type,
+                    mib(r.size_bytes),
+                    r.n_params as f64 / 1e6,
+                    r.quant_mix,
+                    r.backend,
+                    r.threads,
+                    r.test,
+                    r.avg_ts,
+                    r.stddev_ts,
+                    r.load_to_first_token_ms,
+                    mib(r.peak_rss_bytes),
+                    mib(r.peak_anon_bytes)
+                )?;
+            }
+            writeln!(out)?;
+            writeln!(
+                out,
+                "device: {} ({} {}, {} cores; SIMD {}; kernels {}); pupil {}",
+                device.cpu,
+                device.arch,
+                device.os,
+                device.cores,
+                device.simd.join(" "),
+                device.kernels,
+                device.pupil_version
+            )?;
+        }
+    }
+    Ok(())
+}

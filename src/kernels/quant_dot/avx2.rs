@@ -1,0 +1,301 @@
+//! AVX2 + FMA integer dot products (x86-64): weights are unpacked to unsigned bytes in
+//! registers, multiplied with the 8-bit activations by `vpmaddubsw`, and each 32-value
+//! block's integer sum is scaled once in f32. Offsets (Q4_0's −8, minimums, Q6_K's −32)
+//! are applied through the activation sums, outside the inner loop.
+//!
+//! Every function requires AVX2, FMA and F16C (checked by the dispatcher) and `x.len()` blocks
+//! of activations for `w`'s weights (checked by the safe wrapper in `mod.rs`).
+
+use std::arch::x86_64::*;
+
+use super::super::q8::Q8Block;
+use super::scalar::k_scale_min;
+
+/// The f16 at byte `i`, converted by the F16C instruction.
+#[inline(always)]
+unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
+    let h = u16::from_le_bytes([b[i], b[i + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+}
+
+/// Eight i32 sums of `u[i]·s[i]` over consecutive groups of four bytes.
+#[inline(always)]
+unsafe fn mul_sum_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// 16 bytes of nibbles → 32 bytes: low nibbles (elements 0..16), then high nibbles.
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let v = _mm_loadu_si128(p as *const __m128i);
+    let m = _mm_set1_epi8(0x0F);
+    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m))
+}
+
+/// Byte `j` becomes 0x10 where bit `j` of `qh` is set (Q5's fifth bit), else 0.
+#[inline(always)]
+unsafe fn high_bits(qh: u32) -> __m256i {
+    let spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), spread);
+    // Each byte gets every bit set except its own position: all ones iff that bit was set.
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[inline(always)]
+unsafe fn load_x(x: &Q8Block) -> __m256i {
+    _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i)
+}
+
+/// How 32 unsigned-by-signed byte products are summed into eight i32 lanes: AVX2's
+/// `vpmaddubsw` + `vpmaddwd`, or one VNNI `vpdpbusd`.
+pub trait MulSum {
+    unsafe fn mul_sum(u: __m256i, s: __m256i) -> __m256i;
+}
+
+pub struct Avx2;
+impl MulSum for Avx2 {
+    #[inline(always)]
+    unsafe fn mul_sum(u: __m256i, s: __m256i) -> __m256i {
+        mul_sum_u8_i8(u, s)
+    }
+}
+
+pub struct Vnni;
+impl MulSum for Vnni {
+    #[inline(always)]
+    unsafe fn mul_sum(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+}
+
+/// The 32-value block formats share one loop: `unpack` turns a block into 32 unsigned
+/// weights; `d` and `m` read its scale and minimum (or offset). Two blocks per iteration
+/// with separate accumulators keep the FMA chain from serialising.
+#[inline(always)]
+unsafe fn block32<M: MulSum>(
+    w: &[u8],
+    x: &[Q8Block],
+    ts: usize,
+    unpack: impl Fn(&[u8]) -> __m256i,
+    min_or_offset: impl Fn(&[u8]) -> f32,
+) -> f32 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (mut m0, mut m1) = (0f32, 0f32);
+    let mut pairs = w.chunks_exact(2 * ts);
+    let mut xs = x.chunks_exact(2);
+    for (b, xb) in (&mut pairs).zip(&mut xs) {
+        let (b0, b1) = b.split_at(ts);
+        let p0 = M::mul_sum(unpack(b0), load_x(&xb[0]));
+        let p1 = M::mul_sum(unpack(b1), load_x(&xb[1]));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b0, 0) * xb[0].d), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b1, 0) * xb[1].d), _mm256_cvtepi32_ps(p1), acc1);
+        m0 += min_or_offset(b0) * xb[0].ds;
+        m1 += min_or_offset(b1) * xb[1].ds;
+    }
+    if let (Some(xb), b) = (xs.remainder().first(), pairs.remainder()) {
+        let p = M::mul_sum(unpack(b), load_x(xb));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * xb.d), _mm256_cvtepi32_ps(p), acc0);
+        m0 += min_or_offset(b) * xb.ds;
+    }
+    hsum(_mm256_add_ps(acc0, acc1)) + m0 + m1
+}
+
+#[inline(always)]
+unsafe fn q4_0_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
+    // Σ d(q − 8)x = d·Σqx − 8·d·Σx: the offset rides on the activation sums.
+    block32::<M>(w, x, 18, |b| nibbles(b.as_ptr().add(2)), |b| -8.0 * f16_at(b, 0))
+}
+
+#[inline(always)]
+unsafe fn q4_1_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
+    block32::<M>(w, x, 20, |b| nibbles(b.as_ptr().add(4)), |b| f16_at(b, 2))
+}
+
+#[inline(always)]
+unsafe fn q5_0_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
+    block32::<M>(
+        w,
+        x,
+        22,
+        |b| _mm256_or_si256(nibbles(b.as_ptr().add(6)), high_bits(u32::from_le_bytes([b[2], b[3], b[4], b[5]]))),
+        |b| -16.0 * f16_at(b, 0),
+    )
+}
+
+#[inline(always)]
+unsafe fn q5_1_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
+    block32::<M>(
+        w,
+        x,
+        24,
+        |b| _mm256_or_si256(nibbles(b.as_ptr().add(8)), high_bits(u32::from_le_bytes([b[4], b[5], b[6], b[7]]))),
+        |b| f16_at(b, 2),
+    )
+}
+
+#[inline(always)]
+unsafe fn q8_0_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let dot = |b: &[u8], xb: &Q8Block| {
+        let q = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+        // |w| · (x with w's sign): the unsigned-by-signed multiply the hardware has.
+        _mm256_cvtepi32_ps(M::mul_sum(_mm256_sign_epi8(q, q), _mm256_sign_epi8(load_x(xb), q)))
+    };
+    let mut pairs = w.chunks_exact(68);
+    let mut xs = x.chunks_exact(2);
+    for (b, xb) in (&mut pairs).zip(&mut xs) {
+        let (b0, b1) = b.split_at(34);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b0, 0) * xb[0].d), dot(b0, &xb[0]), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b1, 0) * xb[1].d), dot(b1, &xb[1]), acc1);
+    }
+    if let (Some(xb), b) = (xs.remainder().first(), pairs.remainder()) {
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * xb.d), dot(b, xb), acc0);
+    }
+    hsum(_mm256_add_ps(acc0, acc1))
+}
+
+/// Q4_K and Q5_K share everything but the fifth bit.
+#[inline(always)]
+unsafe fn k_quant<M: MulSum, const FIVE_BITS: bool>(w: &[u8], x: &[Q8Block]) -> f32 {
+    let ts = if FIVE_BITS { 176 } else { 144 };
+    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
+    let low = _mm256_set1_epi8(0x0F);
+    for (b, xs) in w.chunks_exact(ts).zip(x.chunks_exact(8)) {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let scales = &b[4..16];
+        let qs = if FIVE_BITS { &b[48..176] } else { &b[16..144] };
+        let qh =
+            if FIVE_BITS { _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i) } else { _mm256_setzero_si256() };
+        for c in 0..4 {
+            let v = _mm256_loadu_si256(qs.as_ptr().add(32 * c) as *const __m256i);
+            for (half, q) in
+                [_mm256_and_si256(v, low), _mm256_and_si256(_mm256_srli_epi16(v, 4), low)].into_iter().enumerate()
+            {
+                let j = 2 * c + half;
+                let q = if FIVE_BITS {
+                    let bit = _mm256_set1_epi8(1 << j);
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                    _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+                } else {
+                    q
+                };
+                let (sc, m) = k_scale_min(j, scales);
+                let xj = &xs[j];
+                let p = M::mul_sum(q, load_x(xj));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32 * xj.d), _mm256_cvtepi32_ps(p), acc);
+                mins += dmin * m as f32 * xj.ds;
+            }
+        }
+    }
+    hsum(acc) - mins
+}
+
+#[inline(always)]
+unsafe fn q4_k_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
+    k_quant::<M, false>(w, x)
+}
+
+#[inline(always)]
+unsafe fn q5_k_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
+    k_quant::<M, true>(w, x)
+}
+
+/// Q6_K needs each 16-value half scaled separately, which `vpmaddwd` with the scales
+/// does in the same step that widens to i32; the VNNI path shares it.
+#[inline(always)]
+unsafe fn q6_k_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
+    let (mut acc, mut offset) = (_mm256_setzero_ps(), 0f32);
+    let low = _mm256_set1_epi8(0x0F);
+    for (b, xs) in w.chunks_exact(210).zip(x.chunks_exact(8)) {
+        let d = f16_at(b, 208);
+        let sc = &b[192..208];
+        for h in 0..2 {
+            let ql0 = _mm256_loadu_si256(b.as_ptr().add(64 * h) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(b.as_ptr().add(64 * h + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h) as *const __m256i);
+            let quarters = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, low),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, low),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
+                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
+                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)), 2),
+                ),
+            ];
+            for (k, q) in quarters.into_iter().enumerate() {
+                let xj = &xs[4 * h + k];
+                let (s0, s1) = (sc[8 * h + 2 * k] as i8, sc[8 * h + 2 * k + 1] as i8);
+                // Pairwise products, then each 16-value half times its own scale.
+                let pairs = _mm256_maddubs_epi16(q, load_x(xj));
+                let scales = _mm256_set_m128i(_mm_set1_epi16(s1 as i16), _mm_set1_epi16(s0 as i16));
+                let p = _mm256_madd_epi16(pairs, scales);
+                let dd = d * xj.d;
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
+                offset += dd * (s0 as i32 * xj.sum16[0] as i32 + s1 as i32 * xj.sum16[1] as i32) as f32;
+            }
+        }
+    }
+    hsum(acc) - 32.0 * offset
+}
+
+/// Instantiates every kernel for one [`MulSum`] under the target features it needs.
+macro_rules! kernels {
+    ($module:ident, $mulsum:ty, $features:literal) => {
+        pub mod $module {
+            use super::*;
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_0(w: &[u8], x: &[Q8Block]) -> f32 {
+                q4_0_::<$mulsum>(w, x)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_1(w: &[u8], x: &[Q8Block]) -> f32 {
+                q4_1_::<$mulsum>(w, x)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_0(w: &[u8], x: &[Q8Block]) -> f32 {
+                q5_0_::<$mulsum>(w, x)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_1(w: &[u8], x: &[Q8Block]) -> f32 {
+                q5_1_::<$mulsum>(w, x)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q8_0(w: &[u8], x: &[Q8Block]) -> f32 {
+                q8_0_::<$mulsum>(w, x)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k(w: &[u8], x: &[Q8Block]) -> f32 {
+                q4_k_::<$mulsum>(w, x)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_k(w: &[u8], x: &[Q8Block]) -> f32 {
+                q5_k_::<$mulsum>(w, x)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q6_k(w: &[u8], x: &[Q8Block]) -> f32 {
+                q6_k_::<$mulsum>(w, x)
+            }
+        }
+    };
+}
+
+kernels!(plain, Avx2, "avx2,fma,f16c");
+kernels!(vnni, Vnni, "avx2,fma,f16c,avx512vnni,avx512vl");

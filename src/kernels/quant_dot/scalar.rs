@@ -1,0 +1,160 @@
+//! Portable integer dot products: one weight row (GGML blocks) · one row of 8-bit
+//! activations. The reference the SIMD kernels are tested against, and the path on CPUs
+//! without them.
+
+use half::f16;
+
+use super::super::q8::Q8Block;
+use crate::gguf::GgmlDType;
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// `Σ w·x` for one row. `w` holds `x.len() · 32` weights of type `dtype`.
+pub fn vec_dot(dtype: GgmlDType, w: &[u8], x: &[Q8Block]) -> f32 {
+    let ts = dtype.type_size();
+    match dtype {
+        GgmlDType::Q4_0 => w.chunks_exact(ts).zip(x).map(|(b, x)| q4_0(b, x)).sum(),
+        GgmlDType::Q4_1 => w.chunks_exact(ts).zip(x).map(|(b, x)| q4_1(b, x)).sum(),
+        GgmlDType::Q5_0 => w.chunks_exact(ts).zip(x).map(|(b, x)| q5_0(b, x)).sum(),
+        GgmlDType::Q5_1 => w.chunks_exact(ts).zip(x).map(|(b, x)| q5_1(b, x)).sum(),
+        GgmlDType::Q8_0 => w.chunks_exact(ts).zip(x).map(|(b, x)| q8_0(b, x)).sum(),
+        GgmlDType::Q4K => w.chunks_exact(ts).zip(x.chunks_exact(8)).map(|(b, x)| q4_k(b, x)).sum(),
+        GgmlDType::Q5K => w.chunks_exact(ts).zip(x.chunks_exact(8)).map(|(b, x)| q5_k(b, x)).sum(),
+        GgmlDType::Q6K => w.chunks_exact(ts).zip(x.chunks_exact(8)).map(|(b, x)| q6_k(b, x)).sum(),
+        other => panic!("quantized vec_dot: no kernel for {other}"),
+    }
+}
+
+/// `Σ q[i]·x[i]` over 32 unsigned weights in output order.
+#[inline]
+fn dot32(q: &[u8; 32], x: &Q8Block) -> i32 {
+    q.iter().zip(&x.qs).map(|(&a, &b)| a as i32 * b as i32).sum()
+}
+
+/// Unpacks 16 bytes of nibbles: low nibbles are elements 0..16, high ones 16..32.
+#[inline]
+fn nibbles(qs: &[u8]) -> [u8; 32] {
+    let mut q = [0u8; 32];
+    for j in 0..16 {
+        q[j] = qs[j] & 0x0F;
+        q[j + 16] = qs[j] >> 4;
+    }
+    q
+}
+
+/// Adds Q5's fifth bits (`qh` bit `j` belongs to element `j`).
+#[inline]
+fn add_high_bits(q: &mut [u8; 32], qh: u32) {
+    for (j, v) in q.iter_mut().enumerate() {
+        *v |= (((qh >> j) & 1) << 4) as u8;
+    }
+}
+
+fn q4_0(b: &[u8], x: &Q8Block) -> f32 {
+    let q = nibbles(&b[2..18]);
+    f16_at(b, 0) * x.d * (dot32(&q, x) - 8 * x.sum()) as f32
+}
+
+fn q4_1(b: &[u8], x: &Q8Block) -> f32 {
+    let q = nibbles(&b[4..20]);
+    f16_at(b, 0) * x.d * dot32(&q, x) as f32 + f16_at(b, 2) * x.d * x.sum() as f32
+}
+
+fn q5_0(b: &[u8], x: &Q8Block) -> f32 {
+    let mut q = nibbles(&b[6..22]);
+    add_high_bits(&mut q, u32::from_le_bytes([b[2], b[3], b[4], b[5]]));
+    f16_at(b, 0) * x.d * (dot32(&q, x) - 16 * x.sum()) as f32
+}
+
+fn q5_1(b: &[u8], x: &Q8Block) -> f32 {
+    let mut q = nibbles(&b[8..24]);
+    add_high_bits(&mut q, u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
+    f16_at(b, 0) * x.d * dot32(&q, x) as f32 + f16_at(b, 2) * x.d * x.sum() as f32
+}
+
+fn q8_0(b: &[u8], x: &Q8Block) -> f32 {
+    let s: i32 = b[2..34].iter().zip(&x.qs).map(|(&w, &v)| w as i8 as i32 * v as i32).sum();
+    f16_at(b, 0) * x.d * s as f32
+}
+
+/// Scale and minimum of sub-block `j` of a Q4_K / Q5_K super-block (6 bits each).
+#[inline]
+pub(crate) fn k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+    }
+}
+
+/// Q4_K / Q5_K super-block: sub-block `j` covers elements `32j..32j+32` and activation
+/// block `x[j]`. `quants(j)` gives its unsigned weights.
+#[inline]
+fn k_quant_dot(b: &[u8], x: &[Q8Block], quants: impl Fn(usize) -> [u8; 32]) -> f32 {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let scales = &b[4..16];
+    let mut sum = 0f32;
+    for (j, xj) in x.iter().enumerate() {
+        let (sc, m) = k_scale_min(j, scales);
+        let q = quants(j);
+        sum += xj.d * (d * sc as f32 * dot32(&q, xj) as f32 - dmin * m as f32 * xj.sum() as f32);
+    }
+    sum
+}
+
+fn q4_k(b: &[u8], x: &[Q8Block]) -> f32 {
+    let qs = &b[16..144];
+    k_quant_dot(b, x, |j| {
+        let chunk = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+        let mut q = [0u8; 32];
+        for l in 0..32 {
+            q[l] = if j % 2 == 0 { chunk[l] & 0x0F } else { chunk[l] >> 4 };
+        }
+        q
+    })
+}
+
+fn q5_k(b: &[u8], x: &[Q8Block]) -> f32 {
+    let qh = &b[16..48];
+    let qs = &b[48..176];
+    k_quant_dot(b, x, |j| {
+        let chunk = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+        let mut q = [0u8; 32];
+        for l in 0..32 {
+            let low = if j % 2 == 0 { chunk[l] & 0x0F } else { chunk[l] >> 4 };
+            q[l] = low | (((qh[l] >> j) & 1) << 4);
+        }
+        q
+    })
+}
+
+/// Q6_K: element `p` of half `h` (`p` in 0..128) has scale `scales[8h + p/16]`; weights
+/// are stored offset by 32.
+fn q6_k(b: &[u8], x: &[Q8Block]) -> f32 {
+    let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+    let d = f16_at(b, 208);
+    let mut sum = 0f32;
+    for (j, xj) in x.iter().enumerate() {
+        let (h, k) = (j / 4, j % 4); // half, quarter within the half
+        let (ql, qh) = (&ql[h * 64..h * 64 + 64], &qh[h * 32..h * 32 + 32]);
+        let mut q = [0u8; 32];
+        for l in 0..32 {
+            let low = match k {
+                0 => ql[l] & 0x0F,
+                1 => ql[l + 32] & 0x0F,
+                2 => ql[l] >> 4,
+                _ => ql[l + 32] >> 4,
+            };
+            q[l] = low | (((qh[l] >> (2 * k)) & 3) << 4);
+        }
+        let (s0, s1) = (sc[h * 8 + 2 * k] as i8 as i32, sc[h * 8 + 2 * k + 1] as i8 as i32);
+        let p0: i32 = (0..16).map(|l| q[l] as i32 * xj.qs[l] as i32).sum();
+        let p1: i32 = (16..32).map(|l| q[l] as i32 * xj.qs[l] as i32).sum();
+        let isum = s0 * (p0 - 32 * xj.sum16[0] as i32) + s1 * (p1 - 32 * xj.sum16[1] as i32);
+        sum += d * xj.d * isum as f32;
+    }
+    sum
+}
