@@ -37,8 +37,8 @@ pub struct BenchArgs {
     /// Repetitions of each test (after one warm-up).
     #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
     pub repetitions: usize,
-    /// Thread counts to test (overrides the global --threads).
-    #[arg(long = "bench-threads", value_delimiter = ',')]
+    /// Thread counts to test, e.g. `-t 1,2` (default: one per core).
+    #[arg(short = 't', long = "threads", value_delimiter = ',')]
     pub threads: Vec<usize>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Md)]
@@ -70,12 +70,12 @@ struct Row {
     device: DeviceInfo,
 }
 
-pub fn bench(a: BenchArgs, global_threads: usize) -> anyhow::Result<()> {
+pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let device = DeviceInfo::detect();
-    let thread_counts = if a.threads.is_empty() {
-        vec![if global_threads == 0 { device.cores } else { global_threads }]
+    let thread_counts: Vec<usize> = if a.threads.is_empty() {
+        vec![device.cores]
     } else {
-        a.threads.clone()
+        a.threads.iter().map(|&t| if t == 0 { device.cores } else { t }).collect()
     };
     let mut tests = Vec::new();
     for &d in &a.depth {

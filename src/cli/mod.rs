@@ -107,6 +107,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Complete(a) => run::complete(a, threads),
         Command::Chat(a) => run::chat(a, threads),
         Command::Perplexity(a) => measure::perplexity(a, threads),
-        Command::Bench(a) => bench::bench(a, threads),
+        Command::Bench(a) => bench::bench(a),
     }
 }

@@ -1,6 +1,8 @@
-//! f32 dot products: the inner loop of the (dequantize-then-dot) mat-mul.
+//! f32 vector kernels: dot products (float weights, attention scores), `y += a·x`
+//! (attention's value sum) and softmax (attention weights).
 //!
-//! The AVX2+FMA form is picked at run time; release builds do not assume the CPU has it.
+//! The AVX2+FMA forms are picked at run time; release builds do not assume the CPU has
+//! them. Each has a portable form it is tested against.
 
 use std::sync::OnceLock;
 
@@ -79,6 +81,122 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     (DOT.get_or_init(select))(a, b)
 }
 
+/// `y += a · x`, portable form.
+pub fn axpy_scalar(a: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len());
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi = a.mul_add(xi, *yi);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let va = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        let p = y.as_mut_ptr().add(i);
+        _mm256_storeu_ps(p, _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
+        i += 8;
+    }
+    while i < n {
+        y[i] = a.mul_add(x[i], y[i]);
+        i += 1;
+    }
+}
+
+/// `y += a · x` with the fastest form this CPU supports.
+#[inline]
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        assert_eq!(x.len(), y.len());
+        // SAFETY: AVX2 and FMA detected; lengths equal.
+        return unsafe { axpy_avx2(a, x, y) };
+    }
+    axpy_scalar(a, x, y)
+}
+
+/// Portable softmax in place (max-subtracted, so any finite input is safe).
+pub fn softmax_scalar(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `e^x` for eight lanes: Cephes' single-precision range reduction and polynomial
+/// (relative error ≈ 2e-7), inputs clamped to the range where the result is a normal f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3)), _mm256_set1_ps(88.3));
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut y = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+    }
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    let pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let vmax = _mm256_set1_ps(max);
+    let n = x.len();
+    let mut vsum = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        let p = x.as_mut_ptr().add(i);
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), vmax));
+        _mm256_storeu_ps(p, e);
+        vsum = _mm256_add_ps(vsum, e);
+        i += 8;
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), vsum);
+    let mut sum: f32 = lanes.iter().sum();
+    while i < n {
+        x[i] = (x[i] - max).exp();
+        sum += x[i];
+        i += 1;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Softmax in place with the fastest form this CPU supports.
+pub fn softmax(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA detected.
+        return unsafe { softmax_avx2(x) };
+    }
+    softmax_scalar(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
+}
+
 /// Name of the SIMD path `dot` uses, for `--verbose` and benchmark rows.
 pub fn simd_name() -> &'static str {
     #[cfg(target_arch = "x86_64")]
@@ -93,6 +211,28 @@ pub fn simd_name() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simd_axpy_and_softmax_match_scalar() {
+        for n in [1, 7, 8, 64, 129] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 29 % 53) as f32 - 26.0) / 3.0).collect();
+            let (mut a, mut b) = (vec![0.5f32; n], vec![0.5f32; n]);
+            axpy(0.37, &x, &mut a);
+            axpy_scalar(0.37, &x, &mut b);
+            assert_eq!(a, b, "axpy n={n}");
+            let (mut s, mut t) = (x.clone(), x.clone());
+            softmax(&mut s);
+            softmax_scalar(&mut t);
+            for (p, q) in s.iter().zip(&t) {
+                assert!((p - q).abs() <= 1e-6 + 1e-5 * q, "softmax n={n}: {p} vs {q}");
+            }
+            assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        // Extreme spreads underflow to zero instead of producing NaN.
+        let mut wide = vec![0.0, -200.0, 50.0, -1e30, 3.0, 2.0, 1.0, 0.5, 0.25];
+        softmax(&mut wide);
+        assert!(wide.iter().all(|v| v.is_finite() && *v >= 0.0), "{wide:?}");
+    }
 
     #[test]
     fn simd_dot_matches_scalar() {

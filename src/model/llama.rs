@@ -9,7 +9,8 @@ use rayon::prelude::*;
 
 use super::{Config, KvCache, ModelError, RopeScaling};
 use crate::gguf::GgufFile;
-use crate::kernels::{self, dot::dot, matmul, matmul_many, QMatrix};
+use crate::kernels::dot::{axpy, dot, softmax};
+use crate::kernels::{self, matmul, matmul_many, QMatrix};
 
 /// One transformer layer's weights.
 struct Block {
@@ -283,13 +284,10 @@ fn attention(
         scores.extend(
             (0..n_keys).map(|j| dot(qh, &k_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim]) * scale),
         );
-        softmax_in_place(scores);
+        softmax(scores);
         o.fill(0.0);
         for (j, &p) in scores.iter().enumerate() {
-            let vj = &v_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim];
-            for (oi, &vi) in o.iter_mut().zip(vj) {
-                *oi += p * vi;
-            }
+            axpy(p, &v_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim], o);
         }
     };
     // Below a few hundred thousand multiply-adds a fork-join costs more than it saves.
@@ -300,17 +298,6 @@ fn attention(
     } else {
         out.par_chunks_mut(head_dim).enumerate().for_each_init(Vec::new, head);
     }
-}
-
-pub fn softmax_in_place(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
 }
 
 #[inline]

@@ -10,6 +10,7 @@ use std::arch::x86_64::*;
 
 use super::super::q8::Q8Block;
 use super::scalar::k_scale_min;
+use super::TILE;
 
 /// The f16 at byte `i`, converted by the F16C instruction.
 #[inline(always)]
@@ -109,6 +110,50 @@ unsafe fn block32<M: MulSum>(
     hsum(_mm256_add_ps(acc0, acc1)) + m0 + m1
 }
 
+/// [`block32`] for `T` tokens: each weight block is unpacked once. Blocks alternate
+/// between two accumulators exactly as in [`block32`], so a token gets bit-identical
+/// results whether it is computed alone (decode) or in a tile (prefill).
+#[inline(always)]
+unsafe fn block32_multi<M: MulSum, const T: usize>(
+    w: &[u8],
+    xs: [&[Q8Block]; T],
+    ts: usize,
+    unpack: impl Fn(&[u8]) -> __m256i,
+    min_or_offset: impl Fn(&[u8]) -> f32,
+) -> [f32; T] {
+    let mut acc = [[_mm256_setzero_ps(); T]; 2];
+    let mut mins = [[0f32; T]; 2];
+    for (i, b) in w.chunks_exact(ts).enumerate() {
+        let q = unpack(b);
+        let (d, m) = (f16_at(b, 0), min_or_offset(b));
+        let (acc, mins) = (&mut acc[i % 2], &mut mins[i % 2]);
+        for t in 0..T {
+            let xb = &xs[t][i];
+            let p = M::mul_sum(q, load_x(xb));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[t]);
+            mins[t] += m * xb.ds;
+        }
+    }
+    std::array::from_fn(|t| hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + mins[0][t] + mins[1][t])
+}
+
+/// [`q8_0_`] for `T` tokens, with the same accumulation order.
+#[inline(always)]
+unsafe fn q8_0_multi<M: MulSum, const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
+    let mut acc = [[_mm256_setzero_ps(); T]; 2];
+    for (i, b) in w.chunks_exact(34).enumerate() {
+        let q = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+        let (aq, d) = (_mm256_sign_epi8(q, q), f16_at(b, 0));
+        let acc = &mut acc[i % 2];
+        for t in 0..T {
+            let xb = &xs[t][i];
+            let p = M::mul_sum(aq, _mm256_sign_epi8(load_x(xb), q));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum(_mm256_add_ps(acc[0][t], acc[1][t])))
+}
+
 #[inline(always)]
 unsafe fn q4_0_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
     // Σ d(q − 8)x = d·Σqx − 8·d·Σx: the offset rides on the activation sums.
@@ -163,13 +208,15 @@ unsafe fn q8_0_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
     hsum(_mm256_add_ps(acc0, acc1))
 }
 
-/// Q4_K and Q5_K share everything but the fifth bit.
+/// Q4_K and Q5_K share everything but the fifth bit. `T` tokens at once: each weight
+/// sub-block is unpacked once and multiplied with every token's activations.
 #[inline(always)]
-unsafe fn k_quant<M: MulSum, const FIVE_BITS: bool>(w: &[u8], x: &[Q8Block]) -> f32 {
+unsafe fn k_quant<M: MulSum, const FIVE_BITS: bool, const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
     let ts = if FIVE_BITS { 176 } else { 144 };
-    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut mins = [0f32; T];
     let low = _mm256_set1_epi8(0x0F);
-    for (b, xs) in w.chunks_exact(ts).zip(x.chunks_exact(8)) {
+    for (i, b) in w.chunks_exact(ts).enumerate() {
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
         let scales = &b[4..16];
         let qs = if FIVE_BITS { &b[48..176] } else { &b[16..144] };
@@ -189,33 +236,27 @@ unsafe fn k_quant<M: MulSum, const FIVE_BITS: bool>(w: &[u8], x: &[Q8Block]) -> 
                     q
                 };
                 let (sc, m) = k_scale_min(j, scales);
-                let xj = &xs[j];
-                let p = M::mul_sum(q, load_x(xj));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32 * xj.d), _mm256_cvtepi32_ps(p), acc);
-                mins += dmin * m as f32 * xj.ds;
+                let (dsc, dm) = (d * sc as f32, dmin * m as f32);
+                for t in 0..T {
+                    let xj = &xs[t][8 * i + j];
+                    let p = M::mul_sum(q, load_x(xj));
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dsc * xj.d), _mm256_cvtepi32_ps(p), acc[t]);
+                    mins[t] += dm * xj.ds;
+                }
             }
         }
     }
-    hsum(acc) - mins
-}
-
-#[inline(always)]
-unsafe fn q4_k_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
-    k_quant::<M, false>(w, x)
-}
-
-#[inline(always)]
-unsafe fn q5_k_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
-    k_quant::<M, true>(w, x)
+    std::array::from_fn(|t| hsum(acc[t]) - mins[t])
 }
 
 /// Q6_K needs each 16-value half scaled separately, which `vpmaddwd` with the scales
-/// does in the same step that widens to i32; the VNNI path shares it.
+/// does in the same step that widens to i32 (so there is no VNNI variant).
 #[inline(always)]
-unsafe fn q6_k_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
-    let (mut acc, mut offset) = (_mm256_setzero_ps(), 0f32);
+unsafe fn q6_k_<const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut offset = [0f32; T];
     let low = _mm256_set1_epi8(0x0F);
-    for (b, xs) in w.chunks_exact(210).zip(x.chunks_exact(8)) {
+    for (i, b) in w.chunks_exact(210).enumerate() {
         let d = f16_at(b, 208);
         let sc = &b[192..208];
         for h in 0..2 {
@@ -241,22 +282,30 @@ unsafe fn q6_k_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
                 ),
             ];
             for (k, q) in quarters.into_iter().enumerate() {
-                let xj = &xs[4 * h + k];
                 let (s0, s1) = (sc[8 * h + 2 * k] as i8, sc[8 * h + 2 * k + 1] as i8);
-                // Pairwise products, then each 16-value half times its own scale.
-                let pairs = _mm256_maddubs_epi16(q, load_x(xj));
                 let scales = _mm256_set_m128i(_mm_set1_epi16(s1 as i16), _mm_set1_epi16(s0 as i16));
-                let p = _mm256_madd_epi16(pairs, scales);
-                let dd = d * xj.d;
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-                offset += dd * (s0 as i32 * xj.sum16[0] as i32 + s1 as i32 * xj.sum16[1] as i32) as f32;
+                for t in 0..T {
+                    let xj = &xs[t][8 * i + 4 * h + k];
+                    // Pairwise products, then each 16-value half times its own scale.
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load_x(xj)), scales);
+                    let dd = d * xj.d;
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc[t]);
+                    offset[t] += dd * (s0 as i32 * xj.sum16[0] as i32 + s1 as i32 * xj.sum16[1] as i32) as f32;
+                }
             }
         }
     }
-    hsum(acc) - 32.0 * offset
+    std::array::from_fn(|t| hsum(acc[t]) - 32.0 * offset[t])
 }
 
-/// Instantiates every kernel for one [`MulSum`] under the target features it needs.
+/// `TILE` consecutive tokens' activation rows, `stride` blocks apart.
+#[inline(always)]
+fn tile(x: &[Q8Block], stride: usize) -> [&[Q8Block]; TILE] {
+    std::array::from_fn(|t| &x[t * stride..(t + 1) * stride])
+}
+
+/// Instantiates every kernel for one [`MulSum`] under the target features it needs:
+/// single-token (`q4_0`, …) and `TILE`-token (`q4_0_tile`, …) forms.
 macro_rules! kernels {
     ($module:ident, $mulsum:ty, $features:literal) => {
         pub mod $module {
@@ -283,15 +332,76 @@ macro_rules! kernels {
             }
             #[target_feature(enable = $features)]
             pub unsafe fn q4_k(w: &[u8], x: &[Q8Block]) -> f32 {
-                q4_k_::<$mulsum>(w, x)
+                k_quant::<$mulsum, false, 1>(w, [x])[0]
             }
             #[target_feature(enable = $features)]
             pub unsafe fn q5_k(w: &[u8], x: &[Q8Block]) -> f32 {
-                q5_k_::<$mulsum>(w, x)
+                k_quant::<$mulsum, true, 1>(w, [x])[0]
             }
             #[target_feature(enable = $features)]
             pub unsafe fn q6_k(w: &[u8], x: &[Q8Block]) -> f32 {
-                q6_k_::<$mulsum>(w, x)
+                q6_k_::<1>(w, [x])[0]
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                block32_multi::<$mulsum, TILE>(
+                    w,
+                    tile(x, stride),
+                    18,
+                    |b| nibbles(b.as_ptr().add(2)),
+                    |b| -8.0 * f16_at(b, 0),
+                )
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_1_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                block32_multi::<$mulsum, TILE>(w, tile(x, stride), 20, |b| nibbles(b.as_ptr().add(4)), |b| f16_at(b, 2))
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                block32_multi::<$mulsum, TILE>(
+                    w,
+                    tile(x, stride),
+                    22,
+                    |b| {
+                        _mm256_or_si256(
+                            nibbles(b.as_ptr().add(6)),
+                            high_bits(u32::from_le_bytes([b[2], b[3], b[4], b[5]])),
+                        )
+                    },
+                    |b| -16.0 * f16_at(b, 0),
+                )
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_1_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                block32_multi::<$mulsum, TILE>(
+                    w,
+                    tile(x, stride),
+                    24,
+                    |b| {
+                        _mm256_or_si256(
+                            nibbles(b.as_ptr().add(8)),
+                            high_bits(u32::from_le_bytes([b[4], b[5], b[6], b[7]])),
+                        )
+                    },
+                    |b| f16_at(b, 2),
+                )
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q8_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                q8_0_multi::<$mulsum, TILE>(w, tile(x, stride))
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                k_quant::<$mulsum, false, TILE>(w, tile(x, stride))
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_k_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                k_quant::<$mulsum, true, TILE>(w, tile(x, stride))
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q6_k_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                q6_k_::<TILE>(w, tile(x, stride))
             }
         }
     };

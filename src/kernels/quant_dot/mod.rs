@@ -12,6 +12,20 @@ use crate::gguf::GgmlDType;
 /// A row kernel: `Σ w·x` for weight bytes `w` and the matching activation blocks.
 pub type RowDot = fn(&[u8], &[Q8Block]) -> f32;
 
+/// Tokens per multi-token kernel call (prefill): each unpacked weight block is reused
+/// this many times.
+pub const TILE: usize = 4;
+
+/// A row kernel for [`TILE`] tokens at once: token `t`'s blocks start at `x[t·stride]`.
+pub type RowDotTile = fn(&[u8], &[Q8Block], usize) -> [f32; TILE];
+
+/// Both forms of one weight type's kernel.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    pub one: RowDot,
+    pub tile: RowDotTile,
+}
+
 /// Weight types with an 8-bit-activation kernel.
 pub fn has_kernel(dtype: GgmlDType) -> bool {
     use GgmlDType::*;
@@ -19,17 +33,25 @@ pub fn has_kernel(dtype: GgmlDType) -> bool {
 }
 
 /// The portable kernel for `dtype` (None for types without one).
-pub fn scalar_kernel(dtype: GgmlDType) -> Option<RowDot> {
+pub fn scalar_kernel(dtype: GgmlDType) -> Option<Kernel> {
     use GgmlDType::*;
+    macro_rules! scalar {
+        ($t:ident) => {
+            Kernel {
+                one: |w, x| scalar::vec_dot($t, w, x),
+                tile: |w, x, s| std::array::from_fn(|t| scalar::vec_dot($t, w, &x[t * s..(t + 1) * s])),
+            }
+        };
+    }
     Some(match dtype {
-        Q4_0 => |w, x| scalar::vec_dot(Q4_0, w, x),
-        Q4_1 => |w, x| scalar::vec_dot(Q4_1, w, x),
-        Q5_0 => |w, x| scalar::vec_dot(Q5_0, w, x),
-        Q5_1 => |w, x| scalar::vec_dot(Q5_1, w, x),
-        Q8_0 => |w, x| scalar::vec_dot(Q8_0, w, x),
-        Q4K => |w, x| scalar::vec_dot(Q4K, w, x),
-        Q5K => |w, x| scalar::vec_dot(Q5K, w, x),
-        Q6K => |w, x| scalar::vec_dot(Q6K, w, x),
+        Q4_0 => scalar!(Q4_0),
+        Q4_1 => scalar!(Q4_1),
+        Q5_0 => scalar!(Q5_0),
+        Q5_1 => scalar!(Q5_1),
+        Q8_0 => scalar!(Q8_0),
+        Q4K => scalar!(Q4K),
+        Q5K => scalar!(Q5K),
+        Q6K => scalar!(Q6K),
         _ => return None,
     })
 }
@@ -65,7 +87,7 @@ pub fn vnni_available() -> bool {
 /// The x86 kernel for `dtype`: VNNI where the CPU has it, else AVX2; `None` without
 /// AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
-pub fn x86_kernel(dtype: GgmlDType, allow_vnni: bool) -> Option<RowDot> {
+pub fn x86_kernel(dtype: GgmlDType, allow_vnni: bool) -> Option<Kernel> {
     use GgmlDType::*;
     if !avx2_available() {
         return None;
@@ -75,14 +97,38 @@ pub fn x86_kernel(dtype: GgmlDType, allow_vnni: bool) -> Option<RowDot> {
             // SAFETY (each closure): the module's target features were detected above;
             // callers pass the activation blocks matching `w` (`matmul` checks shapes).
             match dtype {
-                Q4_0 => |w, x| unsafe { avx2::$m::q4_0(w, x) },
-                Q4_1 => |w, x| unsafe { avx2::$m::q4_1(w, x) },
-                Q5_0 => |w, x| unsafe { avx2::$m::q5_0(w, x) },
-                Q5_1 => |w, x| unsafe { avx2::$m::q5_1(w, x) },
-                Q8_0 => |w, x| unsafe { avx2::$m::q8_0(w, x) },
-                Q4K => |w, x| unsafe { avx2::$m::q4_k(w, x) },
-                Q5K => |w, x| unsafe { avx2::$m::q5_k(w, x) },
-                Q6K => |w, x| unsafe { avx2::$m::q6_k(w, x) },
+                Q4_0 => Kernel {
+                    one: |w, x| unsafe { avx2::$m::q4_0(w, x) },
+                    tile: |w, x, s| unsafe { avx2::$m::q4_0_tile(w, x, s) },
+                },
+                Q4_1 => Kernel {
+                    one: |w, x| unsafe { avx2::$m::q4_1(w, x) },
+                    tile: |w, x, s| unsafe { avx2::$m::q4_1_tile(w, x, s) },
+                },
+                Q5_0 => Kernel {
+                    one: |w, x| unsafe { avx2::$m::q5_0(w, x) },
+                    tile: |w, x, s| unsafe { avx2::$m::q5_0_tile(w, x, s) },
+                },
+                Q5_1 => Kernel {
+                    one: |w, x| unsafe { avx2::$m::q5_1(w, x) },
+                    tile: |w, x, s| unsafe { avx2::$m::q5_1_tile(w, x, s) },
+                },
+                Q8_0 => Kernel {
+                    one: |w, x| unsafe { avx2::$m::q8_0(w, x) },
+                    tile: |w, x, s| unsafe { avx2::$m::q8_0_tile(w, x, s) },
+                },
+                Q4K => Kernel {
+                    one: |w, x| unsafe { avx2::$m::q4_k(w, x) },
+                    tile: |w, x, s| unsafe { avx2::$m::q4_k_tile(w, x, s) },
+                },
+                Q5K => Kernel {
+                    one: |w, x| unsafe { avx2::$m::q5_k(w, x) },
+                    tile: |w, x, s| unsafe { avx2::$m::q5_k_tile(w, x, s) },
+                },
+                Q6K => Kernel {
+                    one: |w, x| unsafe { avx2::$m::q6_k(w, x) },
+                    tile: |w, x, s| unsafe { avx2::$m::q6_k_tile(w, x, s) },
+                },
                 _ => return None,
             }
         };
@@ -91,7 +137,7 @@ pub fn x86_kernel(dtype: GgmlDType, allow_vnni: bool) -> Option<RowDot> {
 }
 
 /// The fastest kernel for `dtype` on this CPU.
-pub fn kernel(dtype: GgmlDType) -> Option<RowDot> {
+pub fn kernel(dtype: GgmlDType) -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     if let Some(k) = x86_kernel(dtype, true) {
         return Some(k);
@@ -163,7 +209,7 @@ mod tests {
             dequantize(dtype, &w, &mut wf);
             dequantize_row(&xq, &mut xf);
             let want: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
-            let got = scalar_kernel(dtype).unwrap()(&w, &xq) as f64;
+            let got = (scalar_kernel(dtype).unwrap().one)(&w, &xq) as f64;
             let scale: f64 = wf.iter().zip(&xf).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
             assert!((got - want).abs() <= 1e-5 * scale.max(1e-3), "{dtype}: {got} vs {want}");
         }
@@ -174,7 +220,7 @@ mod tests {
     #[test]
     fn simd_kernels_equal_scalar_kernels() {
         let mut rng = Rng::new(5);
-        type Variant = fn(GgmlDType) -> Option<RowDot>;
+        type Variant = fn(GgmlDType) -> Option<Kernel>;
         #[allow(unused_mut)]
         let mut variants: Vec<(&str, Variant)> = Vec::new();
         #[cfg(target_arch = "x86_64")]
@@ -182,20 +228,40 @@ mod tests {
             variants.push(("avx2", |t| x86_kernel(t, false)));
             variants.push(("vnni", |t| if vnni_available() { x86_kernel(t, true) } else { None }));
         }
+        variants.push(("scalar", scalar_kernel));
         for dtype in TYPES {
             for n in [256, 512, 2048, 256 * 7] {
                 let w = random_row(dtype, n, &mut rng);
                 let (_, xq) = activations(n, &mut rng);
-                let want = scalar_kernel(dtype).unwrap()(&w, &xq);
+                let want = (scalar_kernel(dtype).unwrap().one)(&w, &xq);
                 // Rounding scales with the terms, not with their (possibly cancelling) sum.
                 let (mut wf, mut xf) = (vec![0f32; n], vec![0f32; n]);
                 dequantize(dtype, &w, &mut wf);
                 dequantize_row(&xq, &mut xf);
                 let magnitude: f32 = wf.iter().zip(&xf).map(|(a, b)| (a * b).abs()).sum();
+                // The tile form sees the same row as token 2 of 4 (others: shifted copies).
+                let blocks = n / 32;
+                let mut tile_x = Vec::with_capacity(TILE * blocks);
+                for t in 0..TILE {
+                    tile_x.extend(xq.iter().cycle().skip((t + 2) % TILE).take(blocks));
+                }
+                let tile_want: Vec<f32> = (0..TILE)
+                    .map(|t| (scalar_kernel(dtype).unwrap().one)(&w, &tile_x[t * blocks..(t + 1) * blocks]))
+                    .collect();
                 for (name, variant) in &variants {
                     let Some(k) = variant(dtype) else { continue };
-                    let got = k(&w, &xq);
+                    let got = (k.one)(&w, &xq);
                     assert!((got - want).abs() <= 1e-5 * magnitude.max(1e-3), "{dtype} n={n} {name}: {got} vs {want}");
+                    let tiled = (k.tile)(&w, &tile_x, blocks);
+                    for t in 0..TILE {
+                        let tol = 1e-5 * magnitude.max(1e-3) * 4.0;
+                        assert!(
+                            (tiled[t] - tile_want[t]).abs() <= tol,
+                            "{dtype} n={n} {name} tile token {t}: {} vs {}",
+                            tiled[t],
+                            tile_want[t]
+                        );
+                    }
                 }
             }
         }
