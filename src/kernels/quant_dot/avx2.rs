@@ -155,55 +155,23 @@ unsafe fn q8_0_multi<M: MulSum, const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -
 }
 
 #[inline(always)]
-unsafe fn q4_0_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
-    // Σ d(q − 8)x = d·Σqx − 8·d·Σx: the offset rides on the activation sums.
-    block32::<M>(w, x, 18, |b| nibbles(b.as_ptr().add(2)), |b| -8.0 * f16_at(b, 0))
-}
-
-#[inline(always)]
-unsafe fn q4_1_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
-    block32::<M>(w, x, 20, |b| nibbles(b.as_ptr().add(4)), |b| f16_at(b, 2))
-}
-
-#[inline(always)]
-unsafe fn q5_0_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
-    block32::<M>(
-        w,
-        x,
-        22,
-        |b| _mm256_or_si256(nibbles(b.as_ptr().add(6)), high_bits(u32::from_le_bytes([b[2], b[3], b[4], b[5]]))),
-        |b| -16.0 * f16_at(b, 0),
-    )
-}
-
-#[inline(always)]
-unsafe fn q5_1_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
-    block32::<M>(
-        w,
-        x,
-        24,
-        |b| _mm256_or_si256(nibbles(b.as_ptr().add(8)), high_bits(u32::from_le_bytes([b[4], b[5], b[6], b[7]]))),
-        |b| f16_at(b, 2),
-    )
-}
-
-#[inline(always)]
 unsafe fn q8_0_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let dot = |b: &[u8], xb: &Q8Block| {
+    #[inline(always)]
+    unsafe fn dot<M: MulSum>(b: &[u8], xb: &Q8Block) -> __m256 {
         let q = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
         // |w| · (x with w's sign): the unsigned-by-signed multiply the hardware has.
         _mm256_cvtepi32_ps(M::mul_sum(_mm256_sign_epi8(q, q), _mm256_sign_epi8(load_x(xb), q)))
-    };
+    }
     let mut pairs = w.chunks_exact(68);
     let mut xs = x.chunks_exact(2);
     for (b, xb) in (&mut pairs).zip(&mut xs) {
         let (b0, b1) = b.split_at(34);
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b0, 0) * xb[0].d), dot(b0, &xb[0]), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b1, 0) * xb[1].d), dot(b1, &xb[1]), acc1);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b0, 0) * xb[0].d), dot::<M>(b0, &xb[0]), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b1, 0) * xb[1].d), dot::<M>(b1, &xb[1]), acc1);
     }
     if let (Some(xb), b) = (xs.remainder().first(), pairs.remainder()) {
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * xb.d), dot(b, xb), acc0);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * xb.d), dot::<M>(b, xb), acc0);
     }
     hsum(_mm256_add_ps(acc0, acc1))
 }
@@ -310,21 +278,47 @@ macro_rules! kernels {
     ($module:ident, $mulsum:ty, $features:literal) => {
         pub mod $module {
             use super::*;
+            // The unpacking closures are written inside each `#[target_feature]`
+            // function so they inherit its features and inline (a closure built in a
+            // plain function would call every intrinsic out of line).
             #[target_feature(enable = $features)]
             pub unsafe fn q4_0(w: &[u8], x: &[Q8Block]) -> f32 {
-                q4_0_::<$mulsum>(w, x)
+                // Σ d(q − 8)x = d·Σqx − 8·d·Σx: the offset rides on the activation sums.
+                block32::<$mulsum>(w, x, 18, |b| nibbles(b.as_ptr().add(2)), |b| -8.0 * f16_at(b, 0))
             }
             #[target_feature(enable = $features)]
             pub unsafe fn q4_1(w: &[u8], x: &[Q8Block]) -> f32 {
-                q4_1_::<$mulsum>(w, x)
+                block32::<$mulsum>(w, x, 20, |b| nibbles(b.as_ptr().add(4)), |b| f16_at(b, 2))
             }
             #[target_feature(enable = $features)]
             pub unsafe fn q5_0(w: &[u8], x: &[Q8Block]) -> f32 {
-                q5_0_::<$mulsum>(w, x)
+                block32::<$mulsum>(
+                    w,
+                    x,
+                    22,
+                    |b| {
+                        _mm256_or_si256(
+                            nibbles(b.as_ptr().add(6)),
+                            high_bits(u32::from_le_bytes([b[2], b[3], b[4], b[5]])),
+                        )
+                    },
+                    |b| -16.0 * f16_at(b, 0),
+                )
             }
             #[target_feature(enable = $features)]
             pub unsafe fn q5_1(w: &[u8], x: &[Q8Block]) -> f32 {
-                q5_1_::<$mulsum>(w, x)
+                block32::<$mulsum>(
+                    w,
+                    x,
+                    24,
+                    |b| {
+                        _mm256_or_si256(
+                            nibbles(b.as_ptr().add(8)),
+                            high_bits(u32::from_le_bytes([b[4], b[5], b[6], b[7]])),
+                        )
+                    },
+                    |b| f16_at(b, 2),
+                )
             }
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0(w: &[u8], x: &[Q8Block]) -> f32 {
