@@ -28,7 +28,7 @@ fn weight(dtype: GgmlDType, rows: usize, cols: usize) -> QMatrix {
 }
 
 fn bench_matmul(c: &mut Criterion) {
-    let pool = pupil::threads::pool(2);
+    let pool = pupil::threads::Pool::new(2);
     let (rows, cols) = (1536, 576); // SmolLM2 ffn_gate
     for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
         let w = weight(dtype, rows, cols);

@@ -29,7 +29,7 @@ pub struct Runtime {
     pub model: Llama,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
-    pub pool: rayon::ThreadPool,
+    pub pool: crate::threads::Pool,
     /// Wall time from opening the file to a ready model.
     pub load_time: Duration,
 }
@@ -57,7 +57,7 @@ impl Runtime {
             &text(tokenizer.bos()),
             &text(tokenizer.eos()),
         )?;
-        let pool = crate::threads::pool(threads);
+        let pool = crate::threads::Pool::new(threads);
         // Building the tokenizer churns through temporary strings; hand that heap back.
         crate::threads::release_free_heap();
         Ok(Self { file, model, tokenizer, template, pool, load_time: start.elapsed() })

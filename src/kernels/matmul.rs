@@ -12,13 +12,13 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use memmap2::Mmap;
-use rayon::prelude::*;
 
 use super::dequant::dequantize;
 use super::dot::dot;
 use super::q8::{quantize_row, Q8Block};
 use super::quant_dot::{self, Kernel, TILE};
 use crate::gguf::GgmlDType;
+use crate::threads::{current_num_threads, for_each_mut};
 
 /// Rows dequantized together: enough to reuse each activation row from L1, few enough
 /// that the scratch stays in L2 (8 × 8192 f32 = 256 KiB at most).
@@ -68,7 +68,7 @@ impl QMatrix {
 }
 
 /// `out[t·rows + r] = W[r] · x[t]` for `n_tokens` activation rows `x` of `w.cols` values.
-/// Runs on the current rayon pool.
+/// Runs on the current thread pool (see `threads`).
 pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
     matmul_many(&mut [(w, out)], x, n_tokens);
 }
@@ -100,7 +100,7 @@ pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usi
 /// Rows per parallel task: enough tasks to balance the threads, few enough that
 /// scheduling stays negligible.
 fn rows_per_task(rows: usize) -> usize {
-    (rows / (rayon::current_num_threads() * 4)).clamp(ROW_BLOCK, 512)
+    (rows / (current_num_threads() * 4)).clamp(ROW_BLOCK, 512)
 }
 
 /// The output of one matrix in a batched product, shared by the tasks that fill it.
@@ -135,17 +135,18 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], kernels: &[Kernel], x: &[f32],
                 tasks.push((&**w, kernel.one, i * chunk, out));
             }
         }
-        tasks.into_par_iter().for_each(|(w, kernel, r0, out)| {
+        for_each_mut(&mut tasks, |(w, kernel, r0, out)| {
             let rb = w.row_bytes();
             let bytes = w.bytes();
             for (i, o) in out.iter_mut().enumerate() {
-                *o = kernel(&bytes[(r0 + i) * rb..(r0 + i + 1) * rb], &xq);
+                *o = kernel(&bytes[(*r0 + i) * rb..(*r0 + i + 1) * rb], &xq);
             }
         });
         return;
     }
 
-    xq.par_chunks_mut(blocks).zip(x.par_chunks(cols)).for_each(|(q, xt)| quantize_row(xt, q));
+    let mut rows_to_quantize: Vec<(&mut [Q8Block], &[f32])> = xq.chunks_mut(blocks).zip(x.chunks(cols)).collect();
+    for_each_mut(&mut rows_to_quantize, |(q, xt)| quantize_row(xt, q));
     let outs: Vec<SharedOut> =
         jobs.iter_mut().map(|(_, out)| SharedOut { ptr: out.as_mut_ptr(), len: out.len() }).collect();
     let mut tasks = Vec::new();
@@ -155,7 +156,7 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], kernels: &[Kernel], x: &[f32],
             tasks.push((j, r0, (r0 + chunk).min(w.rows)));
         }
     }
-    tasks.into_par_iter().for_each(|(j, r0, r1)| {
+    for_each_mut(&mut tasks, |&mut (j, r0, r1)| {
         let (w, kernel, out) = (jobs[j].0, kernels[j], &outs[j]);
         let rb = w.row_bytes();
         let bytes = w.bytes();
@@ -202,36 +203,34 @@ fn matmul_f32(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
     let bytes = w.bytes();
 
     if n_tokens == 1 {
-        out.par_chunks_mut(ROW_BLOCK).enumerate().for_each_init(
-            || vec![0f32; cols],
-            |row_buf, (blk, out_blk)| {
-                for (i, o) in out_blk.iter_mut().enumerate() {
-                    let r = blk * ROW_BLOCK + i;
-                    dequantize(w.dtype, &bytes[r * rb..(r + 1) * rb], row_buf);
-                    *o = dot(row_buf, x);
-                }
-            },
-        );
+        let mut blocks: Vec<(usize, &mut [f32])> = out.chunks_mut(ROW_BLOCK).enumerate().collect();
+        for_each_mut(&mut blocks, |(blk, out_blk)| {
+            let mut row_buf = vec![0f32; cols];
+            for (i, o) in out_blk.iter_mut().enumerate() {
+                let r = *blk * ROW_BLOCK + i;
+                dequantize(w.dtype, &bytes[r * rb..(r + 1) * rb], &mut row_buf);
+                *o = dot(&row_buf, x);
+            }
+        });
         return;
     }
 
-    // Batch: compute the transposed product (row-major by weight row) so each worker owns
+    // Batch: compute the transposed product (row-major by weight row) so each task owns
     // a contiguous slice, then transpose into token-major order.
     let mut out_t = vec![0f32; rows * n_tokens];
-    out_t.par_chunks_mut(ROW_BLOCK * n_tokens).enumerate().for_each_init(
-        || vec![0f32; ROW_BLOCK * cols],
-        |scratch, (blk, out_blk)| {
-            let r0 = blk * ROW_BLOCK;
-            let n_rows = out_blk.len() / n_tokens;
-            dequantize(w.dtype, &bytes[r0 * rb..(r0 + n_rows) * rb], &mut scratch[..n_rows * cols]);
-            for t in 0..n_tokens {
-                let xt = &x[t * cols..(t + 1) * cols];
-                for i in 0..n_rows {
-                    out_blk[i * n_tokens + t] = dot(&scratch[i * cols..(i + 1) * cols], xt);
-                }
+    let mut blocks: Vec<(usize, &mut [f32])> = out_t.chunks_mut(ROW_BLOCK * n_tokens).enumerate().collect();
+    for_each_mut(&mut blocks, |(blk, out_blk)| {
+        let r0 = *blk * ROW_BLOCK;
+        let n_rows = out_blk.len() / n_tokens;
+        let mut scratch = vec![0f32; n_rows * cols];
+        dequantize(w.dtype, &bytes[r0 * rb..(r0 + n_rows) * rb], &mut scratch);
+        for t in 0..n_tokens {
+            let xt = &x[t * cols..(t + 1) * cols];
+            for i in 0..n_rows {
+                out_blk[i * n_tokens + t] = dot(&scratch[i * cols..(i + 1) * cols], xt);
             }
-        },
-    );
+        }
+    });
     transpose_into(&out_t, rows, n_tokens, out);
 }
 

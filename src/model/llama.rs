@@ -5,8 +5,6 @@
 //! Tensor names are llama.cpp's GGUF names. RoPE rotates adjacent pairs (llama.cpp's
 //! "normal" mode: the GGUF converter permutes Q/K rows for it).
 
-use rayon::prelude::*;
-
 use super::{Config, KvCache, ModelError, RopeScaling};
 use crate::gguf::GgufFile;
 use crate::kernels::dot::{axpy, dot, softmax};
@@ -130,7 +128,7 @@ impl Llama {
 
     /// Runs `tokens` at the next positions of `cache` and returns the final (normed)
     /// hidden state of every position, `tokens.len() × n_embd`. Feed rows of it to
-    /// [`Llama::logits`]. Runs on the current rayon pool.
+    /// [`Llama::logits`]. Runs on the current thread pool (see `threads`).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
         let cfg = &self.cfg;
         let n = tokens.len();
@@ -275,7 +273,7 @@ fn attention(
     let group = n_head / n_head_kv;
     let kv_dim = n_head_kv * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let head = |scores: &mut Vec<f32>, (i, o): (usize, &mut [f32])| {
+    let head = |scores: &mut Vec<f32>, i: usize, o: &mut [f32]| {
         let (t, h) = (i / n_head, i % n_head);
         let kv_off = (h / group) * head_dim;
         let qh = &q[i * head_dim..(i + 1) * head_dim];
@@ -290,13 +288,17 @@ fn attention(
             axpy(p, &v_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim], o);
         }
     };
-    // Below a few hundred thousand multiply-adds a fork-join costs more than it saves.
+    // Below some ten thousand multiply-adds, sharing the heads out costs more than it saves.
     let work = out.len() / head_dim * (pos0 + out.len() / (n_head * head_dim)) * head_dim;
-    if work < 1 << 18 {
+    if work < 1 << 16 {
         let mut scores = Vec::new();
-        out.chunks_mut(head_dim).enumerate().for_each(|item| head(&mut scores, item));
+        out.chunks_mut(head_dim).enumerate().for_each(|(i, o)| head(&mut scores, i, o));
     } else {
-        out.par_chunks_mut(head_dim).enumerate().for_each_init(Vec::new, head);
+        thread_local! {
+            static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut heads: Vec<(usize, &mut [f32])> = out.chunks_mut(head_dim).enumerate().collect();
+        crate::threads::for_each_mut(&mut heads, |(i, o)| SCORES.with(|s| head(&mut s.borrow_mut(), *i, o)));
     }
 }
 
