@@ -272,6 +272,27 @@ fn tile(x: &[Q8Block], stride: usize) -> [&[Q8Block]; TILE] {
     std::array::from_fn(|t| &x[t * stride..(t + 1) * stride])
 }
 
+/// Q5_0 / Q5_1: nibbles after the 4-byte high-bit mask at `qh`.
+#[inline(always)]
+unsafe fn q5_unpack(b: &[u8], qh: usize) -> __m256i {
+    let bits = u32::from_le_bytes([b[qh], b[qh + 1], b[qh + 2], b[qh + 3]]);
+    _mm256_or_si256(nibbles(b.as_ptr().add(qh + 4)), high_bits(bits))
+}
+
+/// The single-token and `TILE`-token kernels of one 32-value block format.
+macro_rules! block32_kernels {
+    ($mulsum:ty, $features:literal, $one:ident, $tile:ident, $ts:literal, $unpack:expr, $min:expr) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn $one(w: &[u8], x: &[Q8Block]) -> f32 {
+            block32::<$mulsum>(w, x, $ts, $unpack, $min)
+        }
+        #[target_feature(enable = $features)]
+        pub unsafe fn $tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+            block32_multi::<$mulsum, TILE>(w, tile(x, stride), $ts, $unpack, $min)
+        }
+    };
+}
+
 /// Instantiates every kernel for one [`MulSum`] under the target features it needs:
 /// single-token (`q4_0`, …) and `TILE`-token (`q4_0_tile`, …) forms.
 macro_rules! kernels {
@@ -281,45 +302,12 @@ macro_rules! kernels {
             // The unpacking closures are written inside each `#[target_feature]`
             // function so they inherit its features and inline (a closure built in a
             // plain function would call every intrinsic out of line).
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_0(w: &[u8], x: &[Q8Block]) -> f32 {
-                // Σ d(q − 8)x = d·Σqx − 8·d·Σx: the offset rides on the activation sums.
-                block32::<$mulsum>(w, x, 18, |b| nibbles(b.as_ptr().add(2)), |b| -8.0 * f16_at(b, 0))
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_1(w: &[u8], x: &[Q8Block]) -> f32 {
-                block32::<$mulsum>(w, x, 20, |b| nibbles(b.as_ptr().add(4)), |b| f16_at(b, 2))
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_0(w: &[u8], x: &[Q8Block]) -> f32 {
-                block32::<$mulsum>(
-                    w,
-                    x,
-                    22,
-                    |b| {
-                        _mm256_or_si256(
-                            nibbles(b.as_ptr().add(6)),
-                            high_bits(u32::from_le_bytes([b[2], b[3], b[4], b[5]])),
-                        )
-                    },
-                    |b| -16.0 * f16_at(b, 0),
-                )
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_1(w: &[u8], x: &[Q8Block]) -> f32 {
-                block32::<$mulsum>(
-                    w,
-                    x,
-                    24,
-                    |b| {
-                        _mm256_or_si256(
-                            nibbles(b.as_ptr().add(8)),
-                            high_bits(u32::from_le_bytes([b[4], b[5], b[6], b[7]])),
-                        )
-                    },
-                    |b| f16_at(b, 2),
-                )
-            }
+            // Σ d(q − 8)x = d·Σqx − 8·d·Σx: offsets ride on the activation sums.
+            block32_kernels!($mulsum, $features, q4_0, q4_0_tile, 18, |b| nibbles(b.as_ptr().add(2)), |b| -8.0
+                * f16_at(b, 0));
+            block32_kernels!($mulsum, $features, q4_1, q4_1_tile, 20, |b| nibbles(b.as_ptr().add(4)), |b| f16_at(b, 2));
+            block32_kernels!($mulsum, $features, q5_0, q5_0_tile, 22, |b| q5_unpack(b, 2), |b| -16.0 * f16_at(b, 0));
+            block32_kernels!($mulsum, $features, q5_1, q5_1_tile, 24, |b| q5_unpack(b, 4), |b| f16_at(b, 2));
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0(w: &[u8], x: &[Q8Block]) -> f32 {
                 q8_0_::<$mulsum>(w, x)
@@ -337,50 +325,6 @@ macro_rules! kernels {
                 q6_k_::<1>(w, [x])[0]
             }
 
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                block32_multi::<$mulsum, TILE>(
-                    w,
-                    tile(x, stride),
-                    18,
-                    |b| nibbles(b.as_ptr().add(2)),
-                    |b| -8.0 * f16_at(b, 0),
-                )
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_1_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                block32_multi::<$mulsum, TILE>(w, tile(x, stride), 20, |b| nibbles(b.as_ptr().add(4)), |b| f16_at(b, 2))
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                block32_multi::<$mulsum, TILE>(
-                    w,
-                    tile(x, stride),
-                    22,
-                    |b| {
-                        _mm256_or_si256(
-                            nibbles(b.as_ptr().add(6)),
-                            high_bits(u32::from_le_bytes([b[2], b[3], b[4], b[5]])),
-                        )
-                    },
-                    |b| -16.0 * f16_at(b, 0),
-                )
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_1_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                block32_multi::<$mulsum, TILE>(
-                    w,
-                    tile(x, stride),
-                    24,
-                    |b| {
-                        _mm256_or_si256(
-                            nibbles(b.as_ptr().add(8)),
-                            high_bits(u32::from_le_bytes([b[4], b[5], b[6], b[7]])),
-                        )
-                    },
-                    |b| f16_at(b, 2),
-                )
-            }
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
                 q8_0_multi::<$mulsum, TILE>(w, tile(x, stride))
