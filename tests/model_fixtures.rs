@@ -1,4 +1,4 @@
-//! The Llama forward pass matches llama.cpp on the real SmolLM2 file, by the fair checks
+//! The forward pass matches llama.cpp on the real SmolLM2 (llama) and Gemma 3 files, by the fair checks
 //! of `tests/fixtures/README.md`: greedy tokens (free-running and teacher-forced, where the
 //! reference's top-1 margin makes the choice unambiguous) and the logits' distribution
 //! (KL over the reference's top 20 plus the remaining mass, top-1 agreement).
@@ -17,8 +17,12 @@ const MAX_MEAN_KL: f64 = 0.03;
 const MAX_POSITION_KL: f64 = 0.1;
 
 fn runtime() -> Option<Runtime> {
-    let path = model(SMOLLM2)?;
-    Some(Runtime::load_path(&path, 2).expect("load SmolLM2"))
+    runtime_of(SMOLLM2)
+}
+
+fn runtime_of(name: &str) -> Option<Runtime> {
+    let path = model(name)?;
+    Some(Runtime::load_path(&path, 2).unwrap_or_else(|e| panic!("load {name}: {e}")))
 }
 
 /// Logits of every position of `ids`, run in one batch from an empty cache.
@@ -31,8 +35,27 @@ fn all_logits(rt: &Runtime, ids: &[u32]) -> Vec<Vec<f32>> {
 
 #[test]
 fn smollm2_greedy_matches_llama_cpp() {
-    let Some(rt) = runtime() else { return };
-    for case in fixture_lines(SMOLLM2_FIXTURES, "greedy.jsonl") {
+    check_greedy(SMOLLM2, SMOLLM2_FIXTURES);
+}
+
+#[test]
+fn gemma3_greedy_matches_llama_cpp() {
+    check_greedy(GEMMA3, GEMMA3_FIXTURES);
+}
+
+#[test]
+fn smollm2_logits_match_llama_cpp() {
+    check_logits(SMOLLM2, SMOLLM2_FIXTURES);
+}
+
+#[test]
+fn gemma3_logits_match_llama_cpp() {
+    check_logits(GEMMA3, GEMMA3_FIXTURES);
+}
+
+fn check_greedy(name: &str, fixtures: &str) {
+    let Some(rt) = runtime_of(name) else { return };
+    for case in fixture_lines(fixtures, "greedy.jsonl") {
         let prompt_text = case["prompt"].as_str().unwrap();
         let prompt = ids(&case["prompt_ids"]);
         let reference = ids(&case["ids"]);
@@ -69,11 +92,10 @@ fn smollm2_greedy_matches_llama_cpp() {
     }
 }
 
-#[test]
-fn smollm2_logits_match_llama_cpp() {
-    let Some(rt) = runtime() else { return };
+fn check_logits(name: &str, fixtures: &str) {
+    let Some(rt) = runtime_of(name) else { return };
     let (mut worst_kl, mut worst_mean_kl, mut worst_dlogit) = (0f64, 0f64, 0f64);
-    for case in fixture_lines(SMOLLM2_FIXTURES, "logits.jsonl") {
+    for case in fixture_lines(fixtures, "logits.jsonl") {
         let prompt = case["prompt"].as_str().unwrap();
         let input = ids(&case["ids"]);
         let logits = all_logits(&rt, &input);
@@ -110,20 +132,29 @@ fn smollm2_logits_match_llama_cpp() {
         assert!(mean <= MAX_MEAN_KL, "{prompt:?}: mean KL {mean:.4} > {MAX_MEAN_KL}");
         worst_mean_kl = worst_mean_kl.max(mean);
     }
-    eprintln!("SmolLM2 vs llama.cpp: worst mean KL {worst_mean_kl:.5}, worst position KL {worst_kl:.5}, max |Δ logit| over reference top-20 {worst_dlogit:.4}");
+    eprintln!("{name} vs llama.cpp: worst mean KL {worst_mean_kl:.5}, worst position KL {worst_kl:.5}, max |Δ logit| over reference top-20 {worst_dlogit:.4}");
 }
 
 #[test]
 fn smollm2_perplexity_matches_llama_cpp() {
-    let Some(rt) = runtime() else { return };
-    // llama-perplexity -c 512 on Debian's GPL-3 text gives 18.3914 (fixtures README).
+    // llama-perplexity -c 512 on Debian's GPL-3 text (fixtures README).
+    check_perplexity(SMOLLM2, 18.3914);
+}
+
+#[test]
+fn gemma3_perplexity_matches_llama_cpp() {
+    check_perplexity(GEMMA3, 13.9062);
+}
+
+fn check_perplexity(name: &str, llama_cpp: f64) {
+    let Some(rt) = runtime_of(name) else { return };
     let path = std::path::Path::new("/usr/share/common-licenses/GPL-3");
     let text = std::fs::read_to_string(path).expect("Debian's GPL-3 text (package base-files)");
     let r = pupil::bench::perplexity(&rt, &text, 512, None, |_, _, _| {}).unwrap();
-    eprintln!("SmolLM2 PPL {:.4} ± {:.4}, bits/byte {:.4}, {} chunks", r.ppl, r.ppl_err, r.bits_per_byte, r.chunks);
+    eprintln!("{name} PPL {:.4} ± {:.4}, bits/byte {:.4}, {} chunks", r.ppl, r.ppl_err, r.bits_per_byte, r.chunks);
     assert_eq!(r.chunks, 14, "same chunking as llama-perplexity");
-    let rel = (r.ppl - 18.3914).abs() / 18.3914;
-    assert!(rel <= 0.02, "PPL {} is {:.2}% from llama.cpp's 18.3914", r.ppl, rel * 100.0);
+    let rel = (r.ppl - llama_cpp).abs() / llama_cpp;
+    assert!(rel <= 0.02, "PPL {} is {:.2}% from llama.cpp's {llama_cpp}", r.ppl, rel * 100.0);
     assert!(r.bits_per_byte > 0.5 && r.bits_per_byte < 1.5, "bits/byte {}", r.bits_per_byte);
 }
 

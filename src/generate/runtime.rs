@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::catalog::CatalogError;
 use crate::gguf::{GgufError, GgufFile};
-use crate::model::{Llama, ModelError};
+use crate::model::{Model, ModelError};
 use crate::tokenizer::{ChatTemplate, TemplateError, Tokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,7 @@ pub enum LoadError {
 
 pub struct Runtime {
     pub file: GgufFile,
-    pub model: Llama,
+    pub model: Model,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
     pub pool: crate::threads::Pool,
@@ -45,7 +45,7 @@ impl Runtime {
     pub fn load_path(path: &Path, threads: usize) -> Result<Self, LoadError> {
         let start = Instant::now();
         let file = GgufFile::open(path)?;
-        let model = Llama::load(&file)?;
+        let model = Model::load(&file)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         if tokenizer.n_vocab() != model.cfg.n_vocab {
             return Err(LoadError::VocabMismatch { tokenizer: tokenizer.n_vocab(), model: model.cfg.n_vocab });

@@ -12,11 +12,34 @@ pub enum RopeScaling {
     Linear { factor: f32 },
 }
 
+/// Which member of the Llama family a file holds, and so which per-layer extras apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `llama` (Llama 2/3, SmolLM, TinyLlama, Mistral-style): SwiGLU MLP, RoPE on adjacent
+    /// pairs.
+    Llama,
+    /// `gemma3`: embeddings scaled by √n_embd, an RMS-norm on every Q and K head, norms
+    /// after attention and after the MLP, GELU(tanh)-gated MLP, RoPE on the two halves of
+    /// each head, and sliding-window attention on five of every six layers with their own
+    /// RoPE base.
+    Gemma3,
+}
+
+/// In Gemma 3 every sixth layer attends globally; the others use the sliding window.
+pub const GEMMA3_GLOBAL_EVERY: usize = 6;
+/// RoPE base of Gemma 3's sliding-window layers (not stored in GGUF; llama.cpp's value).
+pub const GEMMA3_SWA_ROPE_BASE: f32 = 10_000.0;
+
 /// Llama-family hyperparameters, keyed as llama.cpp writes them (`{arch}.*`).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `general.architecture`.
     pub architecture: String,
+    /// Derived from the architecture.
+    pub family: Family,
+    /// `{arch}.attention.sliding_window`: how many positions a sliding-window layer sees
+    /// (Gemma 3; `None` elsewhere).
+    pub sliding_window: Option<usize>,
     /// Vocabulary size: length of `tokenizer.ggml.tokens` (or `{arch}.vocab_size`).
     pub n_vocab: usize,
     /// `{arch}.embedding_length`: width of the residual stream.
@@ -50,9 +73,11 @@ const MAX_DIM: u64 = 1 << 20;
 impl Config {
     pub fn from_gguf(file: &GgufFile) -> Result<Self, ModelError> {
         let arch = file.require_str("general.architecture")?.to_string();
-        if arch != "llama" {
-            return Err(ModelError::UnsupportedArchitecture(arch));
-        }
+        let family = match arch.as_str() {
+            "llama" => Family::Llama,
+            "gemma3" => Family::Gemma3,
+            _ => return Err(ModelError::UnsupportedArchitecture(arch)),
+        };
         let key = |k: &str| format!("{arch}.{k}");
         let dim = |k: &str| -> Result<usize, ModelError> {
             let v = file.require_u64(&key(k))?;
@@ -112,7 +137,13 @@ impl Config {
         if !(rope_freq_base.is_finite() && rope_freq_base > 0.0 && rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
             return Err(ModelError::BadConfig("rope.freq_base or layer_norm_rms_epsilon out of range".into()));
         }
+        let sliding_window = match family {
+            Family::Gemma3 => opt_dim("attention.sliding_window")?,
+            Family::Llama => None,
+        };
         Ok(Self {
+            family,
+            sliding_window,
             n_vocab,
             n_embd,
             n_layer: dim("block_count")?,
@@ -127,6 +158,13 @@ impl Config {
             rms_norm_eps,
             architecture: arch,
         })
+    }
+
+    /// Whether `layer` attends only within the sliding window.
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        self.sliding_window.is_some()
+            && self.family == Family::Gemma3
+            && !(layer + 1).is_multiple_of(GEMMA3_GLOBAL_EVERY)
     }
 
     /// Width of one position's keys (or values) across all KV heads.

@@ -5,12 +5,12 @@
 //! that generation (last position), perplexity and distillation (all positions) share it.
 
 pub mod config;
+pub mod decoder;
 pub mod kv_cache;
-pub mod llama;
 
-pub use config::{Config, RopeScaling};
+pub use config::{Config, Family, RopeScaling};
+pub use decoder::Model;
 pub use kv_cache::KvCache;
-pub use llama::Llama;
 
 use crate::gguf::{GgmlDType, GgufError};
 
@@ -18,7 +18,7 @@ use crate::gguf::{GgmlDType, GgufError};
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("unsupported architecture {0:?} (pupil runs: llama)")]
+    #[error("unsupported architecture {0:?} (pupil runs: llama, gemma3)")]
     UnsupportedArchitecture(String),
     #[error("tensor {tensor:?} has type {dtype}, which pupil cannot compute with yet")]
     UnsupportedDType { tensor: String, dtype: GgmlDType },

@@ -1,11 +1,14 @@
-//! The Llama architecture (Llama 2/3, SmolLM, TinyLlama, Mistral-style GQA), read top to
-//! bottom like the paper: embed → [RMS-norm → attention → residual → RMS-norm → SwiGLU MLP
-//! → residual] × n_layer → RMS-norm → output head.
+//! The decoder-only transformer of the Llama family, read top to bottom like the paper:
+//! embed → [RMS-norm → attention → residual → RMS-norm → gated MLP → residual] × n_layer
+//! → RMS-norm → output head.
 //!
-//! Tensor names are llama.cpp's GGUF names. RoPE rotates adjacent pairs (llama.cpp's
-//! "normal" mode: the GGUF converter permutes Q/K rows for it).
+//! `llama` files (Llama 2/3, SmolLM, TinyLlama, Mistral-style GQA) run it as is; RoPE
+//! rotates adjacent pairs (llama.cpp's "normal" mode: the GGUF converter permutes Q/K rows
+//! for it). `gemma3` files add the extras listed on [`Family::Gemma3`]; their norm weights
+//! already include Gemma's `1 +` (the converter adds it). Tensor names are llama.cpp's.
 
-use super::{Config, KvCache, ModelError, RopeScaling};
+use super::config::GEMMA3_SWA_ROPE_BASE;
+use super::{Config, Family, KvCache, ModelError, RopeScaling};
 use crate::gguf::GgufFile;
 use crate::kernels::dot::{axpy, dot, softmax};
 use crate::kernels::{self, matmul, matmul_many, QMatrix};
@@ -21,9 +24,18 @@ struct Block {
     ffn_gate: QMatrix,
     ffn_up: QMatrix,
     ffn_down: QMatrix,
+    /// Gemma 3 only: per-head norms of Q and K, and norms of the attention and MLP outputs.
+    extra: Option<GemmaNorms>,
 }
 
-pub struct Llama {
+struct GemmaNorms {
+    attn_q_norm: Vec<f32>,
+    attn_k_norm: Vec<f32>,
+    post_attention_norm: Vec<f32>,
+    post_ffw_norm: Vec<f32>,
+}
+
+pub struct Model {
     pub cfg: Config,
     /// `token_embd.weight`: looked up one quantized row at a time.
     token_embd: QMatrix,
@@ -34,6 +46,9 @@ pub struct Llama {
     /// Angle per position for each rotated pair: `base^(-2i/n_rot) / freq_factor[i]`,
     /// with linear scaling folded in.
     inv_freq: Vec<f64>,
+    /// The same for sliding-window layers (Gemma 3's own base); equal to `inv_freq`
+    /// elsewhere.
+    inv_freq_swa: Vec<f64>,
 }
 
 fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<QMatrix, ModelError> {
@@ -71,7 +86,7 @@ fn matrix_1d(file: &GgufFile, name: &str, n: usize) -> Result<QMatrix, ModelErro
     Ok(QMatrix::new(info.dtype, 1, n, file.map().clone(), info.data.clone()))
 }
 
-impl Llama {
+impl Model {
     /// Lays out every weight as a view of the mapped file; copies only the small norm
     /// vectors.
     pub fn load(file: &GgufFile) -> Result<Self, ModelError> {
@@ -95,6 +110,15 @@ impl Llama {
                     ffn_gate: matrix(file, &name("ffn_gate"), e, cfg.n_ff)?,
                     ffn_up: matrix(file, &name("ffn_up"), e, cfg.n_ff)?,
                     ffn_down: matrix(file, &name("ffn_down"), cfg.n_ff, e)?,
+                    extra: match cfg.family {
+                        Family::Llama => None,
+                        Family::Gemma3 => Some(GemmaNorms {
+                            attn_q_norm: vector(file, &name("attn_q_norm"), d)?,
+                            attn_k_norm: vector(file, &name("attn_k_norm"), d)?,
+                            post_attention_norm: vector(file, &name("post_attention_norm"), e)?,
+                            post_ffw_norm: vector(file, &name("post_ffw_norm"), e)?,
+                        }),
+                    },
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
@@ -108,17 +132,24 @@ impl Llama {
             RopeScaling::None => 1.0,
             RopeScaling::Linear { factor } => 1.0 / factor as f64,
         };
-        let inv_freq = (0..cfg.n_rot / 2)
-            .map(|i| {
-                let f = (cfg.rope_freq_base as f64).powf(-2.0 * i as f64 / cfg.n_rot as f64) * pos_scale;
-                match &freq_factors {
-                    Some(ff) => f / ff[i] as f64,
-                    None => f,
-                }
-            })
-            .collect();
+        let frequencies = |base: f32| -> Vec<f64> {
+            (0..cfg.n_rot / 2)
+                .map(|i| {
+                    let f = (base as f64).powf(-2.0 * i as f64 / cfg.n_rot as f64) * pos_scale;
+                    match &freq_factors {
+                        Some(ff) => f / ff[i] as f64,
+                        None => f,
+                    }
+                })
+                .collect()
+        };
+        let inv_freq = frequencies(cfg.rope_freq_base);
+        let inv_freq_swa = match cfg.family {
+            Family::Gemma3 => frequencies(GEMMA3_SWA_ROPE_BASE),
+            Family::Llama => inv_freq.clone(),
+        };
         let output_norm = vector(file, "output_norm.weight", e)?;
-        Ok(Self { cfg, token_embd, output_norm, output, blocks, inv_freq })
+        Ok(Self { cfg, token_embd, output_norm, output, blocks, inv_freq, inv_freq_swa })
     }
 
     /// A KV cache for `n_ctx` positions (clamped to the trained context).
@@ -128,7 +159,7 @@ impl Llama {
 
     /// Runs `tokens` at the next positions of `cache` and returns the final (normed)
     /// hidden state of every position, `tokens.len() × n_embd`. Feed rows of it to
-    /// [`Llama::logits`]. Runs on the current thread pool (see `threads`).
+    /// [`Model::logits`]. Runs on the current thread pool (see `threads`).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
         let cfg = &self.cfg;
         let n = tokens.len();
@@ -149,8 +180,15 @@ impl Llama {
             }
             self.token_embd.dequantize_row(id as usize, row);
         }
+        if cfg.family == Family::Gemma3 {
+            let scale = (e as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
 
-        let (cos, sin) = self.rope_tables(pos0, n);
+        let neox = cfg.family == Family::Gemma3;
+        let global = rope_tables(&self.inv_freq, pos0, n);
+        let local =
+            if cfg.sliding_window.is_some() { rope_tables(&self.inv_freq_swa, pos0, n) } else { global.clone() };
         let mut xn = vec![0f32; n * e];
         let mut q = vec![0f32; n * q_dim];
         let mut k = vec![0f32; n * kv_dim];
@@ -164,22 +202,36 @@ impl Llama {
             // Attention.
             rms_norm(&x, &b.attn_norm, cfg.rms_norm_eps, &mut xn);
             matmul_many(&mut [(&b.attn_q, &mut q), (&b.attn_k, &mut k), (&b.attn_v, &mut v)], &xn, n);
-            rope(&mut q, d, cfg.n_rot, &cos, &sin);
-            rope(&mut k, d, cfg.n_rot, &cos, &sin);
+            if let Some(g) = &b.extra {
+                rms_norm_in_place(&mut q, &g.attn_q_norm, cfg.rms_norm_eps);
+                rms_norm_in_place(&mut k, &g.attn_k_norm, cfg.rms_norm_eps);
+            }
+            let sliding = cfg.is_sliding(layer);
+            let (cos, sin) = if sliding { &local } else { &global };
+            rope(&mut q, d, cfg.n_rot, cos, sin, neox);
+            rope(&mut k, d, cfg.n_rot, cos, sin, neox);
             let (k_cache, v_cache) = cache.layer_mut(layer);
             k_cache[pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&k);
             v_cache[pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&v);
-            attention(&q, k_cache, v_cache, pos0, nh, nkv, d, &mut att);
+            let window = if sliding { cfg.sliding_window } else { None };
+            attention(&q, k_cache, v_cache, pos0, nh, nkv, d, window, &mut att);
             matmul(&b.attn_output, &att, n, &mut proj);
+            if let Some(g) = &b.extra {
+                rms_norm_in_place(&mut proj, &g.post_attention_norm, cfg.rms_norm_eps);
+            }
             add_in_place(&mut x, &proj);
 
-            // Feed-forward (SwiGLU).
+            // Feed-forward: SwiGLU, or GELU(tanh)-gated for Gemma.
             rms_norm(&x, &b.ffn_norm, cfg.rms_norm_eps, &mut xn);
             matmul_many(&mut [(&b.ffn_gate, &mut gate), (&b.ffn_up, &mut up)], &xn, n);
+            let act = if cfg.family == Family::Gemma3 { gelu_tanh } else { silu };
             for (g, u) in gate.iter_mut().zip(&up) {
-                *g = silu(*g) * u;
+                *g = act(*g) * u;
             }
             matmul(&b.ffn_down, &gate, n, &mut proj);
+            if let Some(g) = &b.extra {
+                rms_norm_in_place(&mut proj, &g.post_ffw_norm, cfg.rms_norm_eps);
+            }
             add_in_place(&mut x, &proj);
         }
         cache.advance(n);
@@ -187,7 +239,7 @@ impl Llama {
         Ok(xn)
     }
 
-    /// Logits (`rows × n_vocab`) for `rows` hidden states returned by [`Llama::forward`].
+    /// Logits (`rows × n_vocab`) for `rows` hidden states returned by [`Model::forward`].
     pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
         let rows = hidden.len() / self.cfg.n_embd;
         let mut out = vec![0f32; rows * self.cfg.n_vocab];
@@ -209,21 +261,27 @@ impl Llama {
             .sum();
         per_block + self.token_embd.bytes().len()
     }
+}
 
-    /// cos/sin of every rotated pair at positions `pos0..pos0 + n`, `n × n_rot/2` each.
-    fn rope_tables(&self, pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in pos0..pos0 + n {
-            for &f in &self.inv_freq {
-                let (s, c) = (p as f64 * f).sin_cos();
-                cos.push(c as f32);
-                sin.push(s as f32);
-            }
+/// cos/sin of every rotated pair at positions `pos0..pos0 + n`, `n × n_rot/2` each.
+fn rope_tables(inv_freq: &[f64], pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in pos0..pos0 + n {
+        for &f in inv_freq {
+            let (s, c) = (p as f64 * f).sin_cos();
+            cos.push(c as f32);
+            sin.push(s as f32);
         }
-        (cos, sin)
     }
+    (cos, sin)
+}
+
+/// [`rms_norm`] in place, over rows of `w.len()` (per head when `w` is a head's width).
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let input = x.to_vec();
+    rms_norm(&input, w, eps, x);
 }
 
 /// `out = x / rms(x) · w`, row by row.
@@ -238,9 +296,10 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Rotates adjacent pairs of the first `n_rot` dimensions of every head, in place.
-/// `x` is `n × (n_heads · head_dim)`; `cos`/`sin` are `n × n_rot/2`.
-fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, cos: &[f32], sin: &[f32]) {
+/// Rotates pairs of the first `n_rot` dimensions of every head, in place: adjacent pairs
+/// `(2i, 2i+1)`, or with `neox` the halves `(i, i + n_rot/2)`. `x` is
+/// `n × (n_heads · head_dim)`; `cos`/`sin` are `n × n_rot/2`.
+fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, cos: &[f32], sin: &[f32], neox: bool) {
     let half = n_rot / 2;
     let n = cos.len() / half.max(1);
     let row_len = x.len() / n.max(1);
@@ -248,9 +307,10 @@ fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, cos: &[f32], sin: &[f32]) 
         let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
         for head in row.chunks_exact_mut(head_dim) {
             for i in 0..half {
-                let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = x0 * c[i] - x1 * s[i];
-                head[2 * i + 1] = x0 * s[i] + x1 * c[i];
+                let (a, b) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * c[i] - x1 * s[i];
+                head[b] = x0 * s[i] + x1 * c[i];
             }
         }
     }
@@ -258,7 +318,8 @@ fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, cos: &[f32], sin: &[f32]) 
 
 /// Causal grouped-query attention of `n` new queries (at positions `pos0..`) over the
 /// cache, which already holds their own keys and values. Query head `h` reads KV head
-/// `h / (n_head / n_head_kv)` in place: no per-head copies.
+/// `h / (n_head / n_head_kv)` in place: no per-head copies. With a `window`, a query sees
+/// only the last `window` positions (itself included).
 #[allow(clippy::too_many_arguments)]
 fn attention(
     q: &[f32],
@@ -268,6 +329,7 @@ fn attention(
     n_head: usize,
     n_head_kv: usize,
     head_dim: usize,
+    window: Option<usize>,
     out: &mut [f32],
 ) {
     let group = n_head / n_head_kv;
@@ -277,14 +339,15 @@ fn attention(
         let (t, h) = (i / n_head, i % n_head);
         let kv_off = (h / group) * head_dim;
         let qh = &q[i * head_dim..(i + 1) * head_dim];
-        let n_keys = pos0 + t + 1;
+        let end = pos0 + t + 1;
+        let start = window.map_or(0, |w| end.saturating_sub(w));
         scores.clear();
         scores.extend(
-            (0..n_keys).map(|j| dot(qh, &k_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim]) * scale),
+            (start..end).map(|j| dot(qh, &k_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim]) * scale),
         );
         softmax(scores);
         o.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
+        for (j, &p) in (start..end).zip(scores.iter()) {
             axpy(p, &v_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim], o);
         }
     };
@@ -302,7 +365,12 @@ fn attention(
     }
 }
 
-#[inline]
+/// GELU with the tanh approximation, as Gemma uses.
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+}
+
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
