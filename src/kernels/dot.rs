@@ -26,6 +26,7 @@ pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let n = a.len();
@@ -91,6 +92,7 @@ pub fn axpy_scalar(a: f32, x: &[f32], y: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
     use std::arch::x86_64::*;
     let n = x.len();
@@ -117,6 +119,65 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
         return unsafe { axpy_avx2(a, x, y) };
     }
     axpy_scalar(a, x, y)
+}
+
+/// One attention head over a run of cached positions: `scores[j] = scale · q·k_j`, then
+/// softmax, then `out = Σ_j scores[j] · v_j`, where position `j`'s key and value are
+/// `head_dim` values at `j · stride + offset` of `keys` / `values`. Fused so the
+/// per-position dot products and sums run without a dispatch per call.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    positions: std::ops::Range<usize>,
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let d = q.len();
+    let last = positions.end.saturating_sub(1) * stride + offset + d;
+    assert!(out.len() == d && keys.len() >= last && values.len() >= last, "attend: shapes");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA detected; every slice taken below is in bounds (checked
+        // above for the last position, and positions are increasing).
+        return unsafe { attend_avx2(q, keys, values, positions, stride, offset, scale, scores, out) };
+    }
+    scores.clear();
+    scores
+        .extend(positions.clone().map(|j| dot_scalar(q, &keys[j * stride + offset..j * stride + offset + d]) * scale));
+    softmax_scalar(scores);
+    out.fill(0.0);
+    for (j, &p) in positions.zip(scores.iter()) {
+        axpy_scalar(p, &values[j * stride + offset..j * stride + offset + d], out);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_avx2(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    positions: std::ops::Range<usize>,
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let d = q.len();
+    scores.clear();
+    scores.extend(positions.clone().map(|j| dot_avx2(q, &keys[j * stride + offset..j * stride + offset + d]) * scale));
+    softmax_avx2(scores);
+    out.fill(0.0);
+    for (j, &p) in positions.zip(scores.iter()) {
+        axpy_avx2(p, &values[j * stride + offset..j * stride + offset + d], out);
+    }
 }
 
 /// Portable softmax in place (max-subtracted, so any finite input is safe).
@@ -227,6 +288,21 @@ mod tests {
                 assert!((p - q).abs() <= 1e-6 + 1e-5 * q, "softmax n={n}: {p} vs {q}");
             }
             assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        // The fused head equals the separate steps.
+        let (d, stride, offset) = (8, 24, 8);
+        let kv: Vec<f32> = (0..stride * 10).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let q: Vec<f32> = (0..d).map(|i| i as f32 / 4.0 - 1.0).collect();
+        let (mut scores, mut out) = (Vec::new(), vec![0f32; d]);
+        attend(&q, &kv, &kv, 2..9, stride, offset, 0.3, &mut scores, &mut out);
+        let mut want_scores: Vec<f32> = (2..9).map(|j| dot_scalar(&q, &kv[j * stride + offset..][..d]) * 0.3).collect();
+        softmax_scalar(&mut want_scores);
+        let mut want = vec![0f32; d];
+        for (j, &p) in (2..9).zip(&want_scores) {
+            axpy_scalar(p, &kv[j * stride + offset..][..d], &mut want);
+        }
+        for (a, b) in out.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "attend: {a} vs {b}");
         }
         // Extreme spreads underflow to zero instead of producing NaN.
         let mut wide = vec![0.0, -200.0, 50.0, -1e30, 3.0, 2.0, 1.0, 0.5, 0.25];

@@ -10,7 +10,7 @@
 use super::config::GEMMA3_SWA_ROPE_BASE;
 use super::{Config, Family, KvCache, ModelError, RopeScaling};
 use crate::gguf::GgufFile;
-use crate::kernels::dot::{axpy, dot, softmax};
+use crate::kernels::dot::{attend, dot};
 use crate::kernels::{self, matmul, matmul_many, QMatrix};
 
 /// One transformer layer's weights.
@@ -341,15 +341,7 @@ fn attention(
         let qh = &q[i * head_dim..(i + 1) * head_dim];
         let end = pos0 + t + 1;
         let start = window.map_or(0, |w| end.saturating_sub(w));
-        scores.clear();
-        scores.extend(
-            (start..end).map(|j| dot(qh, &k_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim]) * scale),
-        );
-        softmax(scores);
-        o.fill(0.0);
-        for (j, &p) in (start..end).zip(scores.iter()) {
-            axpy(p, &v_cache[j * kv_dim + kv_off..j * kv_dim + kv_off + head_dim], o);
-        }
+        attend(qh, k_cache, v_cache, start..end, kv_dim, kv_off, scale, scores, o);
     };
     // Below some ten thousand multiply-adds, sharing the heads out costs more than it saves.
     let work = out.len() / head_dim * (pos0 + out.len() / (n_head * head_dim)) * head_dim;
