@@ -109,18 +109,6 @@ unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// `y += a · x` with the fastest form this CPU supports.
-#[inline]
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        assert_eq!(x.len(), y.len());
-        // SAFETY: AVX2 and FMA detected; lengths equal.
-        return unsafe { axpy_avx2(a, x, y) };
-    }
-    axpy_scalar(a, x, y)
-}
-
 /// One attention head over a run of cached positions: `scores[j] = scale · q·k_j`, then
 /// softmax, then `out = Σ_j scores[j] · v_j`, where position `j`'s key and value are
 /// `head_dim` values at `j · stride + offset` of `keys` / `values`. Fused so the
@@ -142,17 +130,50 @@ pub fn attend(
     assert!(out.len() == d && keys.len() >= last && values.len() >= last, "attend: shapes");
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: AVX2 and FMA detected; every slice taken below is in bounds (checked
-        // above for the last position, and positions are increasing).
+        // SAFETY: AVX2 and FMA detected; every slice taken is in bounds (checked above for
+        // the last position, and positions are increasing).
         return unsafe { attend_avx2(q, keys, values, positions, stride, offset, scale, scores, out) };
     }
+    attend_with(
+        q,
+        keys,
+        values,
+        positions,
+        stride,
+        offset,
+        scale,
+        scores,
+        out,
+        dot_scalar,
+        softmax_scalar,
+        axpy_scalar,
+    );
+}
+
+/// The body of [`attend`], given the three vector kernels.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_with(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    positions: std::ops::Range<usize>,
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+    softmax: impl Fn(&mut [f32]),
+    axpy: impl Fn(f32, &[f32], &mut [f32]),
+) {
+    let d = q.len();
     scores.clear();
-    scores
-        .extend(positions.clone().map(|j| dot_scalar(q, &keys[j * stride + offset..j * stride + offset + d]) * scale));
-    softmax_scalar(scores);
+    scores.extend(positions.clone().map(|j| dot(q, &keys[j * stride + offset..j * stride + offset + d]) * scale));
+    softmax(scores);
     out.fill(0.0);
     for (j, &p) in positions.zip(scores.iter()) {
-        axpy_scalar(p, &values[j * stride + offset..j * stride + offset + d], out);
+        axpy(p, &values[j * stride + offset..j * stride + offset + d], out);
     }
 }
 
@@ -170,14 +191,21 @@ unsafe fn attend_avx2(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let d = q.len();
-    scores.clear();
-    scores.extend(positions.clone().map(|j| dot_avx2(q, &keys[j * stride + offset..j * stride + offset + d]) * scale));
-    softmax_avx2(scores);
-    out.fill(0.0);
-    for (j, &p) in positions.zip(scores.iter()) {
-        axpy_avx2(p, &values[j * stride + offset..j * stride + offset + d], out);
-    }
+    // The closures are built here, so they inherit AVX2 and inline.
+    attend_with(
+        q,
+        keys,
+        values,
+        positions,
+        stride,
+        offset,
+        scale,
+        scores,
+        out,
+        |a, b| dot_avx2(a, b),
+        |x| softmax_avx2(x),
+        |a, x, y| axpy_avx2(a, x, y),
+    );
 }
 
 /// Portable softmax in place (max-subtracted, so any finite input is safe).
@@ -242,16 +270,6 @@ unsafe fn softmax_avx2(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// Softmax in place with the fastest form this CPU supports.
-pub fn softmax(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA detected.
-        return unsafe { softmax_avx2(x) };
-    }
-    softmax_scalar(x)
-}
-
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
@@ -273,16 +291,22 @@ pub fn simd_name() -> &'static str {
 mod tests {
     use super::*;
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn simd_axpy_and_softmax_match_scalar() {
         for n in [1, 7, 8, 64, 129] {
             let x: Vec<f32> = (0..n).map(|i| ((i * 29 % 53) as f32 - 26.0) / 3.0).collect();
+            if !has_avx2() {
+                continue;
+            }
             let (mut a, mut b) = (vec![0.5f32; n], vec![0.5f32; n]);
-            axpy(0.37, &x, &mut a);
+            // SAFETY: AVX2 and FMA detected.
+            unsafe { axpy_avx2(0.37, &x, &mut a) };
             axpy_scalar(0.37, &x, &mut b);
             assert_eq!(a, b, "axpy n={n}");
             let (mut s, mut t) = (x.clone(), x.clone());
-            softmax(&mut s);
+            // SAFETY: as above.
+            unsafe { softmax_avx2(&mut s) };
             softmax_scalar(&mut t);
             for (p, q) in s.iter().zip(&t) {
                 assert!((p - q).abs() <= 1e-6 + 1e-5 * q, "softmax n={n}: {p} vs {q}");
@@ -306,7 +330,12 @@ mod tests {
         }
         // Extreme spreads underflow to zero instead of producing NaN.
         let mut wide = vec![0.0, -200.0, 50.0, -1e30, 3.0, 2.0, 1.0, 0.5, 0.25];
-        softmax(&mut wide);
+        if has_avx2() {
+            // SAFETY: AVX2 and FMA detected.
+            unsafe { softmax_avx2(&mut wide) };
+        } else {
+            softmax_scalar(&mut wide);
+        }
         assert!(wide.iter().all(|v| v.is_finite() && *v >= 0.0), "{wide:?}");
     }
 
