@@ -243,7 +243,7 @@ fn report_load(rt: &Runtime) {
         cfg.n_vocab,
         rt.model.weight_bytes() as f64 / 1e6,
         rt.threads(),
-        crate::kernels::dot::simd_name(),
+        crate::kernels::quant_dot::simd_name(),
     );
 }
 

@@ -168,10 +168,6 @@ impl GgufFile {
         &self.map[info.data.clone()]
     }
 
-    pub fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey(key.to_string()))
-    }
-
     pub fn get_str(&self, key: &str) -> Result<Option<&str>, GgufError> {
         self.get(key).map(|v| v.as_str().ok_or_else(|| wrong_type(key, "a string", v))).transpose()
     }

@@ -276,17 +276,6 @@ fn has_avx2() -> bool {
     *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
 }
 
-/// Name of the SIMD path `dot` uses, for `--verbose` and benchmark rows.
-pub fn simd_name() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return "avx2+fma";
-        }
-    }
-    "scalar"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

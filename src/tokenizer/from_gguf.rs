@@ -121,7 +121,6 @@ pub struct Tokenizer {
     kind: VocabKind,
     /// Token texts as stored in the vocabulary (valid UTF-8: they came from GGUF strings).
     tokens: StringTable,
-    token_types: Vec<i32>,
     /// What each token prints as (control tokens print as nothing).
     token_bytes: StringTable,
     bos: Option<u32>,
@@ -189,7 +188,6 @@ impl Tokenizer {
             inner: Mutex::new(inner),
             kind,
             tokens: StringTable::new(&tokens),
-            token_types,
             token_bytes: StringTable::new(&token_bytes),
             bos,
             eos,
@@ -276,11 +274,6 @@ impl Tokenizer {
             bytes.extend_from_slice(self.token_bytes(id)?);
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
-    }
-
-    /// Whether `id` is a control token (e.g. `<|im_start|>`).
-    pub fn is_control(&self, id: u32) -> bool {
-        self.token_types.get(id as usize) == Some(&token_type::CONTROL)
     }
 }
 
