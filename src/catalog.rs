@@ -15,6 +15,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::fsutil::hex;
+
 const CATALOG_TOML: &str = include_str!("../models/catalog.toml");
 
 #[derive(Debug, thiserror::Error)]
@@ -213,10 +215,8 @@ pub fn check_file(
 /// Re-hashes an installed model and compares it with the catalog.
 pub fn verify(entry: &ModelEntry) -> Result<(), CatalogError> {
     let path = entry.path()?;
-    let mut f = File::open(&path).map_err(io_err(&path))?;
-    let mut hasher = Sha256::new();
-    let n = io::copy(&mut f, &mut hasher).map_err(io_err(&path))?;
-    check_file(&entry.file, entry.size, &entry.sha256, n, hex(&hasher.finalize()))
+    let (sha256, n) = crate::fsutil::sha256_file(&path).map_err(io_err(&path))?;
+    check_file(&entry.file, entry.size, &entry.sha256, n, sha256)
 }
 
 struct HashingWriter<W> {
@@ -235,10 +235,6 @@ impl<W: Write> Write for HashingWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An HTTPS client that trusts the operating system's certificate store (honouring

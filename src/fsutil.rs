@@ -25,3 +25,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     result
 }
+
+/// sha256 of a file's contents, lower-case hex, and its size.
+pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let n = io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok((hex(&hasher.finalize()), n))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -216,7 +216,7 @@ fn wheel_with(member: &str, content: &[u8]) -> Vec<u8> {
 
 fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
-    pupil::catalog::hex(&sha2::Sha256::digest(b))
+    pupil::fsutil::hex(&sha2::Sha256::digest(b))
 }
 
 fn catalog(dir: &Path, url: &str, wheel_sha: &str, size: usize, sha: &str) -> PathBuf {

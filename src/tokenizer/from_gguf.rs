@@ -128,6 +128,7 @@ pub struct Tokenizer {
     add_bos: bool,
     end_of_generation: HashSet<u32>,
     chat_template: Option<String>,
+    fingerprint: [u8; 32],
 }
 
 impl Tokenizer {
@@ -184,6 +185,7 @@ impl Tokenizer {
             }
         }
         let chat_template = file.get_str("tokenizer.chat_template")?.map(str::to_string);
+        let fingerprint = vocabulary_fingerprint(&tokens, &token_types);
         Ok(Self {
             inner: Mutex::new(inner),
             kind,
@@ -194,6 +196,7 @@ impl Tokenizer {
             add_bos,
             end_of_generation,
             chat_template,
+            fingerprint,
         })
     }
 
@@ -216,6 +219,12 @@ impl Tokenizer {
     /// Whether prompts start with BOS (`tokenizer.ggml.add_bos_token`).
     pub fn add_bos(&self) -> bool {
         self.add_bos
+    }
+
+    /// sha256 over the vocabulary's tokens and their types: two models whose token ids
+    /// mean the same thing share it, so teacher targets can be checked against a student.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
     }
 
     pub fn chat_template(&self) -> Option<&str> {
@@ -275,6 +284,20 @@ impl Tokenizer {
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
+}
+
+/// The vocabulary fingerprint: sha256 of the token count, then each token as
+/// `u32 byte length, bytes, i32 type` (all little-endian).
+pub fn vocabulary_fingerprint(tokens: &[String], token_types: &[i32]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((tokens.len() as u64).to_le_bytes());
+    for (t, ty) in tokens.iter().zip(token_types) {
+        h.update((t.len() as u32).to_le_bytes());
+        h.update(t.as_bytes());
+        h.update(ty.to_le_bytes());
+    }
+    h.finalize().into()
 }
 
 fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>, TokenizerError> {
