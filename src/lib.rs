@@ -2,7 +2,8 @@
 //!
 //! Layers, lowest first (each imports only the ones below it):
 //! `gguf` (file format) → `kernels` (quantized math) → `model` (architectures) →
-//! `tokenizer` → `generate` (sampling, sessions) → `bench` (quality and speed) → `cli`.
+//! `tokenizer` → `generate` (sampling, sessions) → `targets` (teacher soft targets) →
+//! `bench` (quality and speed) → `cli`.
 //! `catalog` fetches and verifies the models everything else runs; `synth` writes tiny
 //! synthetic models for tests; `rng`, `fsutil` and `threads` are shared utilities.
 
@@ -16,5 +17,6 @@ pub mod kernels;
 pub mod model;
 pub mod rng;
 pub mod synth;
+pub mod targets;
 pub mod threads;
 pub mod tokenizer;

@@ -4,6 +4,7 @@
 mod bench;
 mod measure;
 mod run;
+mod targets;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -37,6 +38,9 @@ pub enum Command {
     Perplexity(measure::PerplexityArgs),
     /// Speed like llama-bench (pp/tg t/s), plus load time, memory and device identification.
     Bench(bench::BenchArgs),
+    /// Teacher targets: make them with a teacher model, import engine dumps, inspect, verify.
+    #[command(subcommand)]
+    Targets(targets::TargetsCommand),
 }
 
 /// `--model`: a GGUF path or a catalog name (pulled on first use).
@@ -108,5 +112,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(a) => run::chat(a, threads),
         Command::Perplexity(a) => measure::perplexity(a, threads),
         Command::Bench(a) => bench::bench(a),
+        Command::Targets(c) => targets::run(c, threads),
     }
 }
