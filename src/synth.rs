@@ -3,7 +3,10 @@
 //! a real model would be slow or could not be corrupted on purpose. They are marked
 //! `general.synthetic = true`; their outputs mean nothing.
 
-use crate::gguf::{value::type_id, GgufWriter, Value};
+use std::sync::Arc;
+
+use crate::gguf::{value::type_id, GgmlDType, GgufWriter, Value};
+use crate::kernels::QMatrix;
 use crate::rng::Rng;
 
 /// Shape of a synthetic model.
@@ -23,11 +26,14 @@ pub struct TinyLlama {
     pub n_ctx: usize,
     /// Seed of the random weights. Default 1.
     pub seed: u64,
+    /// Store the block weight matrices as Q8_0 instead of F32 (to exercise the
+    /// quantized paths). Default false.
+    pub q8_0: bool,
 }
 
 impl Default for TinyLlama {
     fn default() -> Self {
-        Self { n_embd: 32, n_layer: 2, n_head: 4, n_head_kv: 2, n_ff: 64, n_ctx: 128, seed: 1 }
+        Self { n_embd: 32, n_layer: 2, n_head: 4, n_head_kv: 2, n_ff: 64, n_ctx: 128, seed: 1, q8_0: false }
     }
 }
 
@@ -71,11 +77,14 @@ impl TinyLlama {
             .add("tokenizer.ggml.add_bos_token", Value::Bool(false));
 
         let mut rng = Rng::new(self.seed);
+        let q8_0 = self.q8_0;
         let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize| {
-            let scale = 1.0 / (cols as f64).sqrt();
-            let values: Vec<f32> =
-                (0..rows * cols).map(|_| ((rng.next_f64() * 2.0 - 1.0) * scale * 1.7) as f32).collect();
-            w.add_f32(name, &[cols as u64, rows as u64], &values);
+            let values = random_weights(&mut rng, rows, cols);
+            if q8_0 && name.starts_with("blk.") {
+                w.add_tensor(name, &[cols as u64, rows as u64], GgmlDType::Q8_0, quantize_q8_0(&values));
+            } else {
+                w.add_f32(name, &[cols as u64, rows as u64], &values);
+            }
         };
         let (e, q, kv) = (self.n_embd, self.n_head * head_dim, self.n_head_kv * head_dim);
         matrix(&mut w, "token_embd.weight", e, n_vocab);
@@ -94,4 +103,34 @@ impl TinyLlama {
         w.add_f32("output_norm.weight", &[e as u64], &vec![1.0; e]);
         w
     }
+}
+
+/// Uniform weights scaled like an initialised layer (±1.7/√cols).
+fn random_weights(rng: &mut Rng, rows: usize, cols: usize) -> Vec<f32> {
+    let scale = 1.0 / (cols as f64).sqrt();
+    (0..rows * cols).map(|_| ((rng.next_f64() * 2.0 - 1.0) * scale * 1.7) as f32).collect()
+}
+
+/// GGML's Q8_0 encoding of `values` (a multiple of 32 long): per block of 32, an f16
+/// scale `max|x| / 127` and 32 signed bytes.
+pub fn quantize_q8_0(values: &[f32]) -> Vec<u8> {
+    assert_eq!(values.len() % 32, 0, "Q8_0 needs whole blocks of 32");
+    let mut out = Vec::with_capacity(values.len() / 32 * 34);
+    for block in values.chunks_exact(32) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        out.extend(block.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8 as u8));
+    }
+    out
+}
+
+/// A random `rows × cols` Q8_0 matrix in an anonymous map, for kernel tests.
+pub fn quantized_matrix(rows: usize, cols: usize, seed: u64) -> QMatrix {
+    let bytes = quantize_q8_0(&random_weights(&mut Rng::new(seed), rows, cols));
+    let mut map = memmap2::MmapMut::map_anon(bytes.len()).expect("anonymous map");
+    map.copy_from_slice(&bytes);
+    let map = Arc::new(map.make_read_only().expect("read-only map"));
+    QMatrix::new(GgmlDType::Q8_0, rows, cols, map, 0..bytes.len())
 }

@@ -2,6 +2,8 @@
 //! library.
 
 mod bench;
+mod distill;
+mod experiment;
 mod measure;
 mod run;
 mod targets;
@@ -38,6 +40,11 @@ pub enum Command {
     Perplexity(measure::PerplexityArgs),
     /// Speed like llama-bench (pp/tg t/s), plus load time, memory and device identification.
     Bench(bench::BenchArgs),
+    /// Distil teacher targets into a LoRA adapter on the frozen quantized student.
+    Distill(distill::DistillArgs),
+    /// Built-in experiments (prompt baking evaluation).
+    #[command(subcommand)]
+    Experiment(experiment::ExperimentCommand),
     /// Teacher targets: make them with a teacher model, import engine dumps, inspect, verify.
     #[command(subcommand)]
     Targets(targets::TargetsCommand),
@@ -49,6 +56,30 @@ pub struct ModelArg {
     /// GGUF file or catalog name (see `pupil list`).
     #[arg(short = 'm', long = "model", default_value = "smollm2-135m-instruct")]
     pub model: String,
+}
+
+/// LoRA adapters applied at inference (the base file is not touched).
+#[derive(Args, Debug, Clone, Default)]
+pub struct AdapterArgs {
+    /// GGUF LoRA adapter (llama.cpp layout); repeat to stack several.
+    #[arg(long = "lora", value_name = "ADAPTER")]
+    pub lora: Vec<std::path::PathBuf>,
+    /// Scale of each --lora in order (default 1.0 for any not given).
+    #[arg(long = "lora-scale", value_name = "S")]
+    pub lora_scale: Vec<f32>,
+}
+
+impl AdapterArgs {
+    /// Loads the model with the adapters applied.
+    pub fn load(&self, model: &str, threads: usize) -> anyhow::Result<crate::generate::Runtime> {
+        anyhow::ensure!(self.lora_scale.len() <= self.lora.len(), "more --lora-scale values than --lora adapters");
+        let mut rt = crate::generate::Runtime::load(model, threads, true)?;
+        for (i, path) in self.lora.iter().enumerate() {
+            let adapter = crate::model::Adapter::load(path, &rt.model.cfg)?;
+            rt.model.add_adapter(adapter, self.lora_scale.get(i).copied().unwrap_or(1.0));
+        }
+        Ok(rt)
+    }
 }
 
 /// Sampling options, with llama.cpp's defaults.
@@ -113,5 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Perplexity(a) => measure::perplexity(a, threads),
         Command::Bench(a) => bench::bench(a),
         Command::Targets(c) => targets::run(c, threads),
+        Command::Distill(a) => distill::distill(a, threads),
+        Command::Experiment(c) => experiment::run(c, threads),
     }
 }

@@ -6,7 +6,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::Context;
 use clap::Args;
 
-use super::{ModelArg, SamplingArgs};
+use super::{AdapterArgs, ModelArg, SamplingArgs};
 use crate::bench::memory::{memory_status, mib};
 use crate::catalog::{self, Catalog};
 use crate::generate::{Generation, Runtime, Sampler, Session};
@@ -169,6 +169,8 @@ pub struct CompleteArgs {
     #[command(flatten)]
     pub model: ModelArg,
     #[command(flatten)]
+    pub adapters: AdapterArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
     /// Treat special-token text in the prompt as plain text.
     #[arg(long)]
@@ -194,7 +196,7 @@ pub fn complete(a: CompleteArgs, threads: usize) -> anyhow::Result<()> {
         (None, None) => unreachable!("clap requires one"),
     };
     let mut sampler = Sampler::new(a.sampling.sampler_config()?);
-    let rt = Runtime::load(&a.model.model, threads, true)?;
+    let rt = a.adapters.load(&a.model.model, threads)?;
     if a.verbose {
         report_load(&rt);
     }
@@ -282,6 +284,8 @@ pub struct ChatArgs {
     #[command(flatten)]
     pub model: ModelArg,
     #[command(flatten)]
+    pub adapters: AdapterArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
     /// System prompt (default: the template's own, if any).
     #[arg(long)]
@@ -290,7 +294,7 @@ pub struct ChatArgs {
 
 pub fn chat(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
     let mut sampler = Sampler::new(a.sampling.sampler_config()?);
-    let rt = Runtime::load(&a.model.model, threads, true)?;
+    let rt = a.adapters.load(&a.model.model, threads)?;
     let mut session = Session::new(&rt, a.sampling.ctx_size)?;
     let interactive = std::io::stdin().is_terminal();
     let system: Vec<Message> = a.system.iter().map(|s| Message::new("system", s.clone())).collect();

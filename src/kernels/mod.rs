@@ -6,6 +6,7 @@
 
 pub mod dequant;
 pub mod dot;
+pub mod gemm;
 pub mod matmul;
 pub mod q8;
 pub mod quant_dot;

@@ -8,24 +8,39 @@
 //! already include Gemma's `1 +` (the converter adds it). Tensor names are llama.cpp's.
 
 use super::config::GEMMA3_SWA_ROPE_BASE;
-use super::{Config, Family, KvCache, ModelError, RopeScaling};
+use super::{Adapter, Config, Family, KvCache, ModelError, RopeScaling, Target};
 use crate::gguf::GgufFile;
 use crate::kernels::dot::{attend, dot};
 use crate::kernels::{self, matmul, matmul_many, QMatrix};
 
 /// One transformer layer's weights.
-struct Block {
-    attn_norm: Vec<f32>,
-    attn_q: QMatrix,
-    attn_k: QMatrix,
-    attn_v: QMatrix,
-    attn_output: QMatrix,
-    ffn_norm: Vec<f32>,
-    ffn_gate: QMatrix,
-    ffn_up: QMatrix,
-    ffn_down: QMatrix,
+pub(crate) struct Block {
+    pub attn_norm: Vec<f32>,
+    pub attn_q: QMatrix,
+    pub attn_k: QMatrix,
+    pub attn_v: QMatrix,
+    pub attn_output: QMatrix,
+    pub ffn_norm: Vec<f32>,
+    pub ffn_gate: QMatrix,
+    pub ffn_up: QMatrix,
+    pub ffn_down: QMatrix,
     /// Gemma 3 only: per-head norms of Q and K, and norms of the attention and MLP outputs.
     extra: Option<GemmaNorms>,
+}
+
+impl Block {
+    /// The frozen weight an adapter `target` modifies.
+    pub fn weight(&self, target: Target) -> &QMatrix {
+        match target {
+            Target::Q => &self.attn_q,
+            Target::K => &self.attn_k,
+            Target::V => &self.attn_v,
+            Target::O => &self.attn_output,
+            Target::Gate => &self.ffn_gate,
+            Target::Up => &self.ffn_up,
+            Target::Down => &self.ffn_down,
+        }
+    }
 }
 
 struct GemmaNorms {
@@ -38,17 +53,19 @@ struct GemmaNorms {
 pub struct Model {
     pub cfg: Config,
     /// `token_embd.weight`: looked up one quantized row at a time.
-    token_embd: QMatrix,
-    output_norm: Vec<f32>,
+    pub(crate) token_embd: QMatrix,
+    pub(crate) output_norm: Vec<f32>,
     /// `output.weight`, or `token_embd.weight` again when the embeddings are tied.
-    output: QMatrix,
-    blocks: Vec<Block>,
+    pub(crate) output: QMatrix,
+    pub(crate) blocks: Vec<Block>,
     /// Angle per position for each rotated pair: `base^(-2i/n_rot) / freq_factor[i]`,
     /// with linear scaling folded in.
-    inv_freq: Vec<f64>,
+    pub(crate) inv_freq: Vec<f64>,
     /// The same for sliding-window layers (Gemma 3's own base); equal to `inv_freq`
     /// elsewhere.
     inv_freq_swa: Vec<f64>,
+    /// LoRA adapters applied on top of the frozen weights, each with its user scale.
+    adapters: Vec<(Adapter, f32)>,
 }
 
 fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<QMatrix, ModelError> {
@@ -149,7 +166,20 @@ impl Model {
             Family::Llama => inv_freq.clone(),
         };
         let output_norm = vector(file, "output_norm.weight", e)?;
-        Ok(Self { cfg, token_embd, output_norm, output, blocks, inv_freq, inv_freq_swa })
+        Ok(Self { cfg, token_embd, output_norm, output, blocks, inv_freq, inv_freq_swa, adapters: Vec::new() })
+    }
+
+    /// Applies `adapter` (already checked against this model's shapes by
+    /// [`Adapter::load`]) on top of the frozen weights, its update scaled by `scale`.
+    pub fn add_adapter(&mut self, adapter: Adapter, scale: f32) {
+        self.adapters.push((adapter, scale));
+    }
+
+    /// `out += Σ adapters' updates of weight `target` in `layer`, applied to `x`.
+    fn apply_adapters(&self, layer: usize, target: Target, x: &[f32], out: &mut [f32]) {
+        for (a, user_scale) in &self.adapters {
+            a.apply(layer, target, x, out, a.scale() * user_scale);
+        }
     }
 
     /// A KV cache for `n_ctx` positions (clamped to the trained context).
@@ -202,6 +232,9 @@ impl Model {
             // Attention.
             rms_norm(&x, &b.attn_norm, cfg.rms_norm_eps, &mut xn);
             matmul_many(&mut [(&b.attn_q, &mut q), (&b.attn_k, &mut k), (&b.attn_v, &mut v)], &xn, n);
+            self.apply_adapters(layer, Target::Q, &xn, &mut q);
+            self.apply_adapters(layer, Target::K, &xn, &mut k);
+            self.apply_adapters(layer, Target::V, &xn, &mut v);
             if let Some(g) = &b.extra {
                 rms_norm_in_place(&mut q, &g.attn_q_norm, cfg.rms_norm_eps);
                 rms_norm_in_place(&mut k, &g.attn_k_norm, cfg.rms_norm_eps);
@@ -216,6 +249,7 @@ impl Model {
             let window = if sliding { cfg.sliding_window } else { None };
             attention(&q, k_cache, v_cache, pos0, nh, nkv, d, window, &mut att);
             matmul(&b.attn_output, &att, n, &mut proj);
+            self.apply_adapters(layer, Target::O, &att, &mut proj);
             if let Some(g) = &b.extra {
                 rms_norm_in_place(&mut proj, &g.post_attention_norm, cfg.rms_norm_eps);
             }
@@ -224,11 +258,14 @@ impl Model {
             // Feed-forward: SwiGLU, or GELU(tanh)-gated for Gemma.
             rms_norm(&x, &b.ffn_norm, cfg.rms_norm_eps, &mut xn);
             matmul_many(&mut [(&b.ffn_gate, &mut gate), (&b.ffn_up, &mut up)], &xn, n);
+            self.apply_adapters(layer, Target::Gate, &xn, &mut gate);
+            self.apply_adapters(layer, Target::Up, &xn, &mut up);
             let act = if cfg.family == Family::Gemma3 { gelu_tanh } else { silu };
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = act(*g) * u;
             }
             matmul(&b.ffn_down, &gate, n, &mut proj);
+            self.apply_adapters(layer, Target::Down, &gate, &mut proj);
             if let Some(g) = &b.extra {
                 rms_norm_in_place(&mut proj, &g.post_ffw_norm, cfg.rms_norm_eps);
             }
@@ -264,7 +301,7 @@ impl Model {
 }
 
 /// cos/sin of every rotated pair at positions `pos0..pos0 + n`, `n × n_rot/2` each.
-fn rope_tables(inv_freq: &[f64], pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn rope_tables(inv_freq: &[f64], pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
     let half = inv_freq.len();
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
@@ -299,7 +336,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// Rotates pairs of the first `n_rot` dimensions of every head, in place: adjacent pairs
 /// `(2i, 2i+1)`, or with `neox` the halves `(i, i + n_rot/2)`. `x` is
 /// `n × (n_heads · head_dim)`; `cos`/`sin` are `n × n_rot/2`.
-fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, cos: &[f32], sin: &[f32], neox: bool) {
+pub(crate) fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, cos: &[f32], sin: &[f32], neox: bool) {
     let half = n_rot / 2;
     let n = cos.len() / half.max(1);
     let row_len = x.len() / n.max(1);
@@ -363,7 +400,7 @@ fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }
 
-fn silu(x: f32) -> f32 {
+pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 

@@ -7,10 +7,12 @@
 pub mod config;
 pub mod decoder;
 pub mod kv_cache;
+pub mod lora;
 
 pub use config::{Config, Family, RopeScaling};
 pub use decoder::Model;
 pub use kv_cache::KvCache;
+pub use lora::{Adapter, LoraPair, Target};
 
 use crate::gguf::{GgmlDType, GgufError};
 
@@ -32,6 +34,8 @@ pub enum ModelError {
     TokenOutOfRange { id: u32, n_vocab: usize },
     #[error("cannot reserve the KV cache: {0}")]
     KvCache(std::io::Error),
+    #[error("adapter {path}: {what}")]
+    BadAdapter { path: String, what: String },
     #[error("context is full: {needed} positions needed, the context holds {n_ctx} (raise --ctx-size)")]
     ContextFull { needed: usize, n_ctx: usize },
 }

@@ -1,0 +1,230 @@
+//! LoRA adapters: low-rank updates `ΔW = (α / r) · B · A` of a model's frozen linear
+//! layers, stored as GGUF files in llama.cpp's adapter layout so `llama-cli --lora` and
+//! pupil read the same file.
+//!
+//! Layout: `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha`,
+//! `general.architecture` of the base model, and per adapted weight
+//! `blk.N.<name>.weight.lora_a` with GGML dims `[n_in, r]` (A, r rows of n_in) and
+//! `.lora_b` with dims `[r, n_out]` (B, n_out rows of r), as llama.cpp's
+//! `convert_lora_to_gguf.py` writes them.
+
+use std::path::Path;
+
+use super::{Config, ModelError};
+use crate::gguf::{GgmlDType, GgufFile, GgufWriter, Value};
+use crate::kernels::dot::dot;
+
+/// A linear layer of a transformer block that an adapter can modify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
+
+    /// llama.cpp's tensor name within a block.
+    pub fn tensor(self) -> &'static str {
+        match self {
+            Target::Q => "attn_q",
+            Target::K => "attn_k",
+            Target::V => "attn_v",
+            Target::O => "attn_output",
+            Target::Gate => "ffn_gate",
+            Target::Up => "ffn_up",
+            Target::Down => "ffn_down",
+        }
+    }
+
+    /// The short name used on the command line (`--layers q,k,v`).
+    pub fn short(self) -> &'static str {
+        match self {
+            Target::Q => "q",
+            Target::K => "k",
+            Target::V => "v",
+            Target::O => "o",
+            Target::Gate => "gate",
+            Target::Up => "up",
+            Target::Down => "down",
+        }
+    }
+
+    /// Parses `all` or a comma-separated list of short names.
+    pub fn parse_list(s: &str) -> Result<Vec<Target>, String> {
+        if s == "all" {
+            return Ok(Self::ALL.to_vec());
+        }
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            let t = Self::ALL
+                .into_iter()
+                .find(|t| t.short() == part)
+                .ok_or_else(|| format!("unknown layer {part:?} (choose from all, q, k, v, o, gate, up, down)"))?;
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `(n_out, n_in)` of this weight in a model of `cfg`.
+    pub fn shape(self, cfg: &Config) -> (usize, usize) {
+        let (e, q, kv, ff) = (cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.kv_dim(), cfg.n_ff);
+        match self {
+            Target::Q => (q, e),
+            Target::K | Target::V => (kv, e),
+            Target::O => (e, q),
+            Target::Gate | Target::Up => (ff, e),
+            Target::Down => (e, ff),
+        }
+    }
+}
+
+/// One low-rank update of an `n_out × n_in` weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraPair {
+    /// `rank × n_in`, row-major.
+    pub a: Vec<f32>,
+    /// `n_out × rank`, row-major.
+    pub b: Vec<f32>,
+}
+
+/// An adapter: updates for some (layer, target) weights, one rank and alpha for all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adapter {
+    pub rank: usize,
+    pub alpha: f32,
+    /// Indexed by layer, then by `Target as usize`.
+    pub layers: Vec<[Option<LoraPair>; 7]>,
+}
+
+impl Adapter {
+    /// `α / r`, the factor llama.cpp and PEFT apply to `B · A`.
+    pub fn scale(&self) -> f32 {
+        self.alpha / self.rank as f32
+    }
+
+    pub fn pair(&self, layer: usize, target: Target) -> Option<&LoraPair> {
+        self.layers.get(layer).and_then(|l| l[target as usize].as_ref())
+    }
+
+    /// `out[t] += scale · B · (A · x[t])` for every row `t` of `x`.
+    pub fn apply(&self, layer: usize, target: Target, x: &[f32], out: &mut [f32], scale: f32) {
+        let Some(p) = self.pair(layer, target) else { return };
+        let r = self.rank;
+        let n_in = p.a.len() / r;
+        let n_out = p.b.len() / r;
+        let mut u = vec![0f32; r];
+        for (xr, or) in x.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
+            for (j, uj) in u.iter_mut().enumerate() {
+                *uj = dot(&p.a[j * n_in..(j + 1) * n_in], xr) * scale;
+            }
+            for (o, v) in or.iter_mut().enumerate() {
+                *v += dot(&p.b[o * r..(o + 1) * r], &u);
+            }
+        }
+    }
+
+    /// Writes the adapter as a GGUF LoRA file for a base model of `architecture`.
+    pub fn to_gguf(&self, architecture: &str, name: &str) -> GgufWriter {
+        let mut w = GgufWriter::new();
+        w.add("general.architecture", Value::String(architecture.into()));
+        w.add("general.type", Value::String("adapter".into()));
+        w.add("general.name", Value::String(name.into()));
+        w.add("adapter.type", Value::String("lora".into()));
+        w.add("adapter.lora.alpha", Value::F32(self.alpha));
+        for (layer, pairs) in self.layers.iter().enumerate() {
+            for t in Target::ALL {
+                if let Some(p) = &pairs[t as usize] {
+                    let (n_in, n_out) = (p.a.len() / self.rank, p.b.len() / self.rank);
+                    let base = format!("blk.{layer}.{}.weight", t.tensor());
+                    w.add_f32(format!("{base}.lora_a"), &[n_in as u64, self.rank as u64], &p.a);
+                    w.add_f32(format!("{base}.lora_b"), &[self.rank as u64, n_out as u64], &p.b);
+                }
+            }
+        }
+        w
+    }
+
+    /// Reads a GGUF LoRA adapter and checks it against the base model's `cfg`: its
+    /// architecture, every tensor's name and shape, and one rank throughout.
+    pub fn load(path: &Path, cfg: &Config) -> Result<Self, ModelError> {
+        let file = GgufFile::open(path)?;
+        let bad = |what: String| ModelError::BadAdapter { path: path.display().to_string(), what };
+        if file.get_str("general.type")? != Some("adapter") || file.get_str("adapter.type")? != Some("lora") {
+            return Err(bad("not a LoRA adapter (general.type = adapter, adapter.type = lora expected)".into()));
+        }
+        let arch = file.require_str("general.architecture")?;
+        if arch != cfg.architecture {
+            return Err(bad(format!("made for a {arch} model, this model is {}", cfg.architecture)));
+        }
+        let alpha = file.get_f64("adapter.lora.alpha")?.unwrap_or(0.0) as f32;
+        let mut layers: Vec<[Option<LoraPair>; 7]> = (0..cfg.n_layer).map(|_| Default::default()).collect();
+        let mut rank = None;
+        for info in file.tensors() {
+            let Some((base, part)) = info.name.rsplit_once(".lora_") else {
+                return Err(bad(format!("unexpected tensor {:?}", info.name)));
+            };
+            if part == "b" {
+                continue;
+            }
+            if part != "a" {
+                return Err(bad(format!("unexpected tensor {:?}", info.name)));
+            }
+            let (layer, target) = parse_base(base, cfg.n_layer).ok_or_else(|| {
+                bad(format!("tensor {:?} names no linear layer of this {}-layer model", info.name, cfg.n_layer))
+            })?;
+            let b_info =
+                file.tensor(&format!("{base}.lora_b")).ok_or_else(|| bad(format!("{base}.lora_b is missing")))?;
+            let (n_out, n_in) = target.shape(cfg);
+            let r = *info.dims.get(1).unwrap_or(&0) as usize;
+            if info.dims.len() != 2
+                || info.dims[0] != n_in as u64
+                || b_info.dims != [r as u64, n_out as u64]
+                || r == 0
+                || r > n_in.min(n_out)
+            {
+                return Err(bad(format!(
+                    "{base}: lora_a {:?} / lora_b {:?} do not fit a {n_out} × {n_in} weight",
+                    info.dims, b_info.dims
+                )));
+            }
+            if *rank.get_or_insert(r) != r {
+                return Err(bad(format!("{base} has rank {r}, others {}", rank.unwrap_or(0))));
+            }
+            let read = |t: &crate::gguf::TensorInfo, n: usize| -> Result<Vec<f32>, ModelError> {
+                if !matches!(t.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                    return Err(bad(format!("{}: type {} (F32, F16 or BF16 expected)", t.name, t.dtype)));
+                }
+                let mut v = vec![0f32; n];
+                crate::kernels::dequantize(t.dtype, file.tensor_bytes(t), &mut v);
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(bad(format!("{} holds NaN or infinity", t.name)));
+                }
+                Ok(v)
+            };
+            let pair = LoraPair { a: read(info, r * n_in)?, b: read(b_info, n_out * r)? };
+            layers[layer][target as usize] = Some(pair);
+        }
+        let rank = rank.ok_or_else(|| bad("holds no LoRA tensors".into()))?;
+        // llama.cpp treats alpha 0 as "scale 1".
+        let alpha = if alpha == 0.0 { rank as f32 } else { alpha };
+        Ok(Self { rank, alpha, layers })
+    }
+}
+
+/// `blk.N.<tensor>.weight` → (N, target).
+fn parse_base(base: &str, n_layer: usize) -> Option<(usize, Target)> {
+    let rest = base.strip_prefix("blk.")?.strip_suffix(".weight")?;
+    let (n, name) = rest.split_once('.')?;
+    let layer: usize = n.parse().ok()?;
+    let target = Target::ALL.into_iter().find(|t| t.tensor() == name)?;
+    (layer < n_layer).then_some((layer, target))
+}
