@@ -3,9 +3,9 @@
 //! Layers, lowest first (each imports only the ones below it):
 //! `gguf` (file format) → `kernels` (quantized math) → `model` (architectures) →
 //! `tokenizer` → `generate` (sampling, sessions) → `targets` (teacher soft targets) →
-//! `bench` (quality and speed) → `cli`.
+//! `train` (distillation into LoRA adapters) → `bench` (quality and speed) → `cli`.
 //! `catalog` fetches and verifies the models everything else runs; `synth` writes tiny
-//! synthetic models for tests; `rng`, `fsutil` and `threads` are shared utilities.
+//! synthetic models for tests; `rng`, `fsutil`, `svg` and `threads` are shared utilities.
 
 pub mod bench;
 pub mod catalog;
@@ -16,7 +16,9 @@ pub mod gguf;
 pub mod kernels;
 pub mod model;
 pub mod rng;
+pub mod svg;
 pub mod synth;
 pub mod targets;
 pub mod threads;
 pub mod tokenizer;
+pub mod train;

@@ -28,12 +28,7 @@ fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("targets/sample-corpus.txt")
 }
 
-fn pupil(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pupil")).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
-}
+use common::pupil_cli as pupil;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -176,23 +171,7 @@ fn sampled_targets_are_an_unbiased_estimate_of_real_teacher_distributions() {
 }
 
 fn header_for(rt: &Runtime, encoding: Encoding) -> Header {
-    Header {
-        teacher: TeacherInfo { name: "smollm2".into(), sha256: None, architecture: Some("llama".into()) },
-        tokenizer: TokenizerInfo {
-            fingerprint: pupil::fsutil::hex(rt.tokenizer.fingerprint()),
-            n_vocab: rt.tokenizer.n_vocab() as u32,
-        },
-        encoding,
-        temperature: 1.0,
-        source: SourceInfo {
-            kind: "test".into(),
-            path: String::new(),
-            sha256: String::new(),
-            params: Default::default(),
-        },
-        created: String::new(),
-        pupil_version: String::new(),
-    }
+    targets_header(rt.tokenizer.fingerprint(), rt.tokenizer.n_vocab(), encoding)
 }
 
 fn all_records(path: &Path) -> Vec<SequenceRecord> {

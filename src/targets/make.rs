@@ -205,8 +205,8 @@ pub fn make_record(
     match source {
         Source::Windows(windows) => {
             let tokens = &windows[index];
-            let logits_at = teacher_logits(rt, tokens, 0..tokens.len())?;
-            let targets = logits_at
+            let logits = logits_at(rt, tokens, 0..tokens.len())?;
+            let targets = logits
                 .chunks_exact(rt.model.cfg.n_vocab)
                 .map(|row| builder.build(row, opts.encoding, opts.temperature, &mut rng))
                 .collect();
@@ -219,8 +219,9 @@ pub fn make_record(
     }
 }
 
-/// Logits of the teacher over `tokens` at `positions` (rows × n_vocab).
-fn teacher_logits(rt: &Runtime, tokens: &[u32], positions: std::ops::Range<usize>) -> Result<Vec<f32>, TargetsError> {
+/// Logits of a model over `tokens` at `positions` (rows × n_vocab), from one batched
+/// forward pass.
+pub fn logits_at(rt: &Runtime, tokens: &[u32], positions: std::ops::Range<usize>) -> Result<Vec<f32>, TargetsError> {
     let model = &rt.model;
     let mut cache = model.new_cache(tokens.len()).map_err(gen_err)?;
     if cache.n_ctx() < tokens.len() {
@@ -296,7 +297,7 @@ fn prompt_record(
             }
             let seq: Vec<u32> = teacher_prompt.iter().chain(&ids).copied().collect();
             let p = teacher_prompt.len();
-            let logits = teacher_logits(rt, &seq, p - 1..p - 1 + ids.len())?;
+            let logits = logits_at(rt, &seq, p - 1..p - 1 + ids.len())?;
             let targets = logits
                 .chunks_exact(rt.model.cfg.n_vocab)
                 .map(|row| builder.build(row, opts.encoding, opts.temperature, rng))
@@ -314,7 +315,7 @@ fn prompt_record(
 }
 
 /// The messages the teacher sees: `system` first (merged into an existing system message).
-fn with_teacher_system(messages: &[Message], system: Option<&str>) -> Vec<Message> {
+pub fn with_teacher_system(messages: &[Message], system: Option<&str>) -> Vec<Message> {
     let mut out = messages.to_vec();
     if let Some(system) = system {
         match out.first_mut() {

@@ -46,3 +46,34 @@ pub const SMOLLM2: &str = "smollm2-135m-instruct";
 pub const SMOLLM2_FIXTURES: &str = "smollm2-135m-instruct-q4_1";
 pub const GEMMA3: &str = "gemma3-270m";
 pub const GEMMA3_FIXTURES: &str = "gemma3-270m-q4_k_m";
+
+/// Runs the `pupil` binary; returns (success, stdout, stderr) and fails on any panic.
+pub fn pupil_cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pupil")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+/// A teacher-target header for a student with `fingerprint` and `n_vocab` tokens.
+pub fn targets_header(
+    fingerprint: &[u8; 32],
+    n_vocab: usize,
+    encoding: pupil::targets::Encoding,
+) -> pupil::targets::Header {
+    use pupil::targets::*;
+    Header {
+        teacher: TeacherInfo { name: "test".into(), sha256: None, architecture: None },
+        tokenizer: TokenizerInfo { fingerprint: pupil::fsutil::hex(fingerprint), n_vocab: n_vocab as u32 },
+        encoding,
+        temperature: 1.0,
+        source: SourceInfo {
+            kind: "test".into(),
+            path: String::new(),
+            sha256: String::new(),
+            params: Default::default(),
+        },
+        created: String::new(),
+        pupil_version: String::new(),
+    }
+}

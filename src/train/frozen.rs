@@ -1,0 +1,97 @@
+//! Products with a frozen quantized weight `W` (`n_out × n_in`, in the mapped file) for
+//! training: forward `Y = X · Wᵀ` and backward `dX += dY · W`, both in f32 so the
+//! gradient is exact for the weights as stored.
+//!
+//! Each task dequantizes a band of rows of `W` into its own scratch (never the whole
+//! matrix: memory stays a few hundred KiB per thread) and multiplies it right away. The
+//! backward pass sums per-band partial products in band order, so results do not depend
+//! on the thread count or scheduling: a resumed run repeats an uninterrupted one exactly.
+
+use super::SharedMut;
+use crate::kernels::gemm::{gemm_nn, gemm_nt, Mat};
+use crate::kernels::QMatrix;
+use crate::threads::for_each_mut;
+
+/// Rows of `W` per band: a band of 1,536-wide rows dequantized is 384 KiB.
+const BAND: usize = 64;
+/// Bands summed by one backward task; fixed (not per thread) for reproducible sums.
+const BACKWARD_TASKS: usize = 8;
+
+/// `y[t, o] = Σ_i W[o, i] · x[t, i]` for `t < n` (`y` is overwritten).
+pub fn forward(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
+    let (n_out, n_in) = (w.rows, w.cols);
+    assert!(x.len() >= n * n_in && y.len() >= n * n_out, "frozen forward: shapes");
+    let total = y.len();
+    let out = SharedMut::new(y);
+    let mut bands: Vec<usize> = (0..n_out).step_by(BAND).collect();
+    for_each_mut(&mut bands, |&mut r0| {
+        let rows = BAND.min(n_out - r0);
+        let mut wb = vec![0f32; rows * n_in];
+        for r in 0..rows {
+            w.dequantize_row(r0 + r, &mut wb[r * n_in..(r + 1) * n_in]);
+        }
+        // SAFETY: this task alone writes columns r0..r0+rows of every output row; the
+        // slice starts at column r0 and gemm_nt touches only `rows` columns per row.
+        let y = unsafe { out.slice(r0, total - r0) };
+        gemm_nt(n, rows, n_in, Mat { data: x, ld: n_in }, Mat { data: &wb, ld: n_in }, y, n_out, false);
+    });
+}
+
+/// `dx[t, i] += Σ_o dy[t, o] · W[o, i]` for `t < n`.
+pub fn backward(w: &QMatrix, dy: &[f32], n: usize, dx: &mut [f32]) {
+    let (n_out, n_in) = (w.rows, w.cols);
+    assert!(dy.len() >= n * n_out && dx.len() >= n * n_in, "frozen backward: shapes");
+    let per_task = n_out.div_ceil(BACKWARD_TASKS).next_multiple_of(BAND.min(n_out).max(1));
+    let mut tasks: Vec<(usize, Vec<f32>)> = (0..n_out).step_by(per_task).map(|r0| (r0, Vec::new())).collect();
+    for_each_mut(&mut tasks, |(r0, partial)| {
+        let end = (*r0 + per_task).min(n_out);
+        partial.resize(n * n_in, 0.0);
+        let mut wb = vec![0f32; BAND * n_in];
+        for b0 in (*r0..end).step_by(BAND) {
+            let rows = BAND.min(end - b0);
+            for r in 0..rows {
+                w.dequantize_row(b0 + r, &mut wb[r * n_in..(r + 1) * n_in]);
+            }
+            let a = Mat { data: &dy[b0..], ld: n_out };
+            gemm_nn(n, n_in, rows, a, Mat { data: &wb, ld: n_in }, partial, n_in, true);
+        }
+    });
+    for (_, partial) in &tasks {
+        dx[..n * n_in].iter_mut().zip(partial).for_each(|(d, p)| *d += p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::synth::quantized_matrix;
+
+    #[test]
+    fn forward_and_backward_match_a_dense_reference() {
+        let mut rng = Rng::new(11);
+        let (n_out, n_in, n) = (150, 64, 5);
+        let w = quantized_matrix(n_out, n_in, 3);
+        let mut dense = vec![0f32; n_out * n_in];
+        for r in 0..n_out {
+            w.dequantize_row(r, &mut dense[r * n_in..(r + 1) * n_in]);
+        }
+        let x: Vec<f32> = (0..n * n_in).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let dy: Vec<f32> = (0..n * n_out).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let pool = crate::threads::Pool::new(2);
+        let mut y = vec![0f32; n * n_out];
+        pool.install(|| forward(&w, &x, n, &mut y));
+        let mut dx = vec![1f32; n * n_in];
+        pool.install(|| backward(&w, &dy, n, &mut dx));
+        for t in 0..n {
+            for o in 0..n_out {
+                let e: f32 = (0..n_in).map(|i| dense[o * n_in + i] * x[t * n_in + i]).sum();
+                assert!((y[t * n_out + o] - e).abs() < 1e-4 * (1.0 + e.abs()));
+            }
+            for i in 0..n_in {
+                let e: f32 = 1.0 + (0..n_out).map(|o| dense[o * n_in + i] * dy[t * n_out + o]).sum::<f32>();
+                assert!((dx[t * n_in + i] - e).abs() < 1e-4 * (1.0 + e.abs()));
+            }
+        }
+    }
+}
