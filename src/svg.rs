@@ -77,6 +77,61 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     s + "</svg>\n"
 }
 
+/// Grouped bars: one group per `(label, values)`, one bar per series (`series` names the
+/// bars, in order, with a legend).
+pub fn bar_chart(title: &str, series: &[String], groups: &[(String, Vec<f64>)]) -> String {
+    const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+    let (left, top, bottom, group_w, bar_w) = (70.0, 40.0, 90.0, 30.0 + 24.0 * series.len() as f64, 22.0);
+    let plot_h = 280.0;
+    let w = left + group_w * groups.len().max(1) as f64 + 40.0;
+    let h = top + plot_h + bottom + 20.0 * series.len() as f64;
+    let y_max = groups.iter().flat_map(|g| g.1.iter().copied()).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let sy = |v: f64| top + plot_h * (1.0 - v / y_max);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+        w / 2.0,
+        escape(title)
+    );
+    let base = sy(0.0);
+    s += &format!("<line x1=\"{left}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\" stroke=\"black\"/>\n", w - 20.0);
+    for i in 0..=4 {
+        let v = y_max * i as f64 / 4.0;
+        s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n", left - 6.0, sy(v) + 4.0, tick(v));
+    }
+    for (g, (label, values)) in groups.iter().enumerate() {
+        let x0 = left + 15.0 + g as f64 * group_w;
+        for (i, &v) in values.iter().enumerate() {
+            let x = x0 + i as f64 * (bar_w + 2.0);
+            s += &format!(
+                "<rect class=\"bar\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar_w}\" height=\"{:.1}\" fill=\"{}\"><title>{v:.1}</title></rect>\n",
+                sy(v),
+                base - sy(v),
+                COLORS[i % COLORS.len()]
+            );
+        }
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            x0 + values.len() as f64 * (bar_w + 2.0) / 2.0,
+            base + 18.0,
+            escape(label)
+        );
+    }
+    for (i, name) in series.iter().enumerate() {
+        let y = top + plot_h + 50.0 + 20.0 * i as f64;
+        s += &format!(
+            "<rect x=\"{left}\" y=\"{}\" width=\"14\" height=\"14\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
+            y - 11.0,
+            COLORS[i % COLORS.len()],
+            left + 20.0,
+            y,
+            escape(name)
+        );
+    }
+    s + "</svg>\n"
+}
+
 fn tick(v: f64) -> String {
     if v.abs() >= 100.0 || v == 0.0 {
         format!("{v:.0}")

@@ -1,17 +1,33 @@
-//! Tiny Llama-architecture GGUF files with random f32 weights, written by pupil's own
-//! writer: for tests of the loader, the forward pass's invariants and error paths, where
-//! a real model would be slow or could not be corrupted on purpose. They are marked
-//! `general.synthetic = true`; their outputs mean nothing.
+//! Synthetic Llama-architecture GGUF files with random weights, written by pupil's own
+//! writer: tiny ones for tests of the loader, the forward and backward passes and error
+//! paths, and ones with the exact published shapes of real students (Llama 3.2 1B/3B) for
+//! speed and memory runs where the real weights cannot be downloaded — speed does not
+//! depend on the values. They are marked `general.synthetic = true`; their outputs mean
+//! nothing, and quality measurements refuse them.
 
 use std::sync::Arc;
 
 use crate::gguf::{value::type_id, GgmlDType, GgufWriter, Value};
+use crate::kernels::quantize::{quantize_q4_0, quantize_q8_0};
 use crate::kernels::QMatrix;
 use crate::rng::Rng;
+
+/// How the synthetic weight matrices are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SynthQuant {
+    F32,
+    #[value(name = "q8_0", alias = "Q8_0")]
+    Q8_0,
+    #[value(name = "q4_0", alias = "Q4_0")]
+    Q4_0,
+}
 
 /// Shape of a synthetic model.
 #[derive(Debug, Clone)]
 pub struct TinyLlama {
+    /// Vocabulary: 256 byte tokens, [`SPECIAL_TOKENS`], then filler tokens up to this
+    /// size. Default 259 (no filler).
+    pub n_vocab: usize,
     /// Residual width. Default 32.
     pub n_embd: usize,
     /// Layers. Default 2.
@@ -24,16 +40,77 @@ pub struct TinyLlama {
     pub n_ff: usize,
     /// Trained context. Default 128.
     pub n_ctx: usize,
+    /// RoPE base. Default 10000.
+    pub rope_base: f32,
     /// Seed of the random weights. Default 1.
     pub seed: u64,
-    /// Store the block weight matrices as Q8_0 instead of F32 (to exercise the
-    /// quantized paths). Default false.
-    pub q8_0: bool,
+    /// Storage of every weight matrix (embeddings included; norms stay F32). Default F32.
+    pub quant: SynthQuant,
+    /// `general.name`. Default "tiny synthetic llama".
+    pub name: String,
 }
 
 impl Default for TinyLlama {
     fn default() -> Self {
-        Self { n_embd: 32, n_layer: 2, n_head: 4, n_head_kv: 2, n_ff: 64, n_ctx: 128, seed: 1, q8_0: false }
+        Self {
+            n_vocab: 259,
+            n_embd: 32,
+            n_layer: 2,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ff: 64,
+            n_ctx: 128,
+            rope_base: 10_000.0,
+            seed: 1,
+            quant: SynthQuant::F32,
+            name: "tiny synthetic llama".into(),
+        }
+    }
+}
+
+/// Published shapes of real students, by name (`pupil synth --shape`).
+pub const SHAPES: &[&str] = &["llama-3.2-1b", "llama-3.2-3b", "smollm2-135m"];
+
+impl TinyLlama {
+    /// The exact shape of a published model (see [`SHAPES`]), with random weights.
+    pub fn shape(name: &str, quant: SynthQuant) -> Option<Self> {
+        let base = Self { quant, name: format!("synthetic {name} ({quant:?})"), ..Self::default() };
+        Some(match name {
+            "llama-3.2-1b" => Self {
+                n_vocab: 128_256,
+                n_embd: 2048,
+                n_layer: 16,
+                n_head: 32,
+                n_head_kv: 8,
+                n_ff: 8192,
+                n_ctx: 131_072,
+                rope_base: 500_000.0,
+                ..base
+            },
+            "llama-3.2-3b" => Self {
+                n_vocab: 128_256,
+                n_embd: 3072,
+                n_layer: 28,
+                n_head: 24,
+                n_head_kv: 8,
+                n_ff: 8192,
+                n_ctx: 131_072,
+                rope_base: 500_000.0,
+                ..base
+            },
+            "smollm2-135m" => Self {
+                n_vocab: 49_152,
+                n_embd: 576,
+                n_layer: 30,
+                n_head: 9,
+                n_head_kv: 3,
+                n_ff: 1536,
+                n_ctx: 8192,
+                rope_base: 100_000.0,
+                ..base
+            },
+            _ => return None,
+        })
     }
 }
 
@@ -48,7 +125,7 @@ impl TinyLlama {
         let head_dim = self.n_embd / self.n_head;
         let u32v = |v: usize| Value::U32(v as u32);
         w.add("general.architecture", Value::String("llama".into()))
-            .add("general.name", Value::String("tiny synthetic llama".into()))
+            .add("general.name", Value::String(self.name.clone()))
             .add("general.synthetic", Value::Bool(true))
             .add("llama.context_length", u32v(self.n_ctx))
             .add("llama.embedding_length", u32v(self.n_embd))
@@ -56,7 +133,7 @@ impl TinyLlama {
             .add("llama.feed_forward_length", u32v(self.n_ff))
             .add("llama.attention.head_count", u32v(self.n_head))
             .add("llama.attention.head_count_kv", u32v(self.n_head_kv))
-            .add("llama.rope.freq_base", Value::F32(10000.0))
+            .add("llama.rope.freq_base", Value::F32(self.rope_base))
             .add("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
 
         let table = crate::tokenizer::from_gguf::byte_level_table();
@@ -65,6 +142,10 @@ impl TinyLlama {
         for s in SPECIAL_TOKENS {
             tokens.push(Value::String(s.into()));
             types.push(Value::I32(3));
+        }
+        for i in tokens.len()..self.n_vocab {
+            tokens.push(Value::String(format!("<|synth_{i}|>")));
+            types.push(Value::I32(1));
         }
         let n_vocab = tokens.len();
         w.add("tokenizer.ggml.model", Value::String("gpt2".into()))
@@ -77,14 +158,15 @@ impl TinyLlama {
             .add("tokenizer.ggml.add_bos_token", Value::Bool(false));
 
         let mut rng = Rng::new(self.seed);
-        let q8_0 = self.q8_0;
+        let quant = self.quant;
         let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize| {
             let values = random_weights(&mut rng, rows, cols);
-            if q8_0 && name.starts_with("blk.") {
-                w.add_tensor(name, &[cols as u64, rows as u64], GgmlDType::Q8_0, quantize_q8_0(&values));
-            } else {
-                w.add_f32(name, &[cols as u64, rows as u64], &values);
-            }
+            let dims = [cols as u64, rows as u64];
+            match quant {
+                SynthQuant::F32 => w.add_f32(name, &dims, &values),
+                SynthQuant::Q8_0 => w.add_tensor(name, &dims, GgmlDType::Q8_0, quantize_q8_0(&values)),
+                SynthQuant::Q4_0 => w.add_tensor(name, &dims, GgmlDType::Q4_0, quantize_q4_0(&values)),
+            };
         };
         let (e, q, kv) = (self.n_embd, self.n_head * head_dim, self.n_head_kv * head_dim);
         matrix(&mut w, "token_embd.weight", e, n_vocab);
@@ -111,21 +193,6 @@ fn random_weights(rng: &mut Rng, rows: usize, cols: usize) -> Vec<f32> {
     (0..rows * cols).map(|_| ((rng.next_f64() * 2.0 - 1.0) * scale * 1.7) as f32).collect()
 }
 
-/// GGML's Q8_0 encoding of `values` (a multiple of 32 long): per block of 32, an f16
-/// scale `max|x| / 127` and 32 signed bytes.
-pub fn quantize_q8_0(values: &[f32]) -> Vec<u8> {
-    assert_eq!(values.len() % 32, 0, "Q8_0 needs whole blocks of 32");
-    let mut out = Vec::with_capacity(values.len() / 32 * 34);
-    for block in values.chunks_exact(32) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
-        out.extend(block.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8 as u8));
-    }
-    out
-}
-
 /// A random `rows × cols` Q8_0 matrix in an anonymous map, for kernel tests.
 pub fn quantized_matrix(rows: usize, cols: usize, seed: u64) -> QMatrix {
     let bytes = quantize_q8_0(&random_weights(&mut Rng::new(seed), rows, cols));
@@ -133,4 +200,18 @@ pub fn quantized_matrix(rows: usize, cols: usize, seed: u64) -> QMatrix {
     map.copy_from_slice(&bytes);
     let map = Arc::new(map.make_read_only().expect("read-only map"));
     QMatrix::new(GgmlDType::Q8_0, rows, cols, map, 0..bytes.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_the_published_shapes() {
+        let s = TinyLlama::shape("llama-3.2-1b", SynthQuant::Q4_0).unwrap();
+        assert_eq!((s.n_vocab, s.n_embd, s.n_layer, s.n_head, s.n_head_kv, s.n_ff), (128_256, 2048, 16, 32, 8, 8192));
+        let s = TinyLlama::shape("llama-3.2-3b", SynthQuant::Q8_0).unwrap();
+        assert_eq!((s.n_embd, s.n_layer, s.n_head, s.n_head_kv), (3072, 28, 24, 8));
+        assert!(TinyLlama::shape("gpt-5", SynthQuant::F32).is_none());
+    }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use pupil::generate::Runtime;
 use pupil::model::{Adapter, Target};
 use pupil::rng::Rng;
-use pupil::synth::TinyLlama;
+use pupil::synth::{SynthQuant, TinyLlama};
 use pupil::targets::format::round_logprob;
 use pupil::targets::*;
 use pupil::train::distill::{distill, DistillConfig, DistillJob};
@@ -32,7 +32,7 @@ fn tiny(dir: &Path, shape: TinyLlama) -> Runtime {
 }
 
 fn q8_tiny() -> TinyLlama {
-    TinyLlama { q8_0: true, ..TinyLlama::default() }
+    TinyLlama { quant: SynthQuant::Q8_0, ..TinyLlama::default() }
 }
 
 /// A random top-k teacher distribution over `n_vocab` ids.
@@ -141,7 +141,17 @@ fn job<'a>(rt: &'a Runtime, targets: &'a TargetFile, checkpoint: PathBuf, stop_a
     let mut cfg = DistillConfig { rank: 4, alpha: 8.0, epochs: 2, seq: 12, ..DistillConfig::default() };
     cfg.optim.lr = 5e-3;
     cfg.optim.warmup_steps = 2;
-    DistillJob { rt, targets, eval: Some(targets), cfg, eval_every: 3, checkpoint_every: 2, checkpoint, stop_after }
+    DistillJob {
+        rt,
+        targets,
+        eval: Some(targets),
+        cfg,
+        eval_every: 3,
+        checkpoint_every: 2,
+        checkpoint,
+        stop_after,
+        recompute: false,
+    }
 }
 
 #[test]
@@ -154,6 +164,12 @@ fn training_lowers_the_loss_and_a_resumed_run_is_bit_identical() {
     let curve = &whole.state.curve;
     let (first, last) = (curve[0].eval_kl.unwrap(), curve.last().unwrap().eval_kl.unwrap());
     assert!(last < first, "held-out KL {first} → {last}");
+
+    // Recomputing activations in the backward pass changes nothing.
+    let mut recompute = job(&rt, &targets, dir.join("r.ckpt"), None);
+    recompute.recompute = true;
+    let again = rt.pool.install(|| distill(&recompute, false, |_| {})).unwrap();
+    assert_eq!(again.lora.values, whole.lora.values, "recompute is bit-identical");
 
     // Stop after 3 steps (the last checkpoint is at step 2), then resume twice.
     let ck = dir.join("b.ckpt");
@@ -222,6 +238,37 @@ fn adapters_round_trip_and_apply_at_inference_as_in_training() {
     let wide = tiny(&scratch("wide"), TinyLlama { n_embd: 64, n_ff: 128, ..q8_tiny() });
     let err = Adapter::load(&path, &wide.model.cfg).unwrap_err().to_string();
     assert!(err.contains("do not fit"), "{err}");
+}
+
+#[test]
+fn merged_weights_equal_the_adapter_applied_at_inference() {
+    let mut rng = Rng::new(9);
+    let tokens: Vec<u32> = (0..7).map(|_| (rng.next_u64() % 256) as u32).collect();
+    for quant in [SynthQuant::F32, SynthQuant::Q8_0] {
+        let dir = scratch(&format!("merge-{quant:?}"));
+        let mut rt = tiny(&dir, TinyLlama { quant, ..TinyLlama::default() });
+        let cfg = rt.model.cfg.clone();
+        let mut lora = LoraParams::for_model(&cfg, 4, 8.0, &Target::ALL, 2);
+        for (_, _, _, b) in lora.tensors() {
+            for v in &mut lora.values[b] {
+                *v = (rng.next_f64() as f32 - 0.5) * 0.5;
+            }
+        }
+        let base = infer_last(&rt, &tokens);
+        rt.model.add_adapter(lora.to_adapter(), 0.5);
+        let adapted = infer_last(&rt, &tokens);
+        let merged_path = dir.join("merged.gguf");
+        pupil::model::lora::merge(&rt.file, &cfg, rt.model.adapters(), None).unwrap().write(&merged_path).unwrap();
+        let merged_rt = Runtime::load_path(&merged_path, 2).unwrap();
+        let merged = infer_last(&merged_rt, &tokens);
+        let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let change = diff(&adapted, &base);
+        let err = diff(&merged, &adapted);
+        assert!(change > 0.05, "{quant:?}: the adapter must matter ({change})");
+        // F32 merges exactly (up to summation order); Q8_0 requantizes the merged weight.
+        let limit = if quant == SynthQuant::F32 { 1e-4 } else { change / 5.0 };
+        assert!(err < limit, "{quant:?}: merged vs applied differ by {err} (adapter moved logits {change})");
+    }
 }
 
 fn infer_last(rt: &Runtime, tokens: &[u32]) -> Vec<f32> {

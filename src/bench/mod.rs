@@ -4,6 +4,7 @@
 pub mod device;
 pub mod memory;
 pub mod quality;
+pub mod report;
 pub mod speed;
 
 pub use quality::{perplexity, PerplexityResult};

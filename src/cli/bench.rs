@@ -43,6 +43,14 @@ pub struct BenchArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Md)]
     pub output: Format,
+    /// Also measure quality on this text: perplexity (llama-perplexity's method, -c 512)
+    /// and bits per byte, the column that compares models with different tokenizers.
+    /// Refused for synthetic models.
+    #[arg(long, value_name = "TEXT_FILE")]
+    pub quality: Option<std::path::PathBuf>,
+    /// Score at most this many 512-token chunks of --quality.
+    #[arg(long)]
+    pub quality_chunks: Option<usize>,
 }
 
 /// One result row: what llama-bench prints, plus what it lacks.
@@ -67,6 +75,9 @@ struct Row {
     load_to_first_token_ms: f64,
     peak_rss_bytes: u64,
     peak_anon_bytes: u64,
+    /// With `--quality`: perplexity and bits per byte of the text.
+    ppl: Option<f64>,
+    bits_per_byte: Option<f64>,
     device: DeviceInfo,
 }
 
@@ -82,14 +93,25 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         tests.extend(a.n_prompt.iter().filter(|&&p| p > 0).map(|&p| SpeedTest { n_prompt: p, n_gen: 0, depth: d }));
         tests.extend(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| SpeedTest { n_prompt: 0, n_gen: n, depth: d }));
     }
+    let quality_text = match &a.quality {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?),
+        None => None,
+    };
     let mut rows = Vec::new();
     for model in &a.models {
         let path = catalog::resolve(model, true)?;
+        let mut quality = None;
         for &threads in &thread_counts {
             reset_peak();
             let (load_ms, rt) = speed::load_to_first_token(&path, threads)?;
             let mut peak_anon = memory_status().map_or(0, |m| m.rss_anon);
             let desc = describe(&rt);
+            if let (Some(text), None) = (&quality_text, &quality) {
+                eprint!("pupil bench: {} quality ...", desc.file);
+                let r = crate::bench::perplexity(&rt, text, 512, a.quality_chunks, |_, _, _| {})?;
+                eprintln!(" PPL {:.4}, {:.4} bits/byte", r.ppl, r.bits_per_byte);
+                quality = Some(r);
+            }
             for &test in &tests {
                 eprint!("pupil bench: {} {} t={threads} ...", desc.file, test.name());
                 let _ = std::io::stderr().flush();
@@ -117,6 +139,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                     load_to_first_token_ms: load_ms,
                     peak_rss_bytes: mem.map_or(0, |m| m.rss_peak),
                     peak_anon_bytes: peak_anon,
+                    ppl: quality.as_ref().map(|q| q.ppl),
+                    bits_per_byte: quality.as_ref().map(|q| q.bits_per_byte),
                     device: device.clone(),
                 });
             }
@@ -171,11 +195,11 @@ fn print_rows(rows: &[Row], format: Format, device: &DeviceInfo) -> anyhow::Resu
             }
         }
         Format::Csv => {
-            writeln!(out, "model,model_type,size_bytes,n_params,quant_mix,backend,threads,test,n_prompt,n_gen,n_depth,avg_ts,stddev_ts,median_ts,load_to_first_token_ms,peak_rss_bytes,peak_anon_bytes,cpu")?;
+            writeln!(out, "model,model_type,size_bytes,n_params,quant_mix,backend,threads,test,n_prompt,n_gen,n_depth,avg_ts,stddev_ts,median_ts,load_to_first_token_ms,peak_rss_bytes,peak_anon_bytes,ppl,bits_per_byte,cpu")?;
             for r in rows {
                 writeln!(
                     out,
-                    "{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.1},{},{},\"{}\"",
+                    "{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.1},{},{},{},{},\"{}\"",
                     r.model,
                     r.model_type,
                     r.size_bytes,
@@ -193,17 +217,26 @@ fn print_rows(rows: &[Row], format: Format, device: &DeviceInfo) -> anyhow::Resu
                     r.load_to_first_token_ms,
                     r.peak_rss_bytes,
                     r.peak_anon_bytes,
+                    r.ppl.map_or(String::new(), |v| format!("{v:.4}")),
+                    r.bits_per_byte.map_or(String::new(), |v| format!("{v:.4}")),
                     device.cpu
                 )?;
             }
         }
         Format::Md => {
-            writeln!(out, "| model | size | params | quant mix | backend | threads | test | t/s | load→1st token | peak RSS | peak anon |")?;
-            writeln!(out, "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+            let quality = rows.iter().any(|r| r.ppl.is_some());
+            let (qh, qs) = if quality { (" bits/byte | PPL |", " ---: | ---: |") } else { ("", "") };
+            writeln!(out, "| model | size | params | quant mix | backend | threads | test | t/s | load→1st token | peak RSS | peak anon |{qh}")?;
+            writeln!(out, "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |{qs}")?;
             for r in rows {
+                let q = match (quality, r.bits_per_byte, r.ppl) {
+                    (true, Some(b), Some(p)) => format!(" {b:.4} | {p:.4} |"),
+                    (true, _, _) => " — | — |".to_string(),
+                    _ => String::new(),
+                };
                 writeln!(
                     out,
-                    "| {} | {:.2} MiB | {:.2} M | {} | {} | {} | {} | {:.2} ± {:.2} | {:.0} ms | {:.1} MiB | {:.1} MiB |",
+                    "| {} | {:.2} MiB | {:.2} M | {} | {} | {} | {} | {:.2} ± {:.2} | {:.0} ms | {:.1} MiB | {:.1} MiB |{q}",
                     r.model_type,
                     mib(r.size_bytes),
                     r.n_params as f64 / 1e6,

@@ -81,6 +81,10 @@ pub struct DistillArgs {
     /// deliberate interruption, e.g. to split training across sessions).
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// Keep only each layer's input and recompute its activations in the backward pass
+    /// (memory of one layer's activations instead of all; about a third more compute).
+    #[arg(long)]
+    pub recompute: bool,
 }
 
 pub fn distill(a: DistillArgs, threads: usize) -> anyhow::Result<()> {
@@ -129,6 +133,7 @@ pub fn distill(a: DistillArgs, threads: usize) -> anyhow::Result<()> {
         checkpoint_every: a.checkpoint_every,
         checkpoint: checkpoint.clone(),
         stop_after: a.stop_after,
+        recompute: a.recompute,
     };
     let bar = ProgressBar::new(0);
     bar.set_style(

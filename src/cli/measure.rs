@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::ModelArg;
 use crate::bench::perplexity as score;
+use crate::bench::quality::kl_divergence;
 use crate::generate::Runtime;
 
 #[derive(Args, Debug)]
@@ -22,6 +23,11 @@ pub struct PerplexityArgs {
     /// Score at most this many chunks.
     #[arg(long)]
     pub chunks: Option<usize>,
+    /// Also compare with this reference model (same vocabulary): mean KL divergence
+    /// and how often both pick the same top token, like llama-perplexity's
+    /// --kl-divergence, with both models run side by side.
+    #[arg(long, value_name = "MODEL")]
+    pub kl_reference: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -40,5 +46,24 @@ pub fn perplexity(a: PerplexityArgs, threads: usize) -> anyhow::Result<()> {
     }
     println!("{} chunks of {} tokens, {} tokens scored ({} bytes)", r.chunks, r.n_ctx, r.scored_tokens, r.scored_bytes);
     println!("PPL = {:.4} ± {:.4}, bits/byte = {:.4}", r.ppl, r.ppl_err, r.bits_per_byte);
+    if let Some(reference) = &a.kl_reference {
+        let reference = Runtime::load(reference, threads, true)?;
+        let k = kl_divergence(&rt, &reference, &text, a.ctx_size, a.chunks, |done, total, kld| {
+            eprint!("\rpupil: KL chunk {done}/{total}, running mean KLD {kld:.6}");
+            let _ = std::io::stderr().flush();
+        })?;
+        eprintln!();
+        if a.json {
+            println!("{}", serde_json::to_string(&k)?);
+        }
+        println!(
+            "Mean KLD = {:.6} ± {:.6}, max {:.4}, same top p = {:.3} % ({} tokens)",
+            k.mean_kld,
+            k.kld_err,
+            k.max_kld,
+            k.same_top * 100.0,
+            k.scored_tokens
+        );
+    }
     Ok(())
 }

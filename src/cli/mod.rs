@@ -5,7 +5,10 @@ mod bench;
 mod distill;
 mod experiment;
 mod measure;
+mod merge;
+mod report;
 mod run;
+mod synth;
 mod targets;
 
 use clap::{Args, Parser, Subcommand};
@@ -42,6 +45,13 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Distil teacher targets into a LoRA adapter on the frozen quantized student.
     Distill(distill::DistillArgs),
+    /// Merge `bench -o jsonl` results from many devices into one markdown report + SVG.
+    Report(report::ReportArgs),
+    /// Write a GGUF with a published model's exact shapes and random weights (speed and
+    /// memory runs; marked synthetic).
+    Synth(synth::SynthArgs),
+    /// Bake LoRA adapters into a standalone GGUF (merged weights requantized).
+    Merge(merge::MergeArgs),
     /// Built-in experiments (prompt baking evaluation).
     #[command(subcommand)]
     Experiment(experiment::ExperimentCommand),
@@ -146,5 +156,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Targets(c) => targets::run(c, threads),
         Command::Distill(a) => distill::distill(a, threads),
         Command::Experiment(c) => experiment::run(c, threads),
+        Command::Synth(a) => synth::synth(a),
+        Command::Report(a) => report::report(a),
+        Command::Merge(a) => merge::merge(a),
     }
 }

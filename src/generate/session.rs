@@ -24,6 +24,10 @@ pub enum GenerationError {
     ChunkTooSmall(usize),
     #[error("text has {tokens} tokens: too short for one chunk of {n_ctx}")]
     TextTooShort { tokens: usize, n_ctx: usize },
+    #[error("{0} is a synthetic model (random weights): quality measurements mean nothing for it")]
+    Synthetic(String),
+    #[error("the two models have different vocabularies: their distributions cannot be compared token by token")]
+    VocabularyMismatch,
     #[error("prompt has {prompt} tokens but the context holds {n_ctx} (raise --ctx-size or shorten it)")]
     PromptTooLong { prompt: usize, n_ctx: usize },
 }

@@ -10,6 +10,7 @@ pub mod gemm;
 pub mod matmul;
 pub mod q8;
 pub mod quant_dot;
+pub mod quantize;
 
 pub use dequant::{dequantize, is_supported};
 pub use matmul::{matmul, matmul_many, QMatrix};

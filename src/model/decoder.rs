@@ -175,6 +175,11 @@ impl Model {
         self.adapters.push((adapter, scale));
     }
 
+    /// The adapters applied, with their user scales.
+    pub fn adapters(&self) -> &[(Adapter, f32)] {
+        &self.adapters
+    }
+
     /// `out += Σ adapters' updates of weight `target` in `layer`, applied to `x`.
     fn apply_adapters(&self, layer: usize, target: Target, x: &[f32], out: &mut [f32]) {
         for (a, user_scale) in &self.adapters {

@@ -228,3 +228,53 @@ fn parse_base(base: &str, n_layer: usize) -> Option<(usize, Target)> {
     let target = Target::ALL.into_iter().find(|t| t.tensor() == name)?;
     (layer < n_layer).then_some((layer, target))
 }
+
+/// A standalone GGUF: `file` with every adapted weight replaced by
+/// `W + Σ scale · (α/r) · B · A`, stored as `quant` (default: the weight's own type where
+/// pupil can write it, else Q8_0). Everything else — metadata, other tensors — is copied
+/// unchanged.
+pub fn merge(
+    file: &GgufFile,
+    cfg: &Config,
+    adapters: &[(Adapter, f32)],
+    quant: Option<GgmlDType>,
+) -> Result<GgufWriter, ModelError> {
+    use crate::kernels::gemm::{gemm_nn, Mat};
+    use crate::kernels::quantize::quantize;
+    let mut w = GgufWriter::new();
+    for (key, value) in file.metadata() {
+        if key != "general.alignment" {
+            w.add(key.clone(), value.clone());
+        }
+    }
+    for info in file.tensors() {
+        let base = info.name.strip_suffix(".weight").and_then(|b| parse_base(&format!("{b}.weight"), cfg.n_layer));
+        let pairs: Vec<(&LoraPair, f32, usize)> = match base {
+            Some((layer, t)) => {
+                adapters.iter().filter_map(|(a, s)| a.pair(layer, t).map(|p| (p, a.scale() * s, a.rank))).collect()
+            }
+            None => Vec::new(),
+        };
+        if pairs.is_empty() {
+            w.add_tensor(info.name.clone(), &info.dims, info.dtype, file.tensor_bytes(info).to_vec());
+            continue;
+        }
+        let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
+        let mut weight = vec![0f32; n_in * n_out];
+        crate::kernels::dequantize(info.dtype, file.tensor_bytes(info), &mut weight);
+        for (p, scale, r) in pairs {
+            let b: Vec<f32> = p.b.iter().map(|v| v * scale).collect();
+            gemm_nn(n_out, n_in, r, Mat { data: &b, ld: r }, Mat { data: &p.a, ld: n_in }, &mut weight, n_in, true);
+        }
+        let (dtype, bytes) = match quant {
+            Some(q) => (q, quantize(q, &weight)),
+            None => match quantize(info.dtype, &weight) {
+                Some(b) => (info.dtype, Some(b)),
+                None => (GgmlDType::Q8_0, quantize(GgmlDType::Q8_0, &weight)),
+            },
+        };
+        let bytes = bytes.ok_or_else(|| ModelError::UnsupportedDType { tensor: info.name.clone(), dtype })?;
+        w.add_tensor(info.name.clone(), &info.dims, dtype, bytes);
+    }
+    Ok(w)
+}

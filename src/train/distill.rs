@@ -226,6 +226,8 @@ pub struct DistillJob<'a> {
     pub checkpoint: PathBuf,
     /// Stop after this many steps of this invocation (for tests that simulate a kill).
     pub stop_after: Option<usize>,
+    /// Recompute activations in the backward pass (less memory, same result).
+    pub recompute: bool,
 }
 
 /// What a finished (or stopped) run produced.
@@ -263,7 +265,8 @@ pub fn distill(
     if cfg.rank == 0 || cfg.layers.is_empty() || cfg.seq < 2 {
         return Err(TrainError::Invalid("rank, layers and --seq must be positive".into()));
     }
-    let student = Student::new(&rt.model)?;
+    let mut student = Student::new(&rt.model)?;
+    student.recompute = job.recompute;
     let all = windows(job.targets, cfg.seq)?;
     if all.is_empty() {
         return Err(TrainError::Invalid("the targets have no trained positions".into()));

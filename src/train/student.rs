@@ -128,11 +128,17 @@ struct LayerActs {
     h: Vec<f32>,
     /// x · Aᵀ of each adapted weight (T × rank).
     lora_u: [Vec<f32>; 7],
+    /// The layer's output (the next layer's input).
+    x_out: Vec<f32>,
 }
 
 /// The frozen base model seen as a trainable student.
 pub struct Student<'m> {
     model: &'m Model,
+    /// Keep only each layer's input and recompute its activations in the backward pass:
+    /// about one layer's activations in memory instead of all, for ~1/3 more compute.
+    /// Default false.
+    pub recompute: bool,
 }
 
 impl<'m> Student<'m> {
@@ -143,7 +149,7 @@ impl<'m> Student<'m> {
                 model.cfg.architecture
             )));
         }
-        Ok(Self { model })
+        Ok(Self { model, recompute: false })
     }
 
     pub fn cfg(&self) -> &Config {
@@ -181,36 +187,14 @@ impl<'m> Student<'m> {
             m.token_embd.dequantize_row(id as usize, row);
         }
         let (cos, sin) = rope_tables(&m.inv_freq, 0, t_len);
-        let scale = lora.scale();
 
+        // Without recompute every layer's activations stay; with it, only each layer's
+        // input does, and the backward pass runs the layer again just before its backward.
         let mut acts: Vec<LayerActs> = Vec::with_capacity(cfg.n_layer);
-        for (layer, b) in m.blocks.iter().enumerate() {
-            let mut a = LayerActs { x: x.clone(), ..Default::default() };
-            rms_norm_forward(&a.x, &b.attn_norm, cfg.rms_norm_eps, &mut a.xn1, &mut a.rstd1);
-            let lin = |t: Target, input: &[f32], out: &mut Vec<f32>, n_out: usize, u: &mut Vec<f32>| {
-                out.resize(t_len * n_out, 0.0);
-                linear_forward(b.weight(t), lora.pair(layer, t), scale, input, t_len, out, u);
-            };
-            let mut us: [Vec<f32>; 7] = Default::default();
-            lin(Target::Q, &a.xn1, &mut a.q, qd, &mut us[Target::Q as usize]);
-            lin(Target::K, &a.xn1, &mut a.k, kvd, &mut us[Target::K as usize]);
-            lin(Target::V, &a.xn1, &mut a.v, kvd, &mut us[Target::V as usize]);
-            rope(&mut a.q, d, cfg.n_rot, &cos, &sin, false);
-            rope(&mut a.k, d, cfg.n_rot, &cos, &sin, false);
-            a.probs = vec![0f32; nh * t_len * t_len];
-            a.att = vec![0f32; t_len * qd];
-            attention_forward(&a.q, &a.k, &a.v, t_len, nh, nkv, d, &mut a.probs, &mut a.att);
-            let mut proj = Vec::new();
-            lin(Target::O, &a.att, &mut proj, e, &mut us[Target::O as usize]);
-            a.x2 = a.x.iter().zip(&proj).map(|(p, q)| p + q).collect();
-            rms_norm_forward(&a.x2, &b.ffn_norm, cfg.rms_norm_eps, &mut a.xn2, &mut a.rstd2);
-            lin(Target::Gate, &a.xn2, &mut a.gate, ff, &mut us[Target::Gate as usize]);
-            lin(Target::Up, &a.xn2, &mut a.up, ff, &mut us[Target::Up as usize]);
-            a.h = a.gate.iter().zip(&a.up).map(|(&g, &u)| silu(g) * u).collect();
-            lin(Target::Down, &a.h, &mut proj, e, &mut us[Target::Down as usize]);
-            x = a.x2.iter().zip(&proj).map(|(p, q)| p + q).collect();
-            a.lora_u = us;
-            acts.push(a);
+        for layer in 0..cfg.n_layer {
+            let mut a = self.layer_forward(lora, layer, x, &cos, &sin);
+            x = std::mem::take(&mut a.x_out);
+            acts.push(if self.recompute { LayerActs { x: a.x, ..Default::default() } } else { a });
         }
         let (mut xnf, mut rstdf) = (Vec::new(), Vec::new());
         rms_norm_forward(&x, &m.output_norm, cfg.rms_norm_eps, &mut xnf, &mut rstdf);
@@ -249,7 +233,10 @@ impl<'m> Student<'m> {
         rms_norm_backward(&x, &m.output_norm, &rstdf, &dxnf, &mut dx);
         let neg_sin: Vec<f32> = sin.iter().map(|s| -s).collect();
 
-        for (layer, (b, a)) in m.blocks.iter().zip(&acts).enumerate().rev() {
+        for (layer, b) in m.blocks.iter().enumerate().rev() {
+            let saved = acts.pop().expect("one activation set per layer");
+            let a = if self.recompute { self.layer_forward(lora, layer, saved.x, &cos, &sin) } else { saved };
+            let a = &a;
             let mut lin_back = |t: Target, input: &[f32], dy: &[f32], dinput: &mut [f32]| {
                 let u = &a.lora_u[t as usize];
                 linear_backward(b.weight(t), lora, layer, t, input, u, dy, t_len, dinput);
@@ -289,6 +276,45 @@ impl<'m> Student<'m> {
             rms_norm_backward(&a.x, &b.attn_norm, &a.rstd1, &dxn1, &mut dx);
         }
         Ok(results)
+    }
+}
+
+impl Student<'_> {
+    /// One layer's forward pass over the residual stream `x` (T × n_embd), keeping what
+    /// its backward pass needs.
+    fn layer_forward(&self, lora: &LoraParams, layer: usize, x: Vec<f32>, cos: &[f32], sin: &[f32]) -> LayerActs {
+        let cfg = &self.model.cfg;
+        let b = &self.model.blocks[layer];
+        let (e, d, nh, nkv) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
+        let (qd, kvd, ff) = (nh * d, nkv * d, cfg.n_ff);
+        let t_len = x.len() / e;
+        let scale = lora.scale();
+        let mut a = LayerActs { x, ..Default::default() };
+        rms_norm_forward(&a.x, &b.attn_norm, cfg.rms_norm_eps, &mut a.xn1, &mut a.rstd1);
+        let lin = |t: Target, input: &[f32], out: &mut Vec<f32>, n_out: usize, u: &mut Vec<f32>| {
+            out.resize(t_len * n_out, 0.0);
+            linear_forward(b.weight(t), lora.pair(layer, t), scale, input, t_len, out, u);
+        };
+        let mut us: [Vec<f32>; 7] = Default::default();
+        lin(Target::Q, &a.xn1, &mut a.q, qd, &mut us[Target::Q as usize]);
+        lin(Target::K, &a.xn1, &mut a.k, kvd, &mut us[Target::K as usize]);
+        lin(Target::V, &a.xn1, &mut a.v, kvd, &mut us[Target::V as usize]);
+        rope(&mut a.q, d, cfg.n_rot, cos, sin, false);
+        rope(&mut a.k, d, cfg.n_rot, cos, sin, false);
+        a.probs = vec![0f32; nh * t_len * t_len];
+        a.att = vec![0f32; t_len * qd];
+        attention_forward(&a.q, &a.k, &a.v, t_len, nh, nkv, d, &mut a.probs, &mut a.att);
+        let mut proj = Vec::new();
+        lin(Target::O, &a.att, &mut proj, e, &mut us[Target::O as usize]);
+        a.x2 = a.x.iter().zip(&proj).map(|(p, q)| p + q).collect();
+        rms_norm_forward(&a.x2, &b.ffn_norm, cfg.rms_norm_eps, &mut a.xn2, &mut a.rstd2);
+        lin(Target::Gate, &a.xn2, &mut a.gate, ff, &mut us[Target::Gate as usize]);
+        lin(Target::Up, &a.xn2, &mut a.up, ff, &mut us[Target::Up as usize]);
+        a.h = a.gate.iter().zip(&a.up).map(|(&g, &u)| silu(g) * u).collect();
+        lin(Target::Down, &a.h, &mut proj, e, &mut us[Target::Down as usize]);
+        a.x_out = a.x2.iter().zip(&proj).map(|(p, q)| p + q).collect();
+        a.lora_u = us;
+        a
     }
 }
 
