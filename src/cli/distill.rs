@@ -141,7 +141,8 @@ pub fn distill(a: DistillArgs, threads: usize) -> anyhow::Result<()> {
             .expect("static template")
             .progress_chars("=> "),
     );
-    let mut peak_anon = 0u64;
+    // The peak of anonymous memory falls inside a step; sample it from the side.
+    let sampler = AnonPeak::start();
     let outcome = rt.pool.install(|| {
         run_distill(&job, a.resume, |r| {
             bar.set_length(r.total as u64);
@@ -157,10 +158,10 @@ pub fn distill(a: DistillArgs, threads: usize) -> anyhow::Result<()> {
             if let Some(e) = eval {
                 bar.suspend(|| eprintln!("step {}: loss {:.4}{e}", r.step, r.loss));
             }
-            peak_anon = peak_anon.max(memory_status().map_or(0, |m| m.rss_anon));
         })
     })?;
     bar.finish_and_clear();
+    let peak_anon = sampler.stop();
     let s = &outcome.state;
     let mem = memory_status();
     eprintln!(
@@ -194,6 +195,34 @@ pub fn distill(a: DistillArgs, threads: usize) -> anyhow::Result<()> {
     }
     println!("{} (learning curve: {})", a.output.display(), svg.display());
     Ok(())
+}
+
+/// Samples this process's anonymous resident memory every 10 ms on a helper thread and
+/// keeps the largest value (the kernel tracks the peak of total RSS only).
+struct AnonPeak {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl AnonPeak {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = memory_status().map_or(peak, |m| m.rss_anon.max(peak));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
+        });
+        Self { stop, handle }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap_or(0)
+    }
 }
 
 /// The learning curve: training loss per step and held-out KL where evaluated.
