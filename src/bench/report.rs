@@ -27,9 +27,17 @@ pub struct ResultLine {
     pub device: String,
 }
 
+/// The result schema this build reads (`pupil bench` writes it as `schema`).
+pub const SCHEMA: u64 = 1;
+
 /// Parses one JSON line of `pupil bench -o jsonl`.
 pub fn parse_line(line: &str) -> Result<ResultLine, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    match v.get("schema").and_then(Value::as_u64) {
+        Some(SCHEMA) => {}
+        Some(other) => return Err(format!("result schema {other} is not supported (this pupil reads {SCHEMA})")),
+        None => return Err("no `schema` field: not a `pupil bench -o jsonl` result".into()),
+    }
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let f = |k: &str| v.get(k).and_then(Value::as_f64);
     let u = |k: &str| v.get(k).and_then(Value::as_u64);
@@ -127,7 +135,7 @@ mod tests {
 
     fn line(model: &str, test: &str, cpu: &str, ts: f64) -> String {
         serde_json::json!({
-            "model": "m.gguf", "model_type": model, "test": test, "threads": 2, "backend": "CPU",
+            "schema": 1, "model": "m.gguf", "model_type": model, "test": test, "threads": 2, "backend": "CPU",
             "median_ts": ts, "avg_ts": ts, "load_to_first_token_ms": 50.0, "peak_rss_bytes": 100u64 << 20,
             "peak_anon_bytes": 10u64 << 20, "bits_per_byte": 0.9, "ppl": 18.4,
             "device": { "cpu": cpu, "arch": "x86_64", "os": "linux" },
@@ -152,7 +160,9 @@ mod tests {
         assert!(md.contains("| 50 ms | 100 MiB | 10 MiB | 0.9000 | 18.4000 |"), "{md}");
         let svg = chart(&rs, "tg128");
         assert_eq!(svg.matches("<rect class=\"bar\"").count(), 4, "2 models × 2 devices");
-        assert!(parse_line("{\"test\": \"tg128\"}").is_err());
+        assert!(parse_line("{\"schema\": 1, \"test\": \"tg128\"}").is_err());
+        assert!(parse_line(&line("m", "tg128", "x", 1.0).replace("\"schema\":1", "\"schema\":7")).unwrap_err().contains("schema 7"));
+        assert!(parse_line("{\"test\": \"tg128\"}").unwrap_err().contains("no `schema`"));
         assert!(parse_line("garbage").unwrap_err().contains("not JSON"));
     }
 }

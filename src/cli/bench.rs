@@ -56,6 +56,8 @@ pub struct BenchArgs {
 /// One result row: what llama-bench prints, plus what it lacks.
 #[derive(Debug, Serialize)]
 struct Row {
+    /// Version of the row layout (`bench::report::SCHEMA`); `pupil report` refuses others.
+    schema: u64,
     model: String,
     model_type: String,
     size_bytes: u64,
@@ -120,6 +122,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 let mem = memory_status();
                 peak_anon = peak_anon.max(mem.map_or(0, |m| m.rss_anon));
                 rows.push(Row {
+                    schema: crate::bench::report::SCHEMA,
                     model: desc.file.clone(),
                     model_type: desc.model_type.clone(),
                     size_bytes: desc.size,
