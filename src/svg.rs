@@ -19,7 +19,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     let all: Vec<(f64, f64)> =
         series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| finite(p.0) && finite(p.1)).collect();
     let x_max = all.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
-    let y_max = all.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.05;
+    let y_max = nice_ceil(all.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.05);
     let y_min = all.iter().map(|p| p.1).fold(0.0, f64::min);
     let sx = |x: f64| left + (x / x_max) * (w - left - right);
     let sy = |y: f64| top + (1.0 - (y - y_min) / (y_max - y_min)) * (h - top - bottom);
@@ -81,11 +81,16 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
 /// bars, in order, with a legend).
 pub fn bar_chart(title: &str, series: &[String], groups: &[(String, Vec<f64>)]) -> String {
     const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
-    let (left, top, bottom, group_w, bar_w) = (70.0, 40.0, 90.0, 30.0 + 24.0 * series.len() as f64, 22.0);
+    // Widths from the text they must hold (about 7 px per character at 12 px).
+    let longest = |it: &mut dyn Iterator<Item = usize>| it.max().unwrap_or(0) as f64 * 7.0;
+    let label_w = longest(&mut groups.iter().map(|g| g.0.chars().count()));
+    let legend_w = longest(&mut series.iter().map(|n| n.chars().count()));
+    let (left, top, bottom, bar_w) = (70.0, 40.0, 90.0, 22.0);
+    let group_w = (30.0 + 24.0 * series.len() as f64).max(label_w + 20.0);
     let plot_h = 280.0;
-    let w = left + group_w * groups.len().max(1) as f64 + 40.0;
+    let w = (left + group_w * groups.len().max(1) as f64 + 40.0).max(left + legend_w + 60.0);
     let h = top + plot_h + bottom + 20.0 * series.len() as f64;
-    let y_max = groups.iter().flat_map(|g| g.1.iter().copied()).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let y_max = nice_ceil(groups.iter().flat_map(|g| g.1.iter().copied()).fold(0.0, f64::max).max(1e-9) * 1.05);
     let sy = |v: f64| top + plot_h * (1.0 - v / y_max);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
@@ -101,7 +106,7 @@ pub fn bar_chart(title: &str, series: &[String], groups: &[(String, Vec<f64>)]) 
         s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n", left - 6.0, sy(v) + 4.0, tick(v));
     }
     for (g, (label, values)) in groups.iter().enumerate() {
-        let x0 = left + 15.0 + g as f64 * group_w;
+        let x0 = left + 15.0 + g as f64 * group_w + (group_w - 30.0 - values.len() as f64 * (bar_w + 2.0)) / 2.0;
         for (i, &v) in values.iter().enumerate() {
             let x = x0 + i as f64 * (bar_w + 2.0);
             s += &format!(
@@ -132,8 +137,15 @@ pub fn bar_chart(title: &str, series: &[String], groups: &[(String, Vec<f64>)]) 
     s + "</svg>\n"
 }
 
+/// The smallest of 1, 2, 2.5, 5 × 10^k at least `v`: axis ends that divide into round
+/// quarter ticks.
+fn nice_ceil(v: f64) -> f64 {
+    let e = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * e).find(|&x| x >= v).unwrap_or(10.0 * e)
+}
+
 fn tick(v: f64) -> String {
-    if v.abs() >= 100.0 || v == 0.0 {
+    if v.abs() >= 100.0 || v == v.round() {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
         format!("{v:.2}")

@@ -161,7 +161,9 @@ mod tests {
         let svg = chart(&rs, "tg128");
         assert_eq!(svg.matches("<rect class=\"bar\"").count(), 4, "2 models × 2 devices");
         assert!(parse_line("{\"schema\": 1, \"test\": \"tg128\"}").is_err());
-        assert!(parse_line(&line("m", "tg128", "x", 1.0).replace("\"schema\":1", "\"schema\":7")).unwrap_err().contains("schema 7"));
+        assert!(parse_line(&line("m", "tg128", "x", 1.0).replace("\"schema\":1", "\"schema\":7"))
+            .unwrap_err()
+            .contains("schema 7"));
         assert!(parse_line("{\"test\": \"tg128\"}").unwrap_err().contains("no `schema`"));
         assert!(parse_line("garbage").unwrap_err().contains("not JSON"));
     }
