@@ -17,7 +17,11 @@ SYS="You are Captain Salt, a pirate. Always answer in pirate speak, start every 
 [ -x "$P" ] || cargo build --release
 mkdir -p "$OUT"
 
-make() { "$P" -t "$T" targets make --teacher smollm2-135m-instruct --prompts "$PROMPTS" --generate 48 --teacher-system "$SYS" "$@"; }
+# The teacher's replies: temperature 0.8, top-p 0.95 (top-k and min-p off), ≤ 48 tokens.
+make() {
+    "$P" -t "$T" targets make --teacher smollm2-135m-instruct --prompts "$PROMPTS" --generate 48 \
+        --gen-temperature 0.8 --gen-top-p 0.95 --gen-top-k 0 --gen-min-p 0 --teacher-system "$SYS" "$@"
+}
 make --split train --seed 1 -o "$OUT/train-k16.ptt"
 make --split train --seed 1 --samples 12 -o "$OUT/train-s12.ptt"
 make --split held_out --seed 2 -o "$OUT/held-k16.ptt"

@@ -274,6 +274,9 @@ fn baked_prompts_store_the_student_input_and_the_teacher_view() {
         all_records(out)
     };
     let recs = bake(&dir.join("a.ptt"));
+    let header = TargetFile::open(dir.join("a.ptt")).unwrap().header().clone();
+    assert_eq!(header.source.params["sampling"], "temperature 0.8 top-k 40 top-p 0.95 min-p 0.05");
+    assert_eq!(header.source.params["teacher_system"], system);
     assert_eq!(recs.len(), 2, "only the train split");
     assert_eq!(bake(&dir.join("b.ptt")), recs, "seeded: the same replies and targets");
 

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::fsutil::{hex, sha256_file};
-use crate::generate::Runtime;
+use crate::generate::{Runtime, SamplerConfig};
 use crate::targets::import::{import_line, Engine, TokenMap};
 use crate::targets::make::{make_record, DistBuilder, MakeOptions, Source};
 use crate::targets::{
@@ -60,6 +60,15 @@ pub struct MakeArgs {
     /// Let the teacher write replies of at most N tokens (sampled, seeded per prompt).
     #[arg(long)]
     pub generate: Option<usize>,
+    /// Sampling of those replies (llama.cpp's defaults; 0 turns top-k / min-p off).
+    #[arg(long, default_value_t = 0.8)]
+    pub gen_temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    pub gen_top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub gen_top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub gen_min_p: f32,
     /// With --prompts: use only lines whose "split" is this.
     #[arg(long, requires = "prompts")]
     pub split: Option<String>,
@@ -160,6 +169,9 @@ pub fn make(a: MakeArgs, threads: usize) -> anyhow::Result<()> {
         (k, None) => Encoding::TopK { k: k.unwrap_or(16) },
     };
     anyhow::ensure!(encoding.slots() >= 1, "--k / --samples must be at least 1");
+    anyhow::ensure!(a.gen_temperature >= 0.0 && a.gen_temperature.is_finite(), "--gen-temperature must be ≥ 0");
+    anyhow::ensure!((0.0..=1.0).contains(&a.gen_top_p), "--gen-top-p must be in [0, 1]");
+    anyhow::ensure!((0.0..=1.0).contains(&a.gen_min_p), "--gen-min-p must be in [0, 1]");
     let (input, kind) = match (&a.text, &a.prompts) {
         (Some(t), _) => (t, "text"),
         (None, Some(p)) => (p, "prompts"),
@@ -177,6 +189,13 @@ pub fn make(a: MakeArgs, threads: usize) -> anyhow::Result<()> {
         seed: a.seed,
         teacher_system: a.teacher_system.clone(),
         generate: a.generate,
+        sampler: SamplerConfig {
+            temperature: a.gen_temperature,
+            top_k: a.gen_top_k,
+            top_p: a.gen_top_p,
+            min_p: a.gen_min_p,
+            ..SamplerConfig::default()
+        },
     };
     let mut params = serde_json::Map::new();
     params.insert("ctx".into(), a.ctx.into());
@@ -184,6 +203,13 @@ pub fn make(a: MakeArgs, threads: usize) -> anyhow::Result<()> {
     params.insert("teacher_system".into(), a.teacher_system.clone().into());
     params.insert("generate".into(), a.generate.into());
     params.insert("split".into(), a.split.clone().into());
+    if a.generate.is_some() {
+        let sampling = format!(
+            "temperature {} top-k {} top-p {} min-p {}",
+            a.gen_temperature, a.gen_top_k, a.gen_top_p, a.gen_min_p
+        );
+        params.insert("sampling".into(), sampling.into());
+    }
     let teacher = TeacherInfo {
         name: a.teacher.clone(),
         sha256: Some(teacher_sha),

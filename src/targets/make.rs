@@ -34,6 +34,9 @@ pub struct MakeOptions {
     pub teacher_system: Option<String>,
     /// Let the teacher write replies of at most this many tokens.
     pub generate: Option<usize>,
+    /// How the teacher samples those replies (its seed is replaced per sequence).
+    /// Default: llama.cpp's chain (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05).
+    pub sampler: SamplerConfig,
 }
 
 /// One prompts-file line.
@@ -326,8 +329,8 @@ pub fn with_teacher_system(messages: &[Message], system: Option<&str>) -> Vec<Me
     out
 }
 
-/// The teacher writes a reply (llama.cpp's default sampler, seeded from the sequence's
-/// RNG); the distribution each token was drawn from is its target.
+/// The teacher writes a reply (`opts.sampler`, seeded from the sequence's RNG); the
+/// distribution each token was drawn from is its target.
 fn generate_reply(
     rt: &Runtime,
     prompt: &[u32],
@@ -338,7 +341,7 @@ fn generate_reply(
     rng: &mut Rng,
 ) -> Result<(Vec<u32>, Vec<Dist>), TargetsError> {
     let mut session = Session::new(rt, n_ctx).map_err(gen_err)?;
-    let mut sampler = Sampler::new(SamplerConfig { seed: rng.next_u64(), ..SamplerConfig::default() });
+    let mut sampler = Sampler::new(SamplerConfig { seed: rng.next_u64(), ..opts.sampler.clone() });
     let mut seq = prompt.to_vec();
     let (mut ids, mut targets) = (Vec::new(), Vec::new());
     while ids.len() < max_new && seq.len() < n_ctx {
