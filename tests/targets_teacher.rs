@@ -98,8 +98,9 @@ fn stored_top_k_equals_the_runtime_log_softmax() {
             assert_half_equal(*rest_logprob, rest.ln(), &format!("rest mass at {j}"));
         }
     }
-    let (ok, stdout, _) = pupil(&["targets", "inspect", s(&out)]);
+    let (ok, stdout, _) = pupil(&["targets", "inspect", s(&out), "--show", "2", "-m", s(&path)]);
     assert!(ok && stdout.contains("64 bytes per distribution"), "{stdout}");
+    assert!(stdout.contains("  [0] after ") && stdout.contains("  [1] after "), "{stdout}");
 }
 
 #[test]

@@ -103,6 +103,13 @@ pub struct InspectArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also print the first N target positions of the first sequence: input token and the
+    /// stored teacher distribution.
+    #[arg(long, default_value_t = 0)]
+    pub show: usize,
+    /// Decode token ids with this model's vocabulary (it must match the file's).
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<String>,
 }
 
 pub fn run(cmd: TargetsCommand, threads: usize) -> anyhow::Result<()> {
@@ -353,5 +360,43 @@ pub fn inspect(a: InspectArgs, show: bool) -> anyhow::Result<()> {
         "teacher       mean entropy {:.3} nats, mean mass covered by stored ids {:.3}",
         s.mean_entropy, s.mean_covered_mass
     );
+    if a.show > 0 && !file.is_empty() {
+        show_positions(&file, a.show, a.model.as_deref())?;
+    }
+    Ok(())
+}
+
+/// Prints the first `n` target positions of sequence 0, decoded when a model is given.
+fn show_positions(file: &TargetFile, n: usize, model: Option<&str>) -> anyhow::Result<()> {
+    let rt = match model {
+        Some(m) => {
+            let rt = Runtime::load(m, 1, true)?;
+            file.header().check_student(rt.tokenizer.fingerprint())?;
+            Some(rt)
+        }
+        None => None,
+    };
+    let text = |id: u32| match &rt {
+        Some(rt) => format!("{:?}", String::from_utf8_lossy(rt.tokenizer.token_bytes(id).unwrap_or_default())),
+        None => format!("#{id}"),
+    };
+    let rec = file.sequence(0)?;
+    let positions = rec.flags.iter().enumerate().filter(|(_, &f)| f & crate::targets::FLAG_TARGET != 0);
+    for ((j, &flags), dist) in positions.zip(&rec.targets).take(n) {
+        let counts = match dist {
+            crate::targets::Dist::Sampled { counts, .. } => counts.iter().map(|c| format!(" ×{c}")).collect(),
+            crate::targets::Dist::TopK { ids, .. } => vec![String::new(); ids.len()],
+        };
+        let top: Vec<String> = dist
+            .ids()
+            .iter()
+            .zip(dist.logprobs())
+            .zip(&counts)
+            .take(5)
+            .map(|((&id, &lp), c)| format!("{} {:.3}{c}", text(id), (lp as f64).exp()))
+            .collect();
+        let train = if flags & crate::targets::FLAG_TRAIN != 0 { "" } else { " (not trained)" };
+        println!("  [{j}] after {}{train}: {}", text(rec.tokens[j]), top.join(", "));
+    }
     Ok(())
 }
