@@ -1,18 +1,14 @@
 //! Hostile or broken input gives one readable error line and a non-zero exit — never a
 //! panic, an abort, or an allocation sized by an unchecked number.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::scratch_dir;
 use pupil::gguf::{value::type_id, GgufWriter, Value};
 use pupil::synth::TinyLlama;
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pupil-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);

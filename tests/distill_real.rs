@@ -20,9 +20,7 @@ const SYSTEM: &str = "You are a pirate. Start every answer with 'Arr!'.";
 #[test]
 fn a_baked_system_prompt_lowers_the_kl_to_the_teacher() {
     let Some(model) = model(SMOLLM2) else { return };
-    let dir = std::env::temp_dir().join(format!("pupil-distill-real-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("distill-real");
     let prompts = dir.join("p.jsonl");
     std::fs::write(
         &prompts,

@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use pupil::bench::quality::log_sum_exp;
 use pupil::generate::sampler::argmax;
+use pupil::generate::sampler::log_sum_exp;
 use pupil::generate::{Runtime, Sampler, SamplerConfig, Session};
 
 /// Checks stated by the fixtures' README.
@@ -107,7 +107,7 @@ fn check_logits(name: &str, fixtures: &str) {
             let top_ids = ids(&reference["top_ids"]);
             let top_logits: Vec<f64> =
                 reference["top_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-            let our_lse = log_sum_exp(ours);
+            let our_lse = log_sum_exp(ours, 1.0);
 
             // KL(reference ‖ ours) over the reference's top 20 plus one bucket for the rest.
             let (mut kl, mut p_top, mut q_top) = (0.0, 0.0, 0.0);

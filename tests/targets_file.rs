@@ -2,21 +2,16 @@
 //! encodings across chunks, resume after a cut, and every kind of damage is a clear error
 //! from the library and from `pupil targets verify`/`inspect`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::{pupil_cli, scratch_dir};
 use pupil::rng::Rng;
 use pupil::targets::format::round_logprob;
 use pupil::targets::*;
 
 const N_VOCAB: u32 = 40_000;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pupil-targets-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn header(encoding: Encoding) -> Header {
     Header {
@@ -97,7 +92,7 @@ fn write_file(path: &Path, encoding: Encoding, recs: &[SequenceRecord], per_chun
 
 #[test]
 fn round_trip_in_both_encodings_across_chunks() {
-    let dir = scratch("roundtrip");
+    let dir = scratch_dir("roundtrip");
     for enc in [Encoding::TopK { k: 16 }, Encoding::Sampled { samples: 12 }] {
         let path = dir.join("t.ptt");
         let _ = std::fs::remove_file(&path);
@@ -117,7 +112,7 @@ fn round_trip_in_both_encodings_across_chunks() {
 
 #[test]
 fn a_cut_partial_file_resumes_to_the_same_bytes() {
-    let dir = scratch("resume");
+    let dir = scratch_dir("resume");
     let enc = Encoding::TopK { k: 8 };
     let recs = records(enc, 20, 3);
     let whole = dir.join("whole.ptt");
@@ -153,13 +148,6 @@ fn a_cut_partial_file_resumes_to_the_same_bytes() {
     assert_eq!(std::fs::read(partial_path(&dir.join("p.ptt"))).unwrap(), &full[..full.len() / 2]);
 }
 
-fn pupil(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pupil")).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.success(), stderr)
-}
-
 /// Both the library and the CLI refuse `bytes` with an error containing `needle`.
 fn assert_damaged(dir: &Path, name: &str, bytes: &[u8], needle: &str) {
     let path = dir.join(name);
@@ -170,7 +158,7 @@ fn assert_damaged(dir: &Path, name: &str, bytes: &[u8], needle: &str) {
     };
     assert!(err.contains(needle), "{name}: {err}");
     for cmd in ["verify", "inspect"] {
-        let (ok, stderr) = pupil(&["targets", cmd, path.to_str().unwrap()]);
+        let (ok, _, stderr) = pupil_cli(&["targets", cmd, path.to_str().unwrap()]);
         assert!(!ok, "{cmd} {name} succeeded");
         assert!(stderr.contains(needle), "{cmd} {name}: {stderr}");
     }
@@ -191,12 +179,12 @@ fn reseal_chunk(b: &mut [u8], at: usize) {
 
 #[test]
 fn damaged_files_are_clear_errors() {
-    let dir = scratch("damage");
+    let dir = scratch_dir("damage");
     let enc = Encoding::TopK { k: 4 };
     let good_path = dir.join("good.ptt");
     write_file(&good_path, enc, &records(enc, 6, 1), 2);
     let good = std::fs::read(&good_path).unwrap();
-    let (ok, _) = pupil(&["targets", "verify", good_path.to_str().unwrap()]);
+    let (ok, _, _) = pupil_cli(&["targets", "verify", good_path.to_str().unwrap()]);
     assert!(ok);
     let first_chunk = 16 + u32_at(&good, 12) as usize + 4;
 
@@ -242,7 +230,7 @@ fn damaged_files_are_clear_errors() {
     reseal_chunk(&mut b, first_chunk);
     assert_damaged(&dir, "count.ptt", &b, "record");
 
-    let (ok, stderr) = pupil(&["targets", "inspect", dir.join("missing.ptt").to_str().unwrap()]);
+    let (ok, _, stderr) = pupil_cli(&["targets", "inspect", dir.join("missing.ptt").to_str().unwrap()]);
     assert!(!ok && stderr.contains("missing.ptt"), "{stderr}");
 }
 

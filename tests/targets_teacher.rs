@@ -17,13 +17,6 @@ use pupil::targets::make::{sequence_rng, DistBuilder};
 use pupil::targets::*;
 use pupil::tokenizer::Message;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pupil-teacher-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("targets/sample-corpus.txt")
 }
@@ -65,7 +58,7 @@ fn assert_half_equal(stored: f32, exact: f64, what: &str) {
 #[test]
 fn stored_top_k_equals_the_runtime_log_softmax() {
     let Some(path) = model(SMOLLM2) else { return };
-    let dir = scratch("topk");
+    let dir = scratch_dir("topk");
     let out = dir.join("t.ptt");
     let corpus = corpus();
     let (ok, stdout, stderr) = make(&path, &["--text", s(&corpus), "--ctx", "64", "-o", s(&out)]);
@@ -113,7 +106,7 @@ fn sampled_targets_are_an_unbiased_estimate_of_real_teacher_distributions() {
     let hidden = rt.pool.install(|| rt.model.forward(&tokens, &mut cache)).unwrap();
     let e = rt.model.cfg.n_embd;
     let (draws, samples) = (3000usize, 12u32);
-    let dir = scratch("unbiased");
+    let dir = scratch_dir("unbiased");
     let mut builder = DistBuilder::default();
 
     // A confident position and the least confident one: the estimator must hold on both.
@@ -183,7 +176,7 @@ fn all_records(path: &Path) -> Vec<SequenceRecord> {
 #[test]
 fn a_killed_make_resumes_to_the_same_content() {
     let Some(path) = model(SMOLLM2) else { return };
-    let dir = scratch("resume");
+    let dir = scratch_dir("resume");
     let args = |out: &Path| -> Vec<String> {
         ["-t", "2", "targets", "make", "--teacher", s(&path), "--text", s(&corpus()), "--ctx", "24", "--samples", "8"]
             .iter()
@@ -243,7 +236,7 @@ fn a_killed_make_resumes_to_the_same_content() {
 #[test]
 fn baked_prompts_store_the_student_input_and_the_teacher_view() {
     let Some(path) = model(SMOLLM2) else { return };
-    let dir = scratch("bake");
+    let dir = scratch_dir("bake");
     let prompts = dir.join("p.jsonl");
     std::fs::write(
         &prompts,
@@ -330,7 +323,7 @@ fn engine_dumps_import_and_bad_lines_are_refused() {
     let Some(path) = model(SMOLLM2) else { return };
     let rt = Runtime::load_path(&path, 1).unwrap();
     let tok = &rt.tokenizer;
-    let dir = scratch("import");
+    let dir = scratch_dir("import");
     let bytes_of = |id: u32| tok.token_bytes(id).unwrap().to_vec();
     let entry = |id: u32, lp: f64| {
         let b = bytes_of(id);
@@ -438,7 +431,7 @@ fn a_student_with_another_vocabulary_is_refused() {
 #[test]
 fn the_sample_files_are_what_make_produces() {
     let Some(path) = model(SMOLLM2) else { return };
-    let dir = scratch("sample");
+    let dir = scratch_dir("sample");
     let samples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("targets");
     let corpus = corpus();
     for (name, encoding) in

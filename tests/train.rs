@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::scratch_dir;
 use pupil::generate::Runtime;
 use pupil::model::{Adapter, Target};
 use pupil::rng::Rng;
@@ -17,13 +18,6 @@ use pupil::targets::*;
 use pupil::train::distill::{distill, DistillConfig, DistillJob};
 use pupil::train::loss::{position_loss, LossConfig};
 use pupil::train::{LoraParams, Student};
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pupil-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn tiny(dir: &Path, shape: TinyLlama) -> Runtime {
     let path = dir.join("tiny.gguf");
@@ -75,7 +69,7 @@ fn total_loss(rt: &Runtime, lora: &mut LoraParams, tokens: &[u32], dists: &[Dist
 
 #[test]
 fn gradients_reach_every_adapter_and_match_finite_differences() {
-    let dir = scratch("grad");
+    let dir = scratch_dir("grad");
     let rt = tiny(&dir, q8_tiny());
     let cfg = &rt.model.cfg;
     let n_vocab = cfg.n_vocab as u32;
@@ -156,7 +150,7 @@ fn job<'a>(rt: &'a Runtime, targets: &'a TargetFile, checkpoint: PathBuf, stop_a
 
 #[test]
 fn training_lowers_the_loss_and_a_resumed_run_is_bit_identical() {
-    let dir = scratch("resume");
+    let dir = scratch_dir("resume");
     let rt = tiny(&dir, q8_tiny());
     let targets = tiny_targets(&rt, &dir.join("t.ptt"), 6, 4);
     let whole = rt.pool.install(|| distill(&job(&rt, &targets, dir.join("a.ckpt"), None), false, |_| {})).unwrap();
@@ -201,7 +195,7 @@ fn training_lowers_the_loss_and_a_resumed_run_is_bit_identical() {
 
 #[test]
 fn adapters_round_trip_and_apply_at_inference_as_in_training() {
-    let dir = scratch("adapter");
+    let dir = scratch_dir("adapter");
     let mut rt = tiny(&dir, q8_tiny());
     let cfg = rt.model.cfg.clone();
     let mut lora = LoraParams::for_model(&cfg, 4, 8.0, &[Target::Q, Target::V, Target::Down], 5);
@@ -235,7 +229,7 @@ fn adapters_round_trip_and_apply_at_inference_as_in_training() {
     assert!(diff(&adapted, &train_logits) < change / 10.0, "inference and training disagree");
 
     // Another model shape is refused.
-    let wide = tiny(&scratch("wide"), TinyLlama { n_embd: 64, n_ff: 128, ..q8_tiny() });
+    let wide = tiny(&scratch_dir("wide"), TinyLlama { n_embd: 64, n_ff: 128, ..q8_tiny() });
     let err = Adapter::load(&path, &wide.model.cfg).unwrap_err().to_string();
     assert!(err.contains("do not fit"), "{err}");
 }
@@ -245,7 +239,7 @@ fn merged_weights_equal_the_adapter_applied_at_inference() {
     let mut rng = Rng::new(9);
     let tokens: Vec<u32> = (0..7).map(|_| (rng.next_u64() % 256) as u32).collect();
     for quant in [SynthQuant::F32, SynthQuant::Q8_0] {
-        let dir = scratch(&format!("merge-{quant:?}"));
+        let dir = scratch_dir(&format!("merge-{quant:?}"));
         let mut rt = tiny(&dir, TinyLlama { quant, ..TinyLlama::default() });
         let cfg = rt.model.cfg.clone();
         let mut lora = LoraParams::for_model(&cfg, 4, 8.0, &Target::ALL, 2);
@@ -280,7 +274,7 @@ fn infer_last(rt: &Runtime, tokens: &[u32]) -> Vec<f32> {
 
 #[test]
 fn targets_from_another_tokenizer_are_refused() {
-    let dir = scratch("vocab");
+    let dir = scratch_dir("vocab");
     let rt = tiny(&dir, q8_tiny());
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("targets/sample-smollm2-k16.ptt");
     let targets = TargetFile::open(&sample).unwrap();

@@ -13,7 +13,9 @@
 
 use serde::Serialize;
 
+use crate::generate::sampler::{argmax, log_sum_exp};
 use crate::generate::{GenerationError, Runtime};
+use crate::train::loss::full_kl;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PerplexityResult {
@@ -95,7 +97,7 @@ pub fn perplexity(
             let logits = rt.pool.install(|| model.logits(&hidden[start * e..end * e]));
             for (row, j) in logits.chunks_exact(n_vocab).zip(start..end) {
                 let target = tokens[c * n_ctx + j + 1];
-                let nll = log_sum_exp(row) - row[target as usize] as f64;
+                let nll = log_sum_exp(row, 1.0) - row[target as usize] as f64;
                 nll_sum += nll;
                 nll2_sum += nll * nll;
                 count += 1;
@@ -118,12 +120,6 @@ pub fn perplexity(
         scored_bytes: bytes,
         nll_sum,
     })
-}
-
-/// `log Σ exp(x)`, computed stably in f64.
-pub fn log_sum_exp(x: &[f32]) -> f64 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    max + x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
 }
 
 /// How far a model's next-token distributions are from a reference model's on the same
@@ -186,20 +182,11 @@ pub fn kl_divergence(
             let lm = model.pool.install(|| model.model.logits(&hm[start * em..end * em]));
             let lr = reference.pool.install(|| reference.model.logits(&hr[start * er..end * er]));
             for (rm, rr) in lm.chunks_exact(n_vocab).zip(lr.chunks_exact(n_vocab)) {
-                let (lse_m, lse_r) = (log_sum_exp(rm), log_sum_exp(rr));
-                let kl: f64 = rr
-                    .iter()
-                    .zip(rm)
-                    .map(|(&r, &m)| {
-                        let lp = r as f64 - lse_r;
-                        lp.exp() * (lp - (m as f64 - lse_m))
-                    })
-                    .sum::<f64>()
-                    .max(0.0);
+                let kl = full_kl(rr, rm).max(0.0);
                 sum += kl;
                 sum2 += kl * kl;
                 max = max.max(kl);
-                same += (crate::generate::sampler::argmax(rm) == crate::generate::sampler::argmax(rr)) as usize;
+                same += (argmax(rm) == argmax(rr)) as usize;
                 n += 1;
             }
         }

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use super::{AdapterArgs, ModelArg};
 use crate::generate::Runtime;
 use crate::svg::{line_chart, Series};
-use crate::targets::make::Source;
+use crate::targets::make::prompt_lines;
 use crate::targets::TargetFile;
 use crate::train::baking::evaluate_baking;
 use crate::train::checkpoint::Checkpoint;
@@ -88,7 +88,7 @@ fn curves(a: CurvesArgs) -> anyhow::Result<()> {
 
 fn baking(a: BakingArgs, threads: usize) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.prompts).with_context(|| format!("reading {}", a.prompts.display()))?;
-    let Source::Prompts(prompts) = Source::prompts(&text, Some(&a.split))? else { unreachable!("prompts source") };
+    let prompts = prompt_lines(&text, Some(&a.split))?;
     let held = TargetFile::open(&a.held).with_context(|| format!("opening {}", a.held.display()))?;
     let teacher = Runtime::load(&a.model.model, threads, true)?;
     let student = a.adapters.load(&a.model.model, threads)?;

@@ -155,16 +155,18 @@ fn progress_bar(len: u64) -> ProgressBar {
     bar
 }
 
-fn report_done(out: &Path, totals: Totals) -> anyhow::Result<()> {
-    let file = TargetFile::open(out)?;
+/// The summary line after a file is complete (from the totals and the file's size: no
+/// second pass over what was just written and checked).
+fn report_done(out: &Path, totals: Totals, entry_bytes: usize) -> anyhow::Result<()> {
+    let size = std::fs::metadata(out).with_context(|| format!("reading {}", out.display()))?.len();
     println!(
         "{}: {} sequences, {} tokens, {} target positions, {:.1} bytes/position ({} per distribution)",
         out.display(),
         totals.sequences,
         totals.tokens,
         totals.targets,
-        file.file_bytes() as f64 / totals.targets.max(1) as f64,
-        file.layout().entry_bytes,
+        size as f64 / totals.targets.max(1) as f64,
+        entry_bytes,
     );
     Ok(())
 }
@@ -224,13 +226,14 @@ pub fn make(a: MakeArgs, threads: usize) -> anyhow::Result<()> {
     };
     let source = SourceInfo { kind: kind.into(), path: file_name(input), sha256: input_sha, params };
     let header = header(&rt, teacher, encoding, a.temperature, source);
+    let entry_bytes = header.layout()?.entry_bytes;
 
     let policy =
         ChunkPolicy { max_sequences: a.chunk_sequences.unwrap_or(usize::MAX).max(1), ..ChunkPolicy::default() };
     let (mut writer, done) = match TargetWriter::open(&a.output, header, policy)? {
         Opened::Complete(totals) => {
             eprintln!("pupil: {} is already complete for these arguments", a.output.display());
-            return report_done(&a.output, totals);
+            return report_done(&a.output, totals, entry_bytes);
         }
         Opened::Fresh(w) => (w, 0),
         Opened::Resumed { writer, done, dropped_bytes } => {
@@ -262,7 +265,7 @@ pub fn make(a: MakeArgs, threads: usize) -> anyhow::Result<()> {
     let totals = writer.finish()?;
     let secs = start.elapsed().as_secs_f64();
     eprintln!("pupil: {positions} positions in {secs:.1} s ({:.1} positions/s)", positions as f64 / secs.max(1e-9));
-    report_done(&a.output, totals)
+    report_done(&a.output, totals, entry_bytes)
 }
 
 pub fn import(a: ImportArgs) -> anyhow::Result<()> {
@@ -300,10 +303,11 @@ pub fn import(a: ImportArgs) -> anyhow::Result<()> {
         params: serde_json::Map::new(),
     };
     let header = header(&rt, teacher, Encoding::TopK { k: k as u32 }, 1.0, source);
+    let entry_bytes = header.layout()?.entry_bytes;
     let mut writer = match TargetWriter::open(&a.output, header, ChunkPolicy::default())? {
         Opened::Complete(totals) => {
             eprintln!("pupil: {} is already complete for this dump", a.output.display());
-            return report_done(&a.output, totals);
+            return report_done(&a.output, totals, entry_bytes);
         }
         Opened::Fresh(w) => w,
         Opened::Resumed { writer, done, .. } => {
@@ -316,7 +320,7 @@ pub fn import(a: ImportArgs) -> anyhow::Result<()> {
     }
     let totals = writer.finish()?;
     eprintln!("pupil: imported {} lines, refused {refused}", totals.sequences);
-    report_done(&a.output, totals)
+    report_done(&a.output, totals, entry_bytes)
 }
 
 pub fn inspect(a: InspectArgs, show: bool) -> anyhow::Result<()> {

@@ -125,6 +125,12 @@ impl Sampler {
     }
 }
 
+/// `log Σ exp(x / temperature)`, computed stably in f64.
+pub fn log_sum_exp(x: &[f32], temperature: f64) -> f64 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / temperature;
+    max + x.iter().map(|&v| (v as f64 / temperature - max).exp()).sum::<f64>().ln()
+}
+
 /// Index of the largest logit (the first one on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;

@@ -15,6 +15,7 @@
 use serde::Deserialize;
 
 use super::format::*;
+use crate::generate::sampler::log_sum_exp;
 use crate::generate::{GenerationError, Rng, Runtime, Sampler, SamplerConfig, Session};
 use crate::tokenizer::Message;
 
@@ -77,26 +78,9 @@ impl Source {
         Ok(Source::Windows(windows))
     }
 
-    /// Parses a prompts JSONL file, keeping lines of `split` when given.
+    /// A prompts JSONL file as a source (see [`prompt_lines`]).
     pub fn prompts(jsonl: &str, split: Option<&str>) -> Result<Self, TargetsError> {
-        let mut lines = Vec::new();
-        for (i, line) in jsonl.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let p: PromptLine = serde_json::from_str(line)
-                .map_err(|e| TargetsError::Invalid(format!("prompts line {}: {e}", i + 1)))?;
-            if p.messages.is_empty() {
-                return Err(TargetsError::Invalid(format!("prompts line {}: no messages", i + 1)));
-            }
-            if split.is_none() || p.split.as_deref() == split {
-                lines.push(p);
-            }
-        }
-        if lines.is_empty() {
-            return Err(TargetsError::Invalid("no prompts to use (empty file, or no line of that split)".into()));
-        }
-        Ok(Source::Prompts(lines))
+        prompt_lines(jsonl, split).map(Source::Prompts)
     }
 
     pub fn len(&self) -> usize {
@@ -111,6 +95,28 @@ impl Source {
     }
 }
 
+/// Parses a prompts JSONL file, keeping lines of `split` when given.
+pub fn prompt_lines(jsonl: &str, split: Option<&str>) -> Result<Vec<PromptLine>, TargetsError> {
+    let mut lines = Vec::new();
+    for (i, line) in jsonl.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let p: PromptLine =
+            serde_json::from_str(line).map_err(|e| TargetsError::Invalid(format!("prompts line {}: {e}", i + 1)))?;
+        if p.messages.is_empty() {
+            return Err(TargetsError::Invalid(format!("prompts line {}: no messages", i + 1)));
+        }
+        if split.is_none() || p.split.as_deref() == split {
+            lines.push(p);
+        }
+    }
+    if lines.is_empty() {
+        return Err(TargetsError::Invalid("no prompts to use (empty file, or no line of that split)".into()));
+    }
+    Ok(lines)
+}
+
 /// Reusable buffers for turning logits into stored distributions.
 #[derive(Default)]
 pub struct DistBuilder {
@@ -123,9 +129,7 @@ impl DistBuilder {
     /// log-softmax of `logits / temperature`, in f64.
     fn log_softmax(&mut self, logits: &[f32], temperature: f32) {
         let t = temperature as f64;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
-        let sum: f64 = logits.iter().map(|&l| (l as f64 / t - max).exp()).sum();
-        let lse = max + sum.ln();
+        let lse = log_sum_exp(logits, t);
         self.logprobs.clear();
         self.logprobs.extend(logits.iter().map(|&l| l as f64 / t - lse));
     }
@@ -269,7 +273,8 @@ fn prompt_record(
             ))
         }
     };
-    let student_prompt = encode(&render(context, true)?)?;
+    let student_text = render(context, true)?;
+    let student_prompt = encode(&student_text)?;
     let teacher_context = with_teacher_system(context, opts.teacher_system.as_deref());
     let teacher_prompt = encode(&render(&teacher_context, true)?)?;
     let n_ctx = opts.ctx.min(rt.model.cfg.n_ctx_train);
@@ -286,8 +291,7 @@ fn prompt_record(
             let mut full = context.to_vec();
             full.push(reply.clone());
             let rendered = render(&full, false)?;
-            let prefix = render(context, true)?;
-            let Some(reply_text) = rendered.strip_prefix(&prefix) else {
+            let Some(reply_text) = rendered.strip_prefix(&student_text) else {
                 return Err(TargetsError::Invalid(
                     "the chat template does not render the reply after its prompt".into(),
                 ));

@@ -11,6 +11,7 @@
 //!
 //! Optionally mixed with hard-label cross-entropy on the next token (`hard_weight`).
 
+use crate::generate::sampler::{argmax, log_sum_exp};
 use crate::targets::Dist;
 
 /// Loss settings.
@@ -38,12 +39,6 @@ pub struct PositionLoss {
     pub kl: f64,
     /// Whether the student's most likely token is the teacher's.
     pub top1_agrees: bool,
-}
-
-/// `log Σ exp(x / t)` in f64.
-fn log_sum_exp(x: &[f32], t: f64) -> f64 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / t;
-    max + x.iter().map(|&v| (v as f64 / t - max).exp()).sum::<f64>().ln()
 }
 
 /// The teacher's most likely stored id.
@@ -122,7 +117,7 @@ pub fn position_loss(
         }
         dlogits[next as usize] -= hard;
     }
-    let student_top1 = crate::generate::sampler::argmax(logits);
+    let student_top1 = argmax(logits);
     PositionLoss { loss, kl, top1_agrees: student_top1 == teacher_top1(dist) }
 }
 

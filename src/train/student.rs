@@ -8,7 +8,7 @@
 
 use super::frozen;
 use super::{par_gemm, SharedMut, TrainError};
-use crate::kernels::dot::dot;
+use crate::kernels::dot::{attend, dot};
 use crate::kernels::gemm::{transpose, Mat};
 use crate::kernels::QMatrix;
 use crate::model::decoder::{rope, rope_tables, silu};
@@ -421,26 +421,15 @@ fn attention_forward(
     let mut heads: Vec<usize> = (0..nh).collect();
     for_each_mut(&mut heads, |&mut h| {
         let g = h / group;
+        let mut scores = Vec::with_capacity(t_len);
         for t in 0..t_len {
             // SAFETY: head h alone writes probs[h][t][..] and out[t][h·d..(h+1)·d].
             let p = unsafe { pp.slice((h * t_len + t) * t_len, t + 1) };
             let o = unsafe { op.slice(t * qd + h * d, d) };
             let qh = &q[t * qd + h * d..t * qd + (h + 1) * d];
-            for (j, pj) in p.iter_mut().enumerate() {
-                *pj = dot(qh, &k[j * kvd + g * d..j * kvd + (g + 1) * d]) * scale;
-            }
-            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for pj in p.iter_mut() {
-                *pj = (*pj - max).exp();
-                sum += *pj;
-            }
-            o.fill(0.0);
-            for (j, pj) in p.iter_mut().enumerate() {
-                *pj /= sum;
-                let vj = &v[j * kvd + g * d..j * kvd + (g + 1) * d];
-                o.iter_mut().zip(vj).for_each(|(a, &b)| *a += *pj * b);
-            }
+            // The inference kernel leaves the softmax probabilities in `scores`.
+            attend(qh, k, v, 0..t + 1, kvd, g * d, scale, &mut scores, o);
+            p.copy_from_slice(&scores);
         }
     });
 }

@@ -47,6 +47,14 @@ pub const SMOLLM2_FIXTURES: &str = "smollm2-135m-instruct-q4_1";
 pub const GEMMA3: &str = "gemma3-270m";
 pub const GEMMA3_FIXTURES: &str = "gemma3-270m-q4_k_m";
 
+/// A fresh, empty temporary directory for one test (named by process and `name`).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pupil-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Runs the `pupil` binary; returns (success, stdout, stderr) and fails on any panic.
 pub fn pupil_cli(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pupil")).args(args).output().unwrap();
