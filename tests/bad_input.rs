@@ -253,3 +253,25 @@ fn pull_verifies_sha256_before_installing() {
     let (ok, stderr) = pupil(&["pull", "fake", "--verify"], &[("PUPIL_CATALOG", &good), ("PUPIL_MODELS", &models)]);
     assert!(ok, "{stderr}");
 }
+
+#[test]
+fn new_commands_refuse_bad_arguments_in_one_line() {
+    let dir = scratch_dir("commands");
+    let (ok, stderr) = pupil(&["synth", "--shape", "gpt-9", "-o", dir.join("x.gguf").to_str().unwrap()], &[]);
+    assert!(!ok && stderr.contains("unknown shape \"gpt-9\""), "{stderr}");
+    let model = write(&dir, "tiny.gguf", &valid_model());
+    let m = model.to_str().unwrap();
+    let (ok, stderr) = pupil(&["merge", "-m", m, "--lora", m, "-o", "out.gguf", "--quant", "q5_k"], &[]);
+    assert!(!ok && stderr.contains("--quant q5_k"), "{stderr}");
+    let (ok, stderr) = pupil(&["merge", "-m", m, "-o", "out.gguf"], &[]);
+    assert!(!ok && stderr.contains("at least one --lora"), "{stderr}");
+    let (ok, stderr) = pupil(&["complete", "-m", m, "--lora", m, "hi"], &[]);
+    assert!(!ok && stderr.contains("not a LoRA adapter"), "{stderr}");
+    let missing = dir.join("missing.jsonl");
+    let (ok, stderr) = pupil(&["report", missing.to_str().unwrap(), "-o", "r.md"], &[]);
+    assert!(!ok && stderr.contains("missing.jsonl"), "{stderr}");
+    let bad = write(&dir, "bad.jsonl", b"{\"schema\": 1, \"test\": \"tg128\"}\n");
+    let (ok, stderr) = pupil(&["report", bad.to_str().unwrap(), "-o", "r.md"], &[]);
+    assert!(!ok && stderr.contains("bad.jsonl line 1"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
