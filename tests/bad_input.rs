@@ -275,3 +275,27 @@ fn new_commands_refuse_bad_arguments_in_one_line() {
     assert!(!ok && stderr.contains("bad.jsonl line 1"), "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
+
+#[test]
+fn a_device_this_build_or_machine_lacks_is_a_one_line_error() {
+    let dir = scratch_dir("device");
+    let model = write(&dir, "tiny.gguf", &valid_model());
+    let m = model.to_str().unwrap();
+    let (ok, stderr) = pupil(&["complete", "-m", m, "--device", "gpu", "hi"], &[]);
+    assert!(!ok && stderr.contains("unknown device \"gpu\""), "{stderr}");
+    for (device, fix, built) in
+        [("cuda", "--features cuda", cfg!(feature = "cuda")), ("metal", "--features metal", cfg!(feature = "metal"))]
+    {
+        let (ok, stderr) = pupil(&["complete", "-m", m, "--device", device, "-n", "2", "hi"], &[]);
+        assert!(!ok, "--device {device} ran on a machine without that GPU");
+        let line = stderr.trim();
+        assert_eq!(line.lines().count(), 1, "{stderr}");
+        assert!(!line.contains("panicked"), "{stderr}");
+        if !built {
+            assert!(line.contains(fix) && line.contains("--device cpu"), "{stderr}");
+        }
+    }
+    // The CPU is always there, and `auto` falls back to it.
+    let (ok, stderr) = pupil(&["complete", "-m", m, "--device", "auto", "-n", "2", "hi"], &[]);
+    assert!(ok, "{stderr}");
+}

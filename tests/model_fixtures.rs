@@ -22,14 +22,14 @@ fn runtime() -> Option<Runtime> {
 
 fn runtime_of(name: &str) -> Option<Runtime> {
     let path = model(name)?;
-    Some(Runtime::load_path(&path, 2).unwrap_or_else(|e| panic!("load {name}: {e}")))
+    Some(Runtime::load_path_on(&path, 2, device()).unwrap_or_else(|e| panic!("load {name} on {}: {e}", device())))
 }
 
 /// Logits of every position of `ids`, run in one batch from an empty cache.
 fn all_logits(rt: &Runtime, ids: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = rt.model.new_cache(ids.len()).unwrap();
     let hidden = rt.pool.install(|| rt.model.forward(ids, &mut cache)).unwrap();
-    let logits = rt.pool.install(|| rt.model.logits(&hidden));
+    let logits = rt.pool.install(|| rt.model.logits(&hidden)).unwrap();
     logits.chunks_exact(rt.model.cfg.n_vocab).map(<[f32]>::to_vec).collect()
 }
 
@@ -166,7 +166,7 @@ fn smollm2_batched_prefill_equals_token_by_token() {
     let mut cache = rt.model.new_cache(64).unwrap();
     for (i, &id) in ids.iter().enumerate() {
         let hidden = rt.pool.install(|| rt.model.forward(&[id], &mut cache)).unwrap();
-        let one = rt.pool.install(|| rt.model.logits(&hidden));
+        let one = rt.pool.install(|| rt.model.logits(&hidden)).unwrap();
         let max_diff = one.iter().zip(&batched[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(max_diff < 1e-3, "position {i}: batched and incremental logits differ by {max_diff}");
     }

@@ -41,7 +41,7 @@ fn log_softmax_rows(rt: &Runtime, tokens: &[u32]) -> Vec<Vec<f64>> {
     let e = rt.model.cfg.n_embd;
     (0..tokens.len())
         .map(|j| {
-            let logits = rt.pool.install(|| rt.model.logits(&hidden[j * e..(j + 1) * e]));
+            let logits = rt.pool.install(|| rt.model.logits(&hidden[j * e..(j + 1) * e])).unwrap();
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
             logits.iter().map(|&l| l as f64 - lse).collect()
@@ -117,7 +117,7 @@ fn sampled_targets_are_an_unbiased_estimate_of_real_teacher_distributions() {
         v
     };
     for &j in [by_entropy[0], *by_entropy.last().unwrap()].iter() {
-        let logits = rt.pool.install(|| rt.model.logits(&hidden[j * e..(j + 1) * e]));
+        let logits = rt.pool.install(|| rt.model.logits(&hidden[j * e..(j + 1) * e])).unwrap();
         let p: Vec<f64> = rows[j].iter().map(|l| l.exp()).collect();
         // Write the draws through the file format and average what comes back.
         let out = dir.join(format!("s{j}.ptt"));

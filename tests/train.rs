@@ -221,7 +221,7 @@ fn adapters_round_trip_and_apply_at_inference_as_in_training() {
     let train_logits =
         rt.pool.install(|| student.run(&mut lora, &tokens, &[6], false, |_, l, _| l.to_vec())).unwrap().remove(0);
     let base_logits = infer_last(&rt, &tokens);
-    rt.model.add_adapter(back, 1.0);
+    rt.model.add_adapter(back, 1.0).unwrap();
     let adapted = infer_last(&rt, &tokens);
     let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let change = diff(&adapted, &base_logits);
@@ -249,7 +249,7 @@ fn merged_weights_equal_the_adapter_applied_at_inference() {
             }
         }
         let base = infer_last(&rt, &tokens);
-        rt.model.add_adapter(lora.to_adapter(), 0.5);
+        rt.model.add_adapter(lora.to_adapter(), 0.5).unwrap();
         let adapted = infer_last(&rt, &tokens);
         let merged_path = dir.join("merged.gguf");
         pupil::model::lora::merge(&rt.file, &cfg, rt.model.adapters(), None).unwrap().write(&merged_path).unwrap();
@@ -269,7 +269,7 @@ fn infer_last(rt: &Runtime, tokens: &[u32]) -> Vec<f32> {
     let mut cache = rt.model.new_cache(tokens.len()).unwrap();
     let hidden = rt.pool.install(|| rt.model.forward(tokens, &mut cache)).unwrap();
     let e = rt.model.cfg.n_embd;
-    rt.pool.install(|| rt.model.logits(&hidden[hidden.len() - e..]))
+    rt.pool.install(|| rt.model.logits(&hidden[hidden.len() - e..])).unwrap()
 }
 
 #[test]

@@ -94,7 +94,7 @@ pub fn perplexity(
         // Position j predicts token j + 1; score j in [first, n_ctx - 1).
         for start in (first..n_ctx - 1).step_by(LOGIT_ROWS) {
             let end = (start + LOGIT_ROWS).min(n_ctx - 1);
-            let logits = rt.pool.install(|| model.logits(&hidden[start * e..end * e]));
+            let logits = rt.pool.install(|| model.logits(&hidden[start * e..end * e]))?;
             for (row, j) in logits.chunks_exact(n_vocab).zip(start..end) {
                 let target = tokens[c * n_ctx + j + 1];
                 let nll = log_sum_exp(row, 1.0) - row[target as usize] as f64;
@@ -179,8 +179,8 @@ pub fn kl_divergence(
         let (em, er) = (model.model.cfg.n_embd, reference.model.cfg.n_embd);
         for start in (first..n_ctx - 1).step_by(LOGIT_ROWS) {
             let end = (start + LOGIT_ROWS).min(n_ctx - 1);
-            let lm = model.pool.install(|| model.model.logits(&hm[start * em..end * em]));
-            let lr = reference.pool.install(|| reference.model.logits(&hr[start * er..end * er]));
+            let lm = model.pool.install(|| model.model.logits(&hm[start * em..end * em]))?;
+            let lr = reference.pool.install(|| reference.model.logits(&hr[start * er..end * er]))?;
             for (rm, rr) in lm.chunks_exact(n_vocab).zip(lr.chunks_exact(n_vocab)) {
                 let kl = full_kl(rr, rm).max(0.0);
                 sum += kl;

@@ -54,7 +54,11 @@ pub fn parse_line(line: &str) -> Result<ResultLine, String> {
         peak_anon: u("peak_anon_bytes"),
         bits_per_byte: f("bits_per_byte"),
         ppl: f("ppl"),
-        device: format!("{} ({}, {})", ds("cpu"), ds("arch"), ds("os")),
+        // A GPU row is that GPU's result, whatever host drove it.
+        device: match s("gpu") {
+            Some(gpu) => gpu,
+            None => format!("{} ({}, {})", ds("cpu"), ds("arch"), ds("os")),
+        },
     })
 }
 
@@ -101,17 +105,14 @@ pub fn markdown(results: &[ResultLine]) -> String {
 pub fn chart(results: &[ResultLine], test: &str) -> String {
     let rows: Vec<&ResultLine> = results.iter().filter(|r| r.test == test).collect();
     let models = unique(rows.iter().map(|r| r.model.clone()));
-    let devices = unique(rows.iter().map(|r| format!("{} · {}t", r.device, r.threads)));
+    let label = |r: &ResultLine| format!("{} · {} · {}t", r.device, r.backend, r.threads);
+    let devices = unique(rows.iter().map(|r| label(r)));
     let groups: Vec<(String, Vec<f64>)> = models
         .iter()
         .map(|m| {
             let vals = devices
                 .iter()
-                .map(|d| {
-                    rows.iter()
-                        .find(|r| &r.model == m && &format!("{} · {}t", r.device, r.threads) == d)
-                        .map_or(0.0, |r| r.median_ts)
-                })
+                .map(|d| rows.iter().find(|r| &r.model == m && &label(r) == d).map_or(0.0, |r| r.median_ts))
                 .collect();
             (m.clone(), vals)
         })
@@ -166,5 +167,17 @@ mod tests {
             .contains("schema 7"));
         assert!(parse_line("{\"test\": \"tg128\"}").unwrap_err().contains("no `schema`"));
         assert!(parse_line("garbage").unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn a_gpu_row_is_labelled_by_its_gpu_and_backend() {
+        let gpu = line("llama 135M Q4_1", "tg128", "Xeon", 300.0)
+            .replace("\"backend\":\"CPU\"", "\"backend\":\"CUDA\",\"gpu\":\"NVIDIA H200\"");
+        let rs: Vec<ResultLine> =
+            [gpu, line("llama 135M Q4_1", "tg128", "Xeon", 190.0)].iter().map(|l| parse_line(l).unwrap()).collect();
+        assert_eq!(rs[0].device, "NVIDIA H200");
+        assert_eq!(rs[0].backend, "CUDA");
+        let svg = chart(&rs, "tg128");
+        assert!(svg.contains("NVIDIA H200 · CUDA · 2t") && svg.contains("Xeon (x86_64, linux) · CPU · 2t"), "{svg}");
     }
 }

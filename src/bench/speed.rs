@@ -99,11 +99,11 @@ pub fn run(rt: &Runtime, test: SpeedTest, repetitions: usize, seed: u64) -> Resu
         rt.pool.install(|| -> Result<(), GenerationError> {
             if !prompt.is_empty() {
                 let h = model.forward(&prompt, cache)?;
-                std::hint::black_box(model.logits(&h[h.len() - e..]));
+                std::hint::black_box(model.logits(&h[h.len() - e..])?);
             }
             for &id in &steps {
                 let h = model.forward(&[id], cache)?;
-                std::hint::black_box(model.logits(&h));
+                std::hint::black_box(model.logits(&h)?);
             }
             Ok(())
         })?;
@@ -118,13 +118,14 @@ pub fn run(rt: &Runtime, test: SpeedTest, repetitions: usize, seed: u64) -> Resu
 pub fn load_to_first_token(
     path: &std::path::Path,
     threads: usize,
+    device: crate::model::Device,
 ) -> Result<(f64, Runtime), crate::generate::LoadError> {
     let start = Instant::now();
-    let rt = Runtime::load_path(path, threads)?;
+    let rt = Runtime::load_path_on(path, threads, device)?;
     let first = rt.tokenizer.bos().unwrap_or(0);
     let mut cache = rt.model.new_cache(8).map_err(crate::generate::LoadError::Model)?;
     let h = rt.pool.install(|| rt.model.forward(&[first], &mut cache)).map_err(crate::generate::LoadError::Model)?;
-    let logits = rt.pool.install(|| rt.model.logits(&h));
+    let logits = rt.pool.install(|| rt.model.logits(&h)).map_err(crate::generate::LoadError::Model)?;
     std::hint::black_box(crate::generate::sampler::argmax(&logits));
     Ok((start.elapsed().as_secs_f64() * 1000.0, rt))
 }

@@ -63,7 +63,10 @@ struct Row {
     size_bytes: u64,
     n_params: u64,
     quant_mix: String,
+    /// `CPU`, `CUDA` or `Metal`: the backend that ran the forward pass.
     backend: &'static str,
+    /// The GPU's name when the backend is one (`NVIDIA H200`).
+    gpu: Option<String>,
     threads: usize,
     test: String,
     n_prompt: usize,
@@ -83,8 +86,9 @@ struct Row {
     device: DeviceInfo,
 }
 
-pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+pub fn bench(a: BenchArgs, request: crate::model::DeviceRequest) -> anyhow::Result<()> {
     let device = DeviceInfo::detect();
+    let on = request.resolve()?;
     let thread_counts: Vec<usize> = if a.threads.is_empty() {
         vec![device.cores]
     } else {
@@ -105,7 +109,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         let mut quality = None;
         for &threads in &thread_counts {
             reset_peak();
-            let (load_ms, rt) = speed::load_to_first_token(&path, threads)?;
+            let (load_ms, rt) = speed::load_to_first_token(&path, threads, on)?;
             let mut peak_anon = memory_status().map_or(0, |m| m.rss_anon);
             let desc = describe(&rt);
             if let (Some(text), None) = (&quality_text, &quality) {
@@ -128,7 +132,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                     size_bytes: desc.size,
                     n_params: desc.params,
                     quant_mix: desc.quant_mix.clone(),
-                    backend: "CPU",
+                    backend: backend_name(on),
+                    gpu: rt.model.gpu_name().map(str::to_string),
                     threads,
                     test: test.name(),
                     n_prompt: test.n_prompt,
@@ -269,4 +274,13 @@ fn print_rows(rows: &[Row], format: Format, device: &DeviceInfo) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+fn backend_name(device: crate::model::Device) -> &'static str {
+    match device {
+        crate::model::Device::Cpu => "CPU",
+        crate::model::Device::Cuda(_) => "CUDA",
+        crate::model::Device::Metal(_) => "Metal",
+        crate::model::Device::CandleCpu => "candle-CPU",
+    }
 }

@@ -8,7 +8,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ModelArg;
 use crate::bench::memory::{memory_status, mib};
-use crate::generate::Runtime;
 use crate::model::Target;
 use crate::svg::{line_chart, Series};
 use crate::targets::TargetFile;
@@ -87,7 +86,7 @@ pub struct DistillArgs {
     pub recompute: bool,
 }
 
-pub fn distill(a: DistillArgs, threads: usize) -> anyhow::Result<()> {
+pub fn distill(a: DistillArgs, exec: super::Exec) -> anyhow::Result<()> {
     anyhow::ensure!(a.temperature > 0.0, "--temperature must be > 0");
     anyhow::ensure!((0.0..=1.0).contains(&a.hard_weight), "--hard-weight must be in [0, 1]");
     anyhow::ensure!(a.lr > 0.0 && a.lr.is_finite(), "--lr must be > 0");
@@ -116,7 +115,7 @@ pub fn distill(a: DistillArgs, threads: usize) -> anyhow::Result<()> {
         Some(p) => Some(TargetFile::open(p).with_context(|| format!("opening {}", p.display()))?),
         None => None,
     };
-    let rt = Runtime::load(&a.model.model, threads, true)?;
+    let rt = exec.load(&a.model.model)?;
     let checkpoint = checkpoint_path(&a.output);
     if !a.resume && checkpoint.exists() {
         anyhow::bail!(

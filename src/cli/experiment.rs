@@ -6,7 +6,6 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::{AdapterArgs, ModelArg};
-use crate::generate::Runtime;
 use crate::svg::{line_chart, Series};
 use crate::targets::make::prompt_lines;
 use crate::targets::TargetFile;
@@ -62,9 +61,9 @@ pub struct BakingArgs {
     pub json: bool,
 }
 
-pub fn run(cmd: ExperimentCommand, threads: usize) -> anyhow::Result<()> {
+pub fn run(cmd: ExperimentCommand, exec: super::Exec) -> anyhow::Result<()> {
     match cmd {
-        ExperimentCommand::Baking(a) => baking(a, threads),
+        ExperimentCommand::Baking(a) => baking(a, exec),
         ExperimentCommand::Curves(a) => curves(a),
     }
 }
@@ -86,12 +85,12 @@ fn curves(a: CurvesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn baking(a: BakingArgs, threads: usize) -> anyhow::Result<()> {
+fn baking(a: BakingArgs, exec: super::Exec) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.prompts).with_context(|| format!("reading {}", a.prompts.display()))?;
     let prompts = prompt_lines(&text, Some(&a.split))?;
     let held = TargetFile::open(&a.held).with_context(|| format!("opening {}", a.held.display()))?;
-    let teacher = Runtime::load(&a.model.model, threads, true)?;
-    let student = a.adapters.load(&a.model.model, threads)?;
+    let teacher = exec.load(&a.model.model)?;
+    let student = a.adapters.load(&a.model.model, exec)?;
     let r = evaluate_baking(&teacher, &student, &held, &prompts, &a.teacher_system, a.max_tokens, &a.prefix)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);

@@ -8,7 +8,6 @@ use clap::Args;
 use super::ModelArg;
 use crate::bench::perplexity as score;
 use crate::bench::quality::kl_divergence;
-use crate::generate::Runtime;
 
 #[derive(Args, Debug)]
 pub struct PerplexityArgs {
@@ -33,9 +32,9 @@ pub struct PerplexityArgs {
     pub json: bool,
 }
 
-pub fn perplexity(a: PerplexityArgs, threads: usize) -> anyhow::Result<()> {
+pub fn perplexity(a: PerplexityArgs, exec: super::Exec) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-    let rt = Runtime::load(&a.model.model, threads, true)?;
+    let rt = exec.load(&a.model.model)?;
     let r = score(&rt, &text, a.ctx_size, a.chunks, |done, total, ppl| {
         eprint!("\rpupil: chunk {done}/{total}, running PPL {ppl:.4}");
         let _ = std::io::stderr().flush();
@@ -47,7 +46,7 @@ pub fn perplexity(a: PerplexityArgs, threads: usize) -> anyhow::Result<()> {
     println!("{} chunks of {} tokens, {} tokens scored ({} bytes)", r.chunks, r.n_ctx, r.scored_tokens, r.scored_bytes);
     println!("PPL = {:.4} ± {:.4}, bits/byte = {:.4}", r.ppl, r.ppl_err, r.bits_per_byte);
     if let Some(reference) = &a.kl_reference {
-        let reference = Runtime::load(reference, threads, true)?;
+        let reference = exec.load(reference)?;
         let k = kl_divergence(&rt, &reference, &text, a.ctx_size, a.chunks, |done, total, kld| {
             eprint!("\rpupil: KL chunk {done}/{total}, running mean KLD {kld:.6}");
             let _ = std::io::stderr().flush();

@@ -13,7 +13,27 @@ mod targets;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::generate::{Rng, SamplerConfig};
+use crate::generate::{Rng, Runtime, SamplerConfig};
+use crate::model::{Device, DeviceRequest};
+
+/// Where and how wide a command runs the model: the global `--threads` and `--device`.
+#[derive(Debug, Clone, Copy)]
+pub struct Exec {
+    pub threads: usize,
+    pub device: DeviceRequest,
+}
+
+impl Exec {
+    /// The device asked for, checked against this build (`auto` probes for a GPU).
+    pub fn device(&self) -> anyhow::Result<Device> {
+        Ok(self.device.resolve()?)
+    }
+
+    /// Loads `model` (a path or catalog name, pulled if missing) on the chosen device.
+    pub fn load(&self, model: &str) -> anyhow::Result<Runtime> {
+        Ok(Runtime::load_on(model, self.threads, self.device()?, true)?)
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "pupil", version, about = "Run, chat with and measure small quantized GGUF language models.")]
@@ -21,6 +41,10 @@ pub struct Cli {
     /// Worker threads (0: one per core).
     #[arg(short = 't', long, global = true, default_value_t = 0)]
     pub threads: usize,
+    /// Where the model runs: auto (a GPU if this build and machine have one, else the
+    /// CPU), cpu, cuda[:N] or metal[:N]. GPUs need a build with `--features cuda|metal`.
+    #[arg(long, global = true, default_value = "auto", env = "PUPIL_DEVICE")]
+    pub device: DeviceRequest,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -81,12 +105,12 @@ pub struct AdapterArgs {
 
 impl AdapterArgs {
     /// Loads the model with the adapters applied.
-    pub fn load(&self, model: &str, threads: usize) -> anyhow::Result<crate::generate::Runtime> {
+    pub fn load(&self, model: &str, exec: Exec) -> anyhow::Result<Runtime> {
         anyhow::ensure!(self.lora_scale.len() <= self.lora.len(), "more --lora-scale values than --lora adapters");
-        let mut rt = crate::generate::Runtime::load(model, threads, true)?;
+        let mut rt = exec.load(model)?;
         for (i, path) in self.lora.iter().enumerate() {
             let adapter = crate::model::Adapter::load(path, &rt.model.cfg)?;
-            rt.model.add_adapter(adapter, self.lora_scale.get(i).copied().unwrap_or(1.0));
+            rt.model.add_adapter(adapter, self.lora_scale.get(i).copied().unwrap_or(1.0))?;
         }
         Ok(rt)
     }
@@ -144,18 +168,19 @@ impl SamplingArgs {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let threads = cli.threads;
+    let exec = Exec { threads, device: cli.device };
     match cli.command {
         Command::Pull(a) => run::pull(a),
         Command::List => run::list(),
         Command::Inspect(a) => run::inspect(a),
         Command::Tokenize(a) => run::tokenize(a, threads),
-        Command::Complete(a) => run::complete(a, threads),
-        Command::Chat(a) => run::chat(a, threads),
-        Command::Perplexity(a) => measure::perplexity(a, threads),
-        Command::Bench(a) => bench::bench(a),
-        Command::Targets(c) => targets::run(c, threads),
-        Command::Distill(a) => distill::distill(a, threads),
-        Command::Experiment(c) => experiment::run(c, threads),
+        Command::Complete(a) => run::complete(a, exec),
+        Command::Chat(a) => run::chat(a, exec),
+        Command::Perplexity(a) => measure::perplexity(a, exec),
+        Command::Bench(a) => bench::bench(a, cli.device),
+        Command::Targets(c) => targets::run(c, exec),
+        Command::Distill(a) => distill::distill(a, exec),
+        Command::Experiment(c) => experiment::run(c, exec),
         Command::Synth(a) => synth::synth(a),
         Command::Report(a) => report::report(a),
         Command::Merge(a) => merge::merge(a),

@@ -189,14 +189,14 @@ pub struct CompleteArgs {
     pub prompt: Option<String>,
 }
 
-pub fn complete(a: CompleteArgs, threads: usize) -> anyhow::Result<()> {
+pub fn complete(a: CompleteArgs, exec: super::Exec) -> anyhow::Result<()> {
     let prompt = match (&a.prompt, &a.file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
         (None, None) => unreachable!("clap requires one"),
     };
     let mut sampler = Sampler::new(a.sampling.sampler_config()?);
-    let rt = a.adapters.load(&a.model.model, threads)?;
+    let rt = a.adapters.load(&a.model.model, exec)?;
     if a.verbose {
         report_load(&rt);
     }
@@ -292,9 +292,9 @@ pub struct ChatArgs {
     pub system: Option<String>,
 }
 
-pub fn chat(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
+pub fn chat(a: ChatArgs, exec: super::Exec) -> anyhow::Result<()> {
     let mut sampler = Sampler::new(a.sampling.sampler_config()?);
-    let rt = a.adapters.load(&a.model.model, threads)?;
+    let rt = a.adapters.load(&a.model.model, exec)?;
     let mut session = Session::new(&rt, a.sampling.ctx_size)?;
     let interactive = std::io::stdin().is_terminal();
     let system: Vec<Message> = a.system.iter().map(|s| Message::new("system", s.clone())).collect();

@@ -112,9 +112,9 @@ pub struct InspectArgs {
     pub model: Option<String>,
 }
 
-pub fn run(cmd: TargetsCommand, threads: usize) -> anyhow::Result<()> {
+pub fn run(cmd: TargetsCommand, exec: super::Exec) -> anyhow::Result<()> {
     match cmd {
-        TargetsCommand::Make(a) => make(a, threads),
+        TargetsCommand::Make(a) => make(a, exec),
         TargetsCommand::Import(a) => import(a),
         TargetsCommand::Inspect(a) => inspect(a, true),
         TargetsCommand::Verify(a) => inspect(a, false),
@@ -171,7 +171,7 @@ fn report_done(out: &Path, totals: Totals, entry_bytes: usize) -> anyhow::Result
     Ok(())
 }
 
-pub fn make(a: MakeArgs, threads: usize) -> anyhow::Result<()> {
+pub fn make(a: MakeArgs, exec: super::Exec) -> anyhow::Result<()> {
     anyhow::ensure!(a.temperature > 0.0 && a.temperature.is_finite(), "--temperature must be > 0");
     let encoding = match (a.k, a.samples) {
         (_, Some(s)) => Encoding::Sampled { samples: s },
@@ -189,7 +189,7 @@ pub fn make(a: MakeArgs, threads: usize) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
     let (input_sha, _) = sha256_file(input).with_context(|| format!("hashing {}", input.display()))?;
 
-    let rt = Runtime::load(&a.teacher, threads, true)?;
+    let rt = exec.load(&a.teacher)?;
     let (teacher_sha, _) = sha256_file(rt.file.path()).context("hashing the teacher")?;
     let opts = MakeOptions {
         encoding,

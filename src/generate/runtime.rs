@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::catalog::CatalogError;
 use crate::gguf::{GgufError, GgufFile};
-use crate::model::{Model, ModelError};
+use crate::model::{Device, Model, ModelError};
 use crate::tokenizer::{ChatTemplate, TemplateError, Tokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,14 +38,25 @@ impl Runtime {
     /// Loads `model` (a GGUF path or a catalog name, pulled if missing) with `threads`
     /// workers (0: one per core).
     pub fn load(model: &str, threads: usize, progress: bool) -> Result<Self, LoadError> {
+        Self::load_on(model, threads, Device::Cpu, progress)
+    }
+
+    /// [`Runtime::load`] on `device`.
+    pub fn load_on(model: &str, threads: usize, device: Device, progress: bool) -> Result<Self, LoadError> {
+        // Refuse a backend this build lacks before any download.
+        device.check_built().map_err(ModelError::from)?;
         let path = crate::catalog::resolve(model, progress)?;
-        Self::load_path(&path, threads)
+        Self::load_path_on(&path, threads, device)
     }
 
     pub fn load_path(path: &Path, threads: usize) -> Result<Self, LoadError> {
+        Self::load_path_on(path, threads, Device::Cpu)
+    }
+
+    pub fn load_path_on(path: &Path, threads: usize, device: Device) -> Result<Self, LoadError> {
         let start = Instant::now();
         let file = GgufFile::open(path)?;
-        let model = Model::load(&file)?;
+        let model = Model::load_on(&file, device)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         if tokenizer.n_vocab() != model.cfg.n_vocab {
             return Err(LoadError::VocabMismatch { tokenizer: tokenizer.n_vocab(), model: model.cfg.n_vocab });

@@ -141,7 +141,7 @@ impl<'r> Session<'r> {
         let hidden = self.rt.pool.install(|| model.forward(tokens, cache))?;
         self.cached.extend_from_slice(tokens);
         let last = &hidden[hidden.len() - model.cfg.n_embd..];
-        Ok(self.rt.pool.install(|| model.logits(last)))
+        Ok(self.rt.pool.install(|| model.logits(last))?)
     }
 
     /// Continues `prompt` for at most `max_tokens` tokens, calling `on_text` with each

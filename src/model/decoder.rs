@@ -8,13 +8,14 @@
 //! already include Gemma's `1 +` (the converter adds it). Tensor names are llama.cpp's.
 
 use super::config::GEMMA3_SWA_ROPE_BASE;
+use super::device::Device;
 use super::{Adapter, Config, Family, KvCache, ModelError, RopeScaling, Target};
 use crate::gguf::GgufFile;
 use crate::kernels::dot::{attend, dot};
 use crate::kernels::{self, matmul, matmul_many, QMatrix};
 
 /// One transformer layer's weights.
-pub(crate) struct Block {
+pub struct Block {
     pub attn_norm: Vec<f32>,
     pub attn_q: QMatrix,
     pub attn_k: QMatrix,
@@ -41,6 +42,14 @@ impl Block {
             Target::Down => &self.ffn_down,
         }
     }
+
+    /// Gemma 3's Q norm, K norm, post-attention norm and post-MLP norm.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn gemma_norms(&self) -> Option<[&[f32]; 4]> {
+        self.extra
+            .as_ref()
+            .map(|g| [&g.attn_q_norm[..], &g.attn_k_norm[..], &g.post_attention_norm[..], &g.post_ffw_norm[..]])
+    }
 }
 
 struct GemmaNorms {
@@ -66,6 +75,9 @@ pub struct Model {
     inv_freq_swa: Vec<f64>,
     /// LoRA adapters applied on top of the frozen weights, each with its user scale.
     adapters: Vec<(Adapter, f32)>,
+    /// The same weights uploaded to a GPU, which then runs the forward pass.
+    #[cfg(feature = "gpu")]
+    gpu: Option<super::gpu::GpuModel>,
 }
 
 fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<QMatrix, ModelError> {
@@ -166,13 +178,71 @@ impl Model {
             Family::Llama => inv_freq.clone(),
         };
         let output_norm = vector(file, "output_norm.weight", e)?;
-        Ok(Self { cfg, token_embd, output_norm, output, blocks, inv_freq, inv_freq_swa, adapters: Vec::new() })
+        Ok(Self {
+            cfg,
+            token_embd,
+            output_norm,
+            output,
+            blocks,
+            inv_freq,
+            inv_freq_swa,
+            adapters: Vec::new(),
+            #[cfg(feature = "gpu")]
+            gpu: None,
+        })
+    }
+
+    /// [`Model::load`], then runs on `device`: for a GPU the weights are uploaded once from
+    /// the map and every later forward pass runs there.
+    pub fn load_on(file: &GgufFile, device: Device) -> Result<Self, ModelError> {
+        device.check_built()?;
+        #[allow(unused_mut)]
+        let mut model = Self::load(file)?;
+        #[cfg(feature = "gpu")]
+        if !device.is_cpu() {
+            model.gpu = Some(super::gpu::GpuModel::load(&model, device)?);
+        }
+        Ok(model)
+    }
+
+    /// Where the forward pass runs.
+    pub fn device(&self) -> Device {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return g.device();
+        }
+        Device::Cpu
+    }
+
+    /// Each layer's weights.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// The GPU's name (`NVIDIA H200`), or `None` on the CPU.
+    pub fn gpu_name(&self) -> Option<&str> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return Some(g.name());
+        }
+        None
+    }
+
+    /// The GPU copy of the weights, when the model runs on one.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn gpu(&self) -> Option<&super::gpu::GpuModel> {
+        self.gpu.as_ref()
     }
 
     /// Applies `adapter` (already checked against this model's shapes by
     /// [`Adapter::load`]) on top of the frozen weights, its update scaled by `scale`.
-    pub fn add_adapter(&mut self, adapter: Adapter, scale: f32) {
+    pub fn add_adapter(&mut self, adapter: Adapter, scale: f32) -> Result<(), ModelError> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &mut self.gpu {
+            g.add_adapter(&adapter, adapter.scale() * scale)?;
+        }
         self.adapters.push((adapter, scale));
+        Ok(())
     }
 
     /// The adapters applied, with their user scales.
@@ -187,9 +257,21 @@ impl Model {
         }
     }
 
-    /// A KV cache for `n_ctx` positions (clamped to the trained context).
+    /// A KV cache for `n_ctx` positions (clamped to the trained context), on the model's
+    /// device.
     pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache, ModelError> {
-        KvCache::new(&self.cfg, n_ctx.clamp(1, self.cfg.n_ctx_train)).map_err(ModelError::KvCache)
+        let n_ctx = n_ctx.clamp(1, self.cfg.n_ctx_train);
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return Ok(KvCache::on_device(&self.cfg, n_ctx, g.new_cache(&self.cfg, n_ctx)?));
+        }
+        KvCache::new(&self.cfg, n_ctx).map_err(ModelError::KvCache)
+    }
+
+    /// Inverse RoPE frequencies of sliding-window layers.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn inv_freq_swa(&self) -> &[f64] {
+        &self.inv_freq_swa
     }
 
     /// Runs `tokens` at the next positions of `cache` and returns the final (normed)
@@ -205,14 +287,20 @@ impl Model {
         if pos0 + n > cache.n_ctx() {
             return Err(ModelError::ContextFull { needed: pos0 + n, n_ctx: cache.n_ctx() });
         }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.n_vocab) {
+            return Err(ModelError::TokenOutOfRange { id, n_vocab: cfg.n_vocab });
+        }
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            let hidden = g.forward(self, tokens, cache.device_mut()?, pos0)?;
+            cache.advance(n);
+            return Ok(hidden);
+        }
         let (e, d, nh, nkv) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let (q_dim, kv_dim) = (nh * d, nkv * d);
 
         let mut x = vec![0f32; n * e];
         for (row, &id) in x.chunks_exact_mut(e).zip(tokens) {
-            if id as usize >= cfg.n_vocab {
-                return Err(ModelError::TokenOutOfRange { id, n_vocab: cfg.n_vocab });
-            }
             self.token_embd.dequantize_row(id as usize, row);
         }
         if cfg.family == Family::Gemma3 {
@@ -282,11 +370,15 @@ impl Model {
     }
 
     /// Logits (`rows × n_vocab`) for `rows` hidden states returned by [`Model::forward`].
-    pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
+    pub fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>, ModelError> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return Ok(g.logits(hidden, self.cfg.n_embd)?);
+        }
         let rows = hidden.len() / self.cfg.n_embd;
         let mut out = vec![0f32; rows * self.cfg.n_vocab];
         matmul(&self.output, hidden, rows, &mut out);
-        out
+        Ok(out)
     }
 
     /// Total bytes of the weights this model reads, by how they are stored.

@@ -38,6 +38,9 @@ pub struct KvCache {
     len: usize,
     k: Vec<LazyBuffer>,
     v: Vec<LazyBuffer>,
+    /// The cache of a model that runs on a GPU (the host buffers are then empty).
+    #[cfg(feature = "gpu")]
+    device: Option<super::gpu::DeviceKv>,
 }
 
 impl KvCache {
@@ -45,9 +48,38 @@ impl KvCache {
     pub fn new(cfg: &Config, n_ctx: usize) -> std::io::Result<Self> {
         let kv_dim = cfg.kv_dim();
         let layers = || (0..cfg.n_layer).map(|_| LazyBuffer::new(n_ctx * kv_dim)).collect::<std::io::Result<Vec<_>>>();
-        Ok(Self { n_ctx, kv_dim, len: 0, k: layers()?, v: layers()? })
+        Ok(Self {
+            n_ctx,
+            kv_dim,
+            len: 0,
+            k: layers()?,
+            v: layers()?,
+            #[cfg(feature = "gpu")]
+            device: None,
+        })
     }
 
+    /// A cache whose keys and values live in device memory.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn on_device(cfg: &Config, n_ctx: usize, kv: super::gpu::DeviceKv) -> Self {
+        let n_layer = cfg.n_layer;
+        Self {
+            n_ctx,
+            kv_dim: cfg.kv_dim(),
+            len: 0,
+            k: (0..n_layer).map(|_| LazyBuffer { map: None, len: 0 }).collect(),
+            v: (0..n_layer).map(|_| LazyBuffer { map: None, len: 0 }).collect(),
+            device: Some(kv),
+        }
+    }
+
+    /// The device half of a GPU model's cache; an error for a host cache.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn device_mut(&mut self) -> Result<&mut super::gpu::DeviceKv, super::ModelError> {
+        self.device.as_mut().ok_or_else(|| {
+            super::ModelError::BadConfig("this KV cache was made for the CPU, the model runs on a GPU".into())
+        })
+    }
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
     }

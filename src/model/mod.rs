@@ -6,11 +6,15 @@
 
 pub mod config;
 pub mod decoder;
+pub mod device;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod kv_cache;
 pub mod lora;
 
 pub use config::{Config, Family, RopeScaling};
 pub use decoder::Model;
+pub use device::{Device, DeviceError, DeviceRequest};
 pub use kv_cache::KvCache;
 pub use lora::{Adapter, LoraPair, Target};
 
@@ -36,6 +40,8 @@ pub enum ModelError {
     KvCache(std::io::Error),
     #[error("adapter {path}: {what}")]
     BadAdapter { path: String, what: String },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("context is full: {needed} positions needed, the context holds {n_ctx} (raise --ctx-size)")]
     ContextFull { needed: usize, n_ctx: usize },
 }

@@ -243,7 +243,7 @@ pub fn logits_at(rt: &Runtime, tokens: &[u32], positions: std::ops::Range<usize>
     let mut out = Vec::with_capacity(positions.len() * model.cfg.n_vocab);
     for start in positions.clone().step_by(LOGIT_ROWS) {
         let end = (start + LOGIT_ROWS).min(positions.end);
-        out.extend(rt.pool.install(|| model.logits(&hidden[start * e..end * e])));
+        out.extend(rt.pool.install(|| model.logits(&hidden[start * e..end * e])).map_err(gen_err)?);
     }
     Ok(out)
 }

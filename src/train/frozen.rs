@@ -6,11 +6,68 @@
 //! matrix: memory stays a few hundred KiB per thread) and multiplies it right away. The
 //! backward pass sums per-band partial products in band order, so results do not depend
 //! on the thread count or scheduling: a resumed run repeats an uninterrupted one exactly.
+//!
+//! For a model loaded on a GPU, [`Frozen`] runs the same products there instead: the
+//! device copy of `W` is dequantized per product and multiplied in f32 (cuBLAS), which is
+//! where nearly all of a training step's arithmetic is.
 
-use super::SharedMut;
+use super::{SharedMut, TrainError};
 use crate::kernels::gemm::{gemm_nn, gemm_nt, Mat};
 use crate::kernels::QMatrix;
+use crate::model::Model;
 use crate::threads::for_each_mut;
+
+/// Where the products with frozen weights run: the CPU bands below, or the GPU copy of a
+/// model loaded on a device.
+#[derive(Clone, Copy)]
+pub struct Frozen<'m> {
+    #[cfg(feature = "gpu")]
+    gpu: Option<&'m crate::model::gpu::GpuModel>,
+    #[cfg(not(feature = "gpu"))]
+    model: std::marker::PhantomData<&'m Model>,
+}
+
+impl<'m> Frozen<'m> {
+    /// The products of `model`'s weights, on the device the model runs on.
+    pub fn of(#[allow(unused_variables)] model: &'m Model) -> Self {
+        Self {
+            #[cfg(feature = "gpu")]
+            gpu: model.gpu(),
+            #[cfg(not(feature = "gpu"))]
+            model: std::marker::PhantomData,
+        }
+    }
+
+    /// Products on the CPU, whatever the model.
+    pub fn cpu() -> Self {
+        Self {
+            #[cfg(feature = "gpu")]
+            gpu: None,
+            #[cfg(not(feature = "gpu"))]
+            model: std::marker::PhantomData,
+        }
+    }
+
+    /// [`forward`] on this device.
+    pub fn forward(&self, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), TrainError> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = self.gpu {
+            return Ok(g.frozen_forward(w, x, n, y)?);
+        }
+        forward(w, x, n, y);
+        Ok(())
+    }
+
+    /// [`backward`] on this device.
+    pub fn backward(&self, w: &QMatrix, dy: &[f32], n: usize, dx: &mut [f32]) -> Result<(), TrainError> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = self.gpu {
+            return Ok(g.frozen_backward(w, dy, n, dx)?);
+        }
+        backward(w, dy, n, dx);
+        Ok(())
+    }
+}
 
 /// Rows of `W` per band: a band of 1,536-wide rows dequantized is 384 KiB.
 const BAND: usize = 64;

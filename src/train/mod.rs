@@ -22,6 +22,8 @@ pub enum TrainError {
     Unsupported(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Device(#[from] crate::model::DeviceError),
 }
 
 /// A buffer parallel tasks write disjoint parts of.

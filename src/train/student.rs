@@ -6,7 +6,7 @@
 //! Only the adapters train: the quantized weights stay in the memory map and are
 //! dequantized a band at a time inside each product (`frozen`).
 
-use super::frozen;
+use super::frozen::Frozen;
 use super::{par_gemm, SharedMut, TrainError};
 use crate::kernels::dot::{attend, dot};
 use crate::kernels::gemm::{transpose, Mat};
@@ -135,6 +135,8 @@ struct LayerActs {
 /// The frozen base model seen as a trainable student.
 pub struct Student<'m> {
     model: &'m Model,
+    /// Products with the frozen weights, on the model's device.
+    frozen: Frozen<'m>,
     /// Keep only each layer's input and recompute its activations in the backward pass:
     /// about one layer's activations in memory instead of all, for ~1/3 more compute.
     /// Default false.
@@ -149,7 +151,7 @@ impl<'m> Student<'m> {
                 model.cfg.architecture
             )));
         }
-        Ok(Self { model, recompute: false })
+        Ok(Self { model, frozen: Frozen::of(model), recompute: false })
     }
 
     pub fn cfg(&self) -> &Config {
@@ -192,7 +194,7 @@ impl<'m> Student<'m> {
         // input does, and the backward pass runs the layer again just before its backward.
         let mut acts: Vec<LayerActs> = Vec::with_capacity(cfg.n_layer);
         for layer in 0..cfg.n_layer {
-            let mut a = self.layer_forward(lora, layer, x, &cos, &sin);
+            let mut a = self.layer_forward(lora, layer, x, &cos, &sin)?;
             x = std::mem::take(&mut a.x_out);
             acts.push(if self.recompute { LayerActs { x: a.x, ..Default::default() } } else { a });
         }
@@ -206,7 +208,7 @@ impl<'m> Student<'m> {
             r.copy_from_slice(&xnf[p * e..(p + 1) * e]);
         }
         let mut logits = vec![0f32; positions.len() * n_vocab];
-        frozen::forward(&m.output, &rows, positions.len(), &mut logits);
+        self.frozen.forward(&m.output, &rows, positions.len(), &mut logits)?;
         let mut dlogits = vec![0f32; positions.len() * n_vocab];
         let mut rows: Vec<(usize, &[f32], &mut [f32], L)> = logits
             .chunks_exact(n_vocab)
@@ -223,7 +225,7 @@ impl<'m> Student<'m> {
 
         // Backward.
         let mut drows = vec![0f32; positions.len() * e];
-        frozen::backward(&m.output, &dlogits, positions.len(), &mut drows);
+        self.frozen.backward(&m.output, &dlogits, positions.len(), &mut drows)?;
         drop(dlogits);
         let mut dxnf = vec![0f32; t_len * e];
         for (r, &p) in drows.chunks_exact(e).zip(positions) {
@@ -235,15 +237,16 @@ impl<'m> Student<'m> {
 
         for (layer, b) in m.blocks.iter().enumerate().rev() {
             let saved = acts.pop().expect("one activation set per layer");
-            let a = if self.recompute { self.layer_forward(lora, layer, saved.x, &cos, &sin) } else { saved };
+            let a = if self.recompute { self.layer_forward(lora, layer, saved.x, &cos, &sin)? } else { saved };
             let a = &a;
+            let frozen = self.frozen;
             let mut lin_back = |t: Target, input: &[f32], dy: &[f32], dinput: &mut [f32]| {
                 let u = &a.lora_u[t as usize];
-                linear_backward(b.weight(t), lora, layer, t, input, u, dy, t_len, dinput);
+                linear_backward(&frozen, b.weight(t), lora, layer, t, input, u, dy, t_len, dinput)
             };
             // MLP: x_out = x2 + down(silu(gate) · up).
             let mut dh = vec![0f32; t_len * ff];
-            lin_back(Target::Down, &a.h, &dx, &mut dh);
+            lin_back(Target::Down, &a.h, &dx, &mut dh)?;
             let mut dgate = vec![0f32; t_len * ff];
             let mut dup = vec![0f32; t_len * ff];
             for i in 0..t_len * ff {
@@ -254,14 +257,14 @@ impl<'m> Student<'m> {
             }
             drop(dh);
             let mut dxn2 = vec![0f32; t_len * e];
-            lin_back(Target::Gate, &a.xn2, &dgate, &mut dxn2);
-            lin_back(Target::Up, &a.xn2, &dup, &mut dxn2);
+            lin_back(Target::Gate, &a.xn2, &dgate, &mut dxn2)?;
+            lin_back(Target::Up, &a.xn2, &dup, &mut dxn2)?;
             // dx (gradient at x_out) flows to x2 directly and through the norm.
             rms_norm_backward(&a.x2, &b.ffn_norm, &a.rstd2, &dxn2, &mut dx);
 
             // Attention: x2 = x + o(attn(rope(q), rope(k), v)).
             let mut datt = vec![0f32; t_len * qd];
-            lin_back(Target::O, &a.att, &dx, &mut datt);
+            lin_back(Target::O, &a.att, &dx, &mut datt)?;
             let mut dq = vec![0f32; t_len * qd];
             let mut dk = vec![0f32; t_len * kvd];
             let mut dv = vec![0f32; t_len * kvd];
@@ -270,9 +273,9 @@ impl<'m> Student<'m> {
             rope(&mut dq, d, cfg.n_rot, &cos, &neg_sin, false);
             rope(&mut dk, d, cfg.n_rot, &cos, &neg_sin, false);
             let mut dxn1 = vec![0f32; t_len * e];
-            lin_back(Target::Q, &a.xn1, &dq, &mut dxn1);
-            lin_back(Target::K, &a.xn1, &dk, &mut dxn1);
-            lin_back(Target::V, &a.xn1, &dv, &mut dxn1);
+            lin_back(Target::Q, &a.xn1, &dq, &mut dxn1)?;
+            lin_back(Target::K, &a.xn1, &dk, &mut dxn1)?;
+            lin_back(Target::V, &a.xn1, &dv, &mut dxn1)?;
             rms_norm_backward(&a.x, &b.attn_norm, &a.rstd1, &dxn1, &mut dx);
         }
         Ok(results)
@@ -282,7 +285,14 @@ impl<'m> Student<'m> {
 impl Student<'_> {
     /// One layer's forward pass over the residual stream `x` (T × n_embd), keeping what
     /// its backward pass needs.
-    fn layer_forward(&self, lora: &LoraParams, layer: usize, x: Vec<f32>, cos: &[f32], sin: &[f32]) -> LayerActs {
+    fn layer_forward(
+        &self,
+        lora: &LoraParams,
+        layer: usize,
+        x: Vec<f32>,
+        cos: &[f32],
+        sin: &[f32],
+    ) -> Result<LayerActs, TrainError> {
         let cfg = &self.model.cfg;
         let b = &self.model.blocks[layer];
         let (e, d, nh, nkv) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
@@ -293,28 +303,28 @@ impl Student<'_> {
         rms_norm_forward(&a.x, &b.attn_norm, cfg.rms_norm_eps, &mut a.xn1, &mut a.rstd1);
         let lin = |t: Target, input: &[f32], out: &mut Vec<f32>, n_out: usize, u: &mut Vec<f32>| {
             out.resize(t_len * n_out, 0.0);
-            linear_forward(b.weight(t), lora.pair(layer, t), scale, input, t_len, out, u);
+            linear_forward(&self.frozen, b.weight(t), lora.pair(layer, t), scale, input, t_len, out, u)
         };
         let mut us: [Vec<f32>; 7] = Default::default();
-        lin(Target::Q, &a.xn1, &mut a.q, qd, &mut us[Target::Q as usize]);
-        lin(Target::K, &a.xn1, &mut a.k, kvd, &mut us[Target::K as usize]);
-        lin(Target::V, &a.xn1, &mut a.v, kvd, &mut us[Target::V as usize]);
+        lin(Target::Q, &a.xn1, &mut a.q, qd, &mut us[Target::Q as usize])?;
+        lin(Target::K, &a.xn1, &mut a.k, kvd, &mut us[Target::K as usize])?;
+        lin(Target::V, &a.xn1, &mut a.v, kvd, &mut us[Target::V as usize])?;
         rope(&mut a.q, d, cfg.n_rot, cos, sin, false);
         rope(&mut a.k, d, cfg.n_rot, cos, sin, false);
         a.probs = vec![0f32; nh * t_len * t_len];
         a.att = vec![0f32; t_len * qd];
         attention_forward(&a.q, &a.k, &a.v, t_len, nh, nkv, d, &mut a.probs, &mut a.att);
         let mut proj = Vec::new();
-        lin(Target::O, &a.att, &mut proj, e, &mut us[Target::O as usize]);
+        lin(Target::O, &a.att, &mut proj, e, &mut us[Target::O as usize])?;
         a.x2 = a.x.iter().zip(&proj).map(|(p, q)| p + q).collect();
         rms_norm_forward(&a.x2, &b.ffn_norm, cfg.rms_norm_eps, &mut a.xn2, &mut a.rstd2);
-        lin(Target::Gate, &a.xn2, &mut a.gate, ff, &mut us[Target::Gate as usize]);
-        lin(Target::Up, &a.xn2, &mut a.up, ff, &mut us[Target::Up as usize]);
+        lin(Target::Gate, &a.xn2, &mut a.gate, ff, &mut us[Target::Gate as usize])?;
+        lin(Target::Up, &a.xn2, &mut a.up, ff, &mut us[Target::Up as usize])?;
         a.h = a.gate.iter().zip(&a.up).map(|(&g, &u)| silu(g) * u).collect();
-        lin(Target::Down, &a.h, &mut proj, e, &mut us[Target::Down as usize]);
+        lin(Target::Down, &a.h, &mut proj, e, &mut us[Target::Down as usize])?;
         a.x_out = a.x2.iter().zip(&proj).map(|(p, q)| p + q).collect();
         a.lora_u = us;
-        a
+        Ok(a)
     }
 }
 
@@ -345,7 +355,9 @@ fn rms_norm_backward(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f
 }
 
 /// `y = x · Wᵀ + s · (x · Aᵀ) · Bᵀ`; keeps `u = x · Aᵀ`.
+#[allow(clippy::too_many_arguments)]
 fn linear_forward(
+    frozen: &Frozen,
     w: &QMatrix,
     lora: Option<(&[f32], &[f32])>,
     scale: f32,
@@ -353,21 +365,23 @@ fn linear_forward(
     t_len: usize,
     y: &mut [f32],
     u: &mut Vec<f32>,
-) {
-    frozen::forward(w, x, t_len, y);
-    let Some((a, b)) = lora else { return };
+) -> Result<(), TrainError> {
+    frozen.forward(w, x, t_len, y)?;
+    let Some((a, b)) = lora else { return Ok(()) };
     let (n_out, n_in) = (w.rows, w.cols);
     let r = a.len() / n_in;
     u.resize(t_len * r, 0.0);
     par_gemm(true, t_len, r, n_in, Mat { data: x, ld: n_in }, Mat { data: a, ld: n_in }, u, r, false);
     let us: Vec<f32> = u.iter().map(|v| v * scale).collect();
     par_gemm(true, t_len, n_out, r, Mat { data: &us, ld: r }, Mat { data: b, ld: r }, y, n_out, true);
+    Ok(())
 }
 
 /// Backward of [`linear_forward`]: `dx += dy · W + s · (dy · B) · A`, and the adapter's
 /// gradients `dA += s · (dy · B)ᵀ · x`, `dB += s · dyᵀ · u`.
 #[allow(clippy::too_many_arguments)]
 fn linear_backward(
+    frozen: &Frozen,
     w: &QMatrix,
     lora: &mut LoraParams,
     layer: usize,
@@ -377,9 +391,9 @@ fn linear_backward(
     dy: &[f32],
     t_len: usize,
     dx: &mut [f32],
-) {
-    frozen::backward(w, dy, t_len, dx);
-    let Some((ra, rb)) = lora.grad_ranges(layer, target) else { return };
+) -> Result<(), TrainError> {
+    frozen.backward(w, dy, t_len, dx)?;
+    let Some((ra, rb)) = lora.grad_ranges(layer, target) else { return Ok(()) };
     let (n_out, n_in) = (w.rows, w.cols);
     let r = lora.rank;
     let s = lora.scale();
@@ -400,6 +414,7 @@ fn linear_backward(
     let ga = &mut lora.grads[ra];
     par_gemm(false, r, n_in, t_len, Mat { data: &dut, ld: t_len }, Mat { data: x, ld: n_in }, ga, n_in, true);
     par_gemm(false, t_len, n_in, r, Mat { data: &du, ld: r }, Mat { data: &a, ld: n_in }, dx, n_in, true);
+    Ok(())
 }
 
 /// Causal attention over a whole sequence from position 0, keeping the probabilities.
@@ -598,7 +613,7 @@ mod tests {
         let s = 2.0;
         let f = |x: &[f32], a: &[f32], b: &[f32]| {
             let mut y = vec![0f32; t_len * n_out];
-            linear_forward(&w, Some((a, b)), s, x, t_len, &mut y, &mut Vec::new());
+            linear_forward(&Frozen::cpu(), &w, Some((a, b)), s, x, t_len, &mut y, &mut Vec::new()).unwrap();
             weighted(&y, &g)
         };
         // The analytic gradients through LoraParams' layout: one layer, target Q.
@@ -608,9 +623,9 @@ mod tests {
         lora.values[rb.clone()].copy_from_slice(&b);
         let mut u = Vec::new();
         let mut y = vec![0f32; t_len * n_out];
-        linear_forward(&w, Some((&a, &b)), s, &x, t_len, &mut y, &mut u);
+        linear_forward(&Frozen::cpu(), &w, Some((&a, &b)), s, &x, t_len, &mut y, &mut u).unwrap();
         let mut dx = vec![0f32; x.len()];
-        linear_backward(&w, &mut lora, 0, Target::Q, &x, &u, &g, t_len, &mut dx);
+        linear_backward(&Frozen::cpu(), &w, &mut lora, 0, Target::Q, &x, &u, &g, t_len, &mut dx).unwrap();
         let (da, db) = (lora.grads[ra].to_vec(), lora.grads[rb].to_vec());
         for i in (0..x.len()).step_by(7) {
             let (aa, bb) = (a.clone(), b.clone());

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use pupil::catalog::{self, Catalog};
+use pupil::model::{Device, DeviceRequest};
 
 /// The path of catalog model `name`, pulled (and verified) on first use.
 ///
@@ -24,8 +25,26 @@ pub fn model(name: &str) -> Option<PathBuf> {
     }
 }
 
+/// The repository: `PUPIL_REPO` when a test binary runs away from its build tree (as
+/// `scripts/gpu-check.sh` does on a GPU machine), else the crate's directory.
+pub fn repo_path(rel: &str) -> PathBuf {
+    std::env::var_os("PUPIL_REPO").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from).join(rel)
+}
+
 pub fn fixture_path(model_dir: &str, file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model_dir).join(file)
+    repo_path("tests/fixtures").join(model_dir).join(file)
+}
+
+/// The device the reference tests run the model on: `PUPIL_DEVICE` (`cpu`, `cuda`, ...),
+/// the CPU when unset, so the same llama.cpp checks run on a GPU build.
+pub fn device() -> Device {
+    match std::env::var("PUPIL_DEVICE") {
+        Ok(s) => s
+            .parse::<DeviceRequest>()
+            .and_then(DeviceRequest::resolve)
+            .unwrap_or_else(|e| panic!("PUPIL_DEVICE={s}: {e}")),
+        Err(_) => Device::Cpu,
+    }
 }
 
 /// Lines of a JSON-lines fixture.
