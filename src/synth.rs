@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::gguf::{value::type_id, GgmlDType, GgufWriter, Value};
-use crate::kernels::quantize::{quantize_q4_0, quantize_q8_0};
+use crate::kernels::quantize::{quantize, quantize_q8_0};
 use crate::kernels::QMatrix;
 use crate::rng::Rng;
 
@@ -20,6 +20,31 @@ pub enum SynthQuant {
     Q8_0,
     #[value(name = "q4_0", alias = "Q4_0")]
     Q4_0,
+    /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the token embedding (the tied output
+    /// head) and for `attn_v` / `ffn_down` in the layers llama.cpp gives more bits (the
+    /// first and last eighth, and every third between). Rows not a multiple of 256 wide
+    /// fall back to Q8_0 (llama.cpp: Q5_0 / Q8_0).
+    #[value(name = "q4_k_m", alias = "Q4_K_M")]
+    Q4KM,
+}
+
+impl SynthQuant {
+    /// The type of a `cols`-wide weight; `more_bits` marks the tensors Q4_K_M widens.
+    fn dtype(self, cols: usize, more_bits: bool) -> GgmlDType {
+        match self {
+            SynthQuant::F32 => GgmlDType::F32,
+            SynthQuant::Q8_0 => GgmlDType::Q8_0,
+            SynthQuant::Q4_0 => GgmlDType::Q4_0,
+            SynthQuant::Q4KM if !cols.is_multiple_of(256) => GgmlDType::Q8_0,
+            SynthQuant::Q4KM if more_bits => GgmlDType::Q6K,
+            SynthQuant::Q4KM => GgmlDType::Q4K,
+        }
+    }
+}
+
+/// llama.cpp's `use_more_bits`: which layers of `n_layer` get the wider type in a `_M` mix.
+fn use_more_bits(layer: usize, n_layer: usize) -> bool {
+    layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer >= n_layer / 8 && (layer - n_layer / 8) % 3 == 2)
 }
 
 /// Shape of a synthetic model.
@@ -159,28 +184,28 @@ impl TinyLlama {
 
         let mut rng = Rng::new(self.seed);
         let quant = self.quant;
-        let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize| {
+        let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize, more_bits: bool| {
             let values = random_weights(&mut rng, rows, cols);
             let dims = [cols as u64, rows as u64];
-            match quant {
-                SynthQuant::F32 => w.add_f32(name, &dims, &values),
-                SynthQuant::Q8_0 => w.add_tensor(name, &dims, GgmlDType::Q8_0, quantize_q8_0(&values)),
-                SynthQuant::Q4_0 => w.add_tensor(name, &dims, GgmlDType::Q4_0, quantize_q4_0(&values)),
-            };
+            let dtype = quant.dtype(cols, more_bits);
+            let bytes = quantize(dtype, &values).expect("the synthetic types all have quantizers");
+            w.add_tensor(name, &dims, dtype, bytes);
         };
         let (e, q, kv) = (self.n_embd, self.n_head * head_dim, self.n_head_kv * head_dim);
-        matrix(&mut w, "token_embd.weight", e, n_vocab);
+        // Tied: the embedding is also the output head, which the _M mixes widen.
+        matrix(&mut w, "token_embd.weight", e, n_vocab, true);
         for i in 0..self.n_layer {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
             w.add_f32(name("attn_norm"), &[e as u64], &vec![1.0; e]);
-            matrix(&mut w, &name("attn_q"), e, q);
-            matrix(&mut w, &name("attn_k"), e, kv);
-            matrix(&mut w, &name("attn_v"), e, kv);
-            matrix(&mut w, &name("attn_output"), q, e);
+            let wide = use_more_bits(i, self.n_layer);
+            matrix(&mut w, &name("attn_q"), e, q, false);
+            matrix(&mut w, &name("attn_k"), e, kv, false);
+            matrix(&mut w, &name("attn_v"), e, kv, wide);
+            matrix(&mut w, &name("attn_output"), q, e, false);
             w.add_f32(name("ffn_norm"), &[e as u64], &vec![1.0; e]);
-            matrix(&mut w, &name("ffn_gate"), e, self.n_ff);
-            matrix(&mut w, &name("ffn_up"), e, self.n_ff);
-            matrix(&mut w, &name("ffn_down"), self.n_ff, e);
+            matrix(&mut w, &name("ffn_gate"), e, self.n_ff, false);
+            matrix(&mut w, &name("ffn_up"), e, self.n_ff, false);
+            matrix(&mut w, &name("ffn_down"), self.n_ff, e, wide);
         }
         w.add_f32("output_norm.weight", &[e as u64], &vec![1.0; e]);
         w
@@ -205,6 +230,30 @@ pub fn quantized_matrix(rows: usize, cols: usize, seed: u64) -> QMatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q4_k_m_widens_the_tensors_llama_cpp_widens() {
+        // llama.cpp's Llama 3.2 1B Q4_K_M (16 layers): token_embd plus attn_v and ffn_down
+        // of layers 0, 1, 4, 7, 10, 13, 14, 15 are Q6_K; everything else Q4_K.
+        let wide: Vec<usize> = (0..16).filter(|&i| use_more_bits(i, 16)).collect();
+        assert_eq!(wide, [0, 1, 4, 7, 10, 13, 14, 15]);
+        let shape = TinyLlama { n_embd: 256, n_ff: 512, n_layer: 16, quant: SynthQuant::Q4KM, ..TinyLlama::default() };
+        let dir = std::env::temp_dir().join(format!("pupil-synth-q4km-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("q4km.gguf");
+        shape.writer().write(&path).unwrap();
+        let file = crate::gguf::GgufFile::open(&path).unwrap();
+        let count = |t: GgmlDType| file.tensors().iter().filter(|i| i.dtype == t).count();
+        assert_eq!((count(GgmlDType::Q6K), count(GgmlDType::Q4K)), (1 + 2 * 8, 7 * 16 - 2 * 8));
+        assert_eq!(file.require_tensor("blk.4.ffn_down.weight").unwrap().dtype, GgmlDType::Q6K);
+        assert_eq!(file.require_tensor("blk.5.attn_v.weight").unwrap().dtype, GgmlDType::Q4K);
+        // pupil runs what it writes.
+        let model = crate::model::Model::load(&file).unwrap();
+        let mut cache = model.new_cache(8).unwrap();
+        let hidden = model.forward(&[1, 2, 3], &mut cache).unwrap();
+        assert!(model.logits(&hidden).unwrap().iter().all(|v| v.is_finite()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn presets_have_the_published_shapes() {

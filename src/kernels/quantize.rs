@@ -35,13 +35,103 @@ pub fn quantize_q4_0(values: &[f32]) -> Vec<u8> {
     out
 }
 
-/// Encodes `values` as `dtype`, for the types pupil can write (F32, F16, Q8_0, Q4_0).
+/// GGML's Q4_K encoding of `values` (a multiple of 256 long). Per super-block of 256: f16
+/// `d` and `dmin`, eight 6-bit scales and mins packed in 12 bytes, and 128 bytes of 4-bit
+/// values; `x ≈ d·sc·q − dmin·m` with each 32-value sub-block spanning its own min..max.
+/// (llama.cpp searches the scales iteratively for lower error; this is the plain min/max
+/// fit, which is what speed runs on random weights need.)
+pub fn quantize_q4_k(values: &[f32]) -> Vec<u8> {
+    assert_eq!(values.len() % 256, 0, "Q4_K needs whole super-blocks of 256");
+    let mut out = Vec::with_capacity(values.len() / 256 * 144);
+    for block in values.chunks_exact(256) {
+        let mut step = [0f32; 8];
+        let mut low = [0f32; 8];
+        for (j, sub) in block.chunks_exact(32).enumerate() {
+            let min = sub.iter().copied().fold(0f32, f32::min);
+            let max = sub.iter().copied().fold(0f32, f32::max);
+            step[j] = (max - min) / 15.0;
+            low[j] = -min;
+        }
+        let d = step.iter().copied().fold(0f32, f32::max) / 63.0;
+        let dmin = low.iter().copied().fold(0f32, f32::max) / 63.0;
+        let (d, dmin) = (half::f16::from_f32(d).to_f32(), half::f16::from_f32(dmin).to_f32());
+        let six = |v: f32, unit: f32| if unit > 0.0 { (v / unit).round().clamp(0.0, 63.0) as u8 } else { 0 };
+        let sc: Vec<u8> = step.iter().map(|&s| six(s, d)).collect();
+        let m: Vec<u8> = low.iter().map(|&l| six(l, dmin)).collect();
+        let mut scales = [0u8; 12];
+        for j in 0..4 {
+            scales[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+            scales[j + 4] = m[j] | ((m[j + 4] >> 4) << 6);
+            scales[j + 8] = (sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4);
+        }
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        out.extend_from_slice(&half::f16::from_f32(dmin).to_le_bytes());
+        out.extend_from_slice(&scales);
+        let q = |j: usize, v: f32| {
+            let unit = d * sc[j] as f32;
+            if unit > 0.0 {
+                ((v + dmin * m[j] as f32) / unit).round().clamp(0.0, 15.0) as u8
+            } else {
+                0
+            }
+        };
+        for pair in 0..4 {
+            let (a, b) = (2 * pair, 2 * pair + 1);
+            out.extend((0..32).map(|l| q(a, block[a * 32 + l]) | (q(b, block[b * 32 + l]) << 4)));
+        }
+    }
+    out
+}
+
+/// GGML's Q6_K encoding (a multiple of 256 long). Per super-block: 128 bytes of low
+/// nibbles, 64 bytes of high 2-bit pairs, sixteen i8 scales (one per 16 values) and an
+/// f16 `d`; `x ≈ d·sc·(q − 32)` with q in 0..63.
+pub fn quantize_q6_k(values: &[f32]) -> Vec<u8> {
+    assert_eq!(values.len() % 256, 0, "Q6_K needs whole super-blocks of 256");
+    let mut out = Vec::with_capacity(values.len() / 256 * 210);
+    for block in values.chunks_exact(256) {
+        let step: Vec<f32> =
+            block.chunks_exact(16).map(|s| s.iter().fold(0f32, |m, v| m.max(v.abs())) / 31.0).collect();
+        let d = half::f16::from_f32(step.iter().copied().fold(0f32, f32::max) / 127.0).to_f32();
+        let sc: Vec<i8> =
+            step.iter().map(|&s| if d > 0.0 { (s / d).round().clamp(0.0, 127.0) as i8 } else { 0 }).collect();
+        let q: Vec<u8> = block
+            .iter()
+            .enumerate()
+            .map(|(p, &v)| {
+                let unit = d * sc[p / 16] as f32;
+                let q = if unit > 0.0 { (v / unit).round().clamp(-32.0, 31.0) } else { 0.0 };
+                (q as i32 + 32) as u8
+            })
+            .collect();
+        let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
+        for half in 0..2 {
+            let (y, l_off, h_off) = (&q[half * 128..], half * 64, half * 32);
+            for l in 0..32 {
+                ql[l_off + l] = (y[l] & 0xF) | ((y[l + 64] & 0xF) << 4);
+                ql[l_off + l + 32] = (y[l + 32] & 0xF) | ((y[l + 96] & 0xF) << 4);
+                qh[h_off + l] =
+                    (y[l] >> 4) | ((y[l + 32] >> 4) << 2) | ((y[l + 64] >> 4) << 4) | ((y[l + 96] >> 4) << 6);
+            }
+        }
+        out.extend_from_slice(&ql);
+        out.extend_from_slice(&qh);
+        out.extend(sc.iter().map(|&s| s as u8));
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+    }
+    out
+}
+
+/// Encodes `values` as `dtype`, for the types pupil can write (F32, F16, Q8_0, Q4_0,
+/// Q4_K, Q6_K).
 pub fn quantize(dtype: GgmlDType, values: &[f32]) -> Option<Vec<u8>> {
     Some(match dtype {
         GgmlDType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         GgmlDType::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
         GgmlDType::Q8_0 if values.len().is_multiple_of(32) => quantize_q8_0(values),
         GgmlDType::Q4_0 if values.len().is_multiple_of(32) => quantize_q4_0(values),
+        GgmlDType::Q4K if values.len().is_multiple_of(256) => quantize_q4_k(values),
+        GgmlDType::Q6K if values.len().is_multiple_of(256) => quantize_q6_k(values),
         _ => return None,
     })
 }
@@ -66,6 +156,32 @@ mod tests {
                 for (x, y) in block.iter().zip(got) {
                     // Q4_0 spans −8..7 steps: the extreme of the short side may clip one step.
                     assert!((x - y).abs() <= amax / steps + 1e-3, "{dtype}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn k_quantizers_round_trip_within_one_step_of_each_sub_block() {
+        let mut rng = Rng::new(4);
+        // Varied magnitudes per sub-block, and an all-zero super-block.
+        let mut values: Vec<f32> =
+            (0..1024).map(|i| (rng.next_f64() as f32 - 0.3) * (1 + i % 7) as f32 * 0.1).collect();
+        values[768..].iter_mut().for_each(|v| *v = 0.0);
+        for (dtype, bytes, sub, levels) in
+            [(GgmlDType::Q4K, quantize_q4_k(&values), 32, 15.0), (GgmlDType::Q6K, quantize_q6_k(&values), 16, 63.0)]
+        {
+            assert_eq!(bytes.len(), values.len() / 256 * dtype.type_size());
+            let mut back = vec![0f32; values.len()];
+            dequantize(dtype, &bytes, &mut back);
+            for (block, got) in values.chunks(sub).zip(back.chunks(sub)) {
+                let lo = block.iter().copied().fold(0f32, f32::min);
+                let hi = block.iter().copied().fold(0f32, f32::max);
+                // Scales are 6/8-bit multiples of the super-block's unit: allow the unit's
+                // rounding on top of one quantization step.
+                let tol = (hi - lo) / levels * 1.6 + 2e-3;
+                for (x, y) in block.iter().zip(got) {
+                    assert!((x - y).abs() <= tol, "{dtype}: {x} vs {y} (tolerance {tol})");
                 }
             }
         }
