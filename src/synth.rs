@@ -44,7 +44,8 @@ impl SynthQuant {
 
 /// llama.cpp's `use_more_bits`: which layers of `n_layer` get the wider type in a `_M` mix.
 fn use_more_bits(layer: usize, n_layer: usize) -> bool {
-    layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer >= n_layer / 8 && (layer - n_layer / 8) % 3 == 2)
+    let first = n_layer / 8;
+    layer < first || layer >= 7 * n_layer / 8 || (layer - first) % 3 == 2
 }
 
 /// Shape of a synthetic model.
