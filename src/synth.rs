@@ -29,6 +29,16 @@ pub enum SynthQuant {
 }
 
 impl SynthQuant {
+    /// The name llama.cpp gives the file type (`Q4_K_M`).
+    pub fn label(self) -> &'static str {
+        match self {
+            SynthQuant::F32 => "F32",
+            SynthQuant::Q8_0 => "Q8_0",
+            SynthQuant::Q4_0 => "Q4_0",
+            SynthQuant::Q4KM => "Q4_K_M",
+        }
+    }
+
     /// The type of a `cols`-wide weight; `more_bits` marks the tensors Q4_K_M widens.
     fn dtype(self, cols: usize, more_bits: bool) -> GgmlDType {
         match self {
@@ -100,7 +110,7 @@ pub const SHAPES: &[&str] = &["llama-3.2-1b", "llama-3.2-3b", "smollm2-135m"];
 impl TinyLlama {
     /// The exact shape of a published model (see [`SHAPES`]), with random weights.
     pub fn shape(name: &str, quant: SynthQuant) -> Option<Self> {
-        let base = Self { quant, name: format!("synthetic {name} ({quant:?})"), ..Self::default() };
+        let base = Self { quant, name: format!("synthetic {name} ({})", quant.label()), ..Self::default() };
         Some(match name {
             "llama-3.2-1b" => Self {
                 n_vocab: 128_256,
