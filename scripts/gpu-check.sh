@@ -42,7 +42,7 @@ echo "GPU: ${GPU:-none found}"
 # 1. Reference tests on the device: llama.cpp fixtures, then GPU against CPU.
 tests() {
     local name=$1
-    PUPIL_DEVICE=$DEVICE "$PUPIL_TEST_BINS/$name" --test-threads 1 >"$OUT/$name.log" 2>&1
+    PUPIL_DEVICE=$DEVICE "$PUPIL_TEST_BINS/$name" --test-threads 1 --nocapture >"$OUT/$name.log" 2>&1
     local rc=$?
     grep -E "^test result" "$OUT/$name.log" | tail -1 | sed "s/^/$name: /"
     return $rc
@@ -104,6 +104,11 @@ for name in [f"bench-{device}.jsonl", "bench-cpu.jsonl"]:
         print(f"| {model} | {backend} | {tps(pp) if pp else float('nan'):.1f} | {tps(tg) if tg else float('nan'):.1f} | {load:.0f} |")
 for r in rows("llama-bench.jsonl"):
     print(f"| {os.path.basename(r['model_filename'])} | llama.cpp {r['backends']} | {r['avg_ts']:.1f} ({'pp' if r['n_prompt'] else 'tg'}) | | |")
+print("\nMeasured by the tests:\n")
+for log in ["model_fixtures.log", "gpu_backend.log"]:
+    for line in open(os.path.join(out, log)):
+        if re.search(r"vs llama\.cpp|PPL|mean KL\(cpu|relative difference|training step", line):
+            print("- " + re.sub(r"^test \S+ \.\.\. ", "", line.strip()))
 print("\n(t/s: median of the repetitions; logs beside this file)")
 EOF
 [ "$FIXTURES_RC" = 0 ] && [ "$BACKEND_RC" = 0 ] && [ "$DISTILL_RC" = 0 ] && [ "$LORA_RC" = 0 ]

@@ -80,6 +80,36 @@ fn gpl_ids(rt: &Runtime, n: usize) -> Vec<u32> {
     ids
 }
 
+/// Every weight type of both real models, multiplied on the device by the path the
+/// forward pass takes, against the exact product with the dequantized weight (the CPU's
+/// f32 training product), for one row (decode), a few (small batches) and many (prefill).
+#[test]
+fn quantized_products_match_the_dequantized_product_for_every_type() {
+    for name in [SMOLLM2, GEMMA3] {
+        let Some((cpu, dev)) = pair(name) else { return };
+        let gpu = dev.model.gpu().expect("loaded on a GPU");
+        let mut weights: Vec<(&pupil::kernels::QMatrix, &pupil::kernels::QMatrix)> = Vec::new();
+        for (bc, bd) in cpu.model.blocks().iter().zip(dev.model.blocks()) {
+            for t in Target::ALL {
+                if !weights.iter().any(|(w, _)| w.dtype == bc.weight(t).dtype) {
+                    weights.push((bc.weight(t), bd.weight(t)));
+                }
+            }
+        }
+        let mut rng = Rng::new(17);
+        for (wc, wd) in weights {
+            for n in [1, 7, 64] {
+                let x: Vec<f32> = (0..n * wc.cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
+                let mut exact = vec![0f32; n * wc.rows];
+                frozen::forward(wc, &x, n, &mut exact);
+                let got = gpu.product_of(wd, &x, n).unwrap();
+                // 8-bit activations cost about 1 % relative; a wrong kernel costs 10 % and more.
+                assert_close(&format!("{name} {} × {n} rows", wc.dtype), &exact, &got, 3e-2);
+            }
+        }
+    }
+}
+
 #[test]
 fn smollm2_batched_forward_matches_cpu() {
     let Some((cpu, dev)) = pair(SMOLLM2) else { return };

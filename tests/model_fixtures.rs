@@ -167,8 +167,21 @@ fn smollm2_batched_prefill_equals_token_by_token() {
     for (i, &id) in ids.iter().enumerate() {
         let hidden = rt.pool.install(|| rt.model.forward(&[id], &mut cache)).unwrap();
         let one = rt.pool.install(|| rt.model.logits(&hidden)).unwrap();
-        let max_diff = one.iter().zip(&batched[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(max_diff < 1e-3, "position {i}: batched and incremental logits differ by {max_diff}");
+        if device().is_cpu() {
+            // pupil's CPU kernels keep one accumulation order for 1 and for many tokens.
+            let max_diff = one.iter().zip(&batched[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(max_diff < 1e-3, "position {i}: batched and incremental logits differ by {max_diff}");
+        } else {
+            // A GPU multiplies one token and a batch with different kernels (8-bit and f32
+            // activations for Q4_1): the two agree as two correct runtimes do.
+            let (lb, lo) = (log_sum_exp(&batched[i], 1.0), log_sum_exp(&one, 1.0));
+            let kl: f64 = batched[i]
+                .iter()
+                .zip(&one)
+                .map(|(&b, &o)| (b as f64 - lb).exp() * ((b as f64 - lb) - (o as f64 - lo)))
+                .sum();
+            assert!(kl <= MAX_POSITION_KL, "position {i}: KL(batched ‖ incremental) {kl:.4}");
+        }
     }
 }
 

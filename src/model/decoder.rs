@@ -230,7 +230,7 @@ impl Model {
 
     /// The GPU copy of the weights, when the model runs on one.
     #[cfg(feature = "gpu")]
-    pub(crate) fn gpu(&self) -> Option<&super::gpu::GpuModel> {
+    pub fn gpu(&self) -> Option<&super::gpu::GpuModel> {
         self.gpu.as_ref()
     }
 

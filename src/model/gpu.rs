@@ -196,9 +196,42 @@ impl GpuModel {
         Ok(())
     }
 
+    /// `x · Wᵀ` for the rows of `x` (2-D).
+    ///
+    /// candle's kernels multiply 8-bit activations. For Q4_1 and Q5_1 weights (SmolLM2's
+    /// type) they were measured on an H200 to be off: with several rows (MMVQ for 2–8,
+    /// MMQ above) by far more than that rounding (logit errors of 2, a 0.2 KL to
+    /// llama.cpp), and with one row twice as noisy as for the other types (7.7e-3
+    /// relative, decode against prefill at a 0.12 KL). Those weights are dequantized on
+    /// the device per product (the kernel the training test checks against the CPU to
+    /// 1e-7) and multiplied in f32 with cuBLAS: decode costs one extra pass over the
+    /// weights, which a launch-bound step hardly notices.
+    fn product(&self, w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+        match w {
+            QMatMul::QTensor(q) if matches!(q.dtype(), CandleDType::Q4_1 | CandleDType::Q5_1) => {
+                x.matmul(&q.dequantize(&self.dev)?.t()?)
+            }
+            _ => w.forward(x),
+        }
+    }
+
+    /// The device product of the uploaded weight `w` with `n` rows `x`, by the path the
+    /// forward pass takes (for the backend tests).
+    pub fn product_of(&self, w: &QMatrix, x: &[f32], n: usize) -> Result<Vec<f32>, DeviceError> {
+        let run = || -> candle_core::Result<Vec<f32>> {
+            let q = match self.by_address.get(&(w.bytes().as_ptr() as usize)) {
+                Some(q) => q.clone(),
+                None => candle_core::bail!("weight {w:?} was not uploaded to the device"),
+            };
+            let x = Tensor::from_slice(&x[..n * w.cols], (n, w.cols), &self.dev)?;
+            self.product(&QMatMul::from_arc(q)?, &x)?.flatten_all()?.to_vec1::<f32>()
+        };
+        run().map_err(self.fail())
+    }
+
     /// `w · x` plus the adapters' updates of (`layer`, `target`).
     fn linear(&self, w: &QMatMul, layer: usize, target: Target, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut y = w.forward(x)?;
+        let mut y = self.product(w, x)?;
         for l in self.loras.get(&(layer, target)).into_iter().flatten() {
             let u = (x.matmul(&l.a.t()?)? * l.scale)?;
             y = (y + u.matmul(&l.b.t()?)?)?;
@@ -347,7 +380,7 @@ impl GpuModel {
         let rows = hidden.len() / n_embd;
         let run = || -> candle_core::Result<Vec<f32>> {
             let h = Tensor::from_slice(hidden, (rows, n_embd), &self.dev)?;
-            self.output.forward(&h)?.flatten_all()?.to_vec1::<f32>()
+            self.product(&self.output, &h)?.flatten_all()?.to_vec1::<f32>()
         };
         run().map_err(self.fail())
     }
