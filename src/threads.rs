@@ -214,6 +214,39 @@ impl<T> SharedPtr<T> {
     }
 }
 
+/// An f32 buffer that the tasks of one parallel region write disjoint parts of (rows of
+/// a product, bands of a gradient). Every use must hand each task a region no other task
+/// touches during the region; the SAFETY notes at the uses say why theirs do.
+pub(crate) struct DisjointMut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: see the type's contract: tasks never touch the same element.
+unsafe impl Sync for DisjointMut {}
+unsafe impl Send for DisjointMut {}
+
+impl DisjointMut {
+    pub(crate) fn new(buf: &mut [f32]) -> Self {
+        Self { ptr: buf.as_mut_ptr(), len: buf.len() }
+    }
+
+    /// # Safety
+    /// No other task may access `offset..offset + len` while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+        assert!(offset + len <= self.len, "disjoint slice out of bounds");
+        std::slice::from_raw_parts_mut(self.ptr.add(offset), len)
+    }
+
+    /// # Safety
+    /// No other task may access element `i` during the region.
+    pub(crate) unsafe fn write(&self, i: usize, v: f32) {
+        assert!(i < self.len, "disjoint write out of bounds");
+        *self.ptr.add(i) = v;
+    }
+}
+
 /// Calls `f` on every item, spreading the items over the current pool's threads (each
 /// thread claims the next unclaimed item).
 pub fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(&mut T) + Sync) {

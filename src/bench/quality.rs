@@ -64,8 +64,7 @@ impl Chunks {
     }
 }
 
-/// Logit rows computed at once: bounds the transient buffer (rows × n_vocab f32).
-const LOGIT_ROWS: usize = 32;
+use crate::model::LOGIT_ROWS;
 
 /// Scores `text` in chunks of `n_ctx` tokens (at most `max_chunks` of them), calling
 /// `on_chunk(done, total, running_ppl)` after each.

@@ -18,7 +18,7 @@ use super::dot::dot;
 use super::q8::{quantize_row, Q8Block};
 use super::quant_dot::{self, Kernel, TILE};
 use crate::gguf::GgmlDType;
-use crate::threads::{current_num_threads, for_each_mut};
+use crate::threads::{current_num_threads, for_each_mut, DisjointMut};
 
 /// Rows dequantized together: enough to reuse each activation row from L1, few enough
 /// that the scratch stays in L2 (8 × 8192 f32 = 256 KiB at most).
@@ -103,25 +103,6 @@ fn rows_per_task(rows: usize) -> usize {
     (rows / (current_num_threads() * 4)).clamp(ROW_BLOCK, 512)
 }
 
-/// The output of one matrix in a batched product, shared by the tasks that fill it.
-struct SharedOut {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: tasks write disjoint elements (each owns a distinct range of rows, and writes
-// only `out[t·rows + r]` for its rows `r`), and the buffer outlives the parallel pass.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// No other task may write index `i` during the pass.
-    unsafe fn write(&self, i: usize, v: f32) {
-        assert!(i < self.len);
-        *self.ptr.add(i) = v;
-    }
-}
-
 fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], kernels: &[Kernel], x: &[f32], n_tokens: usize) {
     let cols = jobs[0].0.cols;
     let blocks = cols / 32;
@@ -147,8 +128,9 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], kernels: &[Kernel], x: &[f32],
 
     let mut rows_to_quantize: Vec<(&mut [Q8Block], &[f32])> = xq.chunks_mut(blocks).zip(x.chunks(cols)).collect();
     for_each_mut(&mut rows_to_quantize, |(q, xt)| quantize_row(xt, q));
-    let outs: Vec<SharedOut> =
-        jobs.iter_mut().map(|(_, out)| SharedOut { ptr: out.as_mut_ptr(), len: out.len() }).collect();
+    // Tasks write disjoint elements: each owns a distinct range of rows and writes only
+    // `out[t·rows + r]` for its rows `r`.
+    let outs: Vec<DisjointMut> = jobs.iter_mut().map(|(_, out)| DisjointMut::new(out)).collect();
     let mut tasks = Vec::new();
     for (j, (w, _)) in jobs.iter().enumerate() {
         let chunk = rows_per_task(w.rows);

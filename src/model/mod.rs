@@ -14,6 +14,11 @@ pub mod lora;
 
 pub use config::{Config, Family, RopeScaling};
 pub use decoder::Model;
+
+/// Rows of logits a caller that needs many (perplexity, teacher targets) computes at
+/// once: bounds the transient rows × n_vocab f32 buffer (6 MiB for a 49k vocabulary,
+/// 32 MiB for Gemma's 262k).
+pub const LOGIT_ROWS: usize = 32;
 pub use device::{Device, DeviceError, DeviceRequest};
 pub use kv_cache::KvCache;
 pub use lora::{Adapter, LoraPair, Target};

@@ -19,8 +19,7 @@ use crate::generate::sampler::log_sum_exp;
 use crate::generate::{GenerationError, Rng, Runtime, Sampler, SamplerConfig, Session};
 use crate::tokenizer::Message;
 
-/// Rows of logits computed at once (bounds the rows × n_vocab buffer).
-const LOGIT_ROWS: usize = 32;
+use crate::model::LOGIT_ROWS;
 
 #[derive(Debug, Clone)]
 pub struct MakeOptions {

@@ -11,11 +11,12 @@
 //! device copy of `W` is dequantized per product and multiplied in f32 (cuBLAS), which is
 //! where nearly all of a training step's arithmetic is.
 
-use super::{SharedMut, TrainError};
+use super::TrainError;
 use crate::kernels::gemm::{gemm_nn, gemm_nt, Mat};
 use crate::kernels::QMatrix;
 use crate::model::Model;
 use crate::threads::for_each_mut;
+use crate::threads::DisjointMut;
 
 /// Where the products with frozen weights run: the CPU bands below, or the GPU copy of a
 /// model loaded on a device.
@@ -79,7 +80,7 @@ pub fn forward(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     let (n_out, n_in) = (w.rows, w.cols);
     assert!(x.len() >= n * n_in && y.len() >= n * n_out, "frozen forward: shapes");
     let total = y.len();
-    let out = SharedMut::new(y);
+    let out = DisjointMut::new(y);
     let mut bands: Vec<usize> = (0..n_out).step_by(BAND).collect();
     for_each_mut(&mut bands, |&mut r0| {
         let rows = BAND.min(n_out - r0);

@@ -14,6 +14,7 @@ pub mod loss;
 pub mod optim;
 pub mod student;
 
+use crate::threads::DisjointMut;
 pub use student::{LoraParams, Student};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,30 +25,6 @@ pub enum TrainError {
     Invalid(String),
     #[error(transparent)]
     Device(#[from] crate::model::DeviceError),
-}
-
-/// A buffer parallel tasks write disjoint parts of.
-pub(crate) struct SharedMut {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: every use hands each task a region no other task touches during the pass.
-unsafe impl Sync for SharedMut {}
-unsafe impl Send for SharedMut {}
-
-impl SharedMut {
-    pub(crate) fn new(buf: &mut [f32]) -> Self {
-        Self { ptr: buf.as_mut_ptr(), len: buf.len() }
-    }
-
-    /// # Safety
-    /// No other task may access `offset..offset + len` while the slice lives.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
-        assert!(offset + len <= self.len, "shared slice out of bounds");
-        std::slice::from_raw_parts_mut(self.ptr.add(offset), len)
-    }
 }
 
 /// `gemm_nn` / `gemm_nt` with C's rows shared out over the current pool (bands of a
@@ -72,7 +49,7 @@ pub(crate) fn par_gemm(
         return f(m, n, k, a, b, c, ldc, accumulate);
     }
     let len = c.len();
-    let shared = SharedMut::new(c);
+    let shared = DisjointMut::new(c);
     let mut starts: Vec<usize> = (0..m).step_by(band).collect();
     crate::threads::for_each_mut(&mut starts, |&mut i0| {
         let rows = band.min(m - i0);

@@ -7,7 +7,7 @@
 //! dequantized a band at a time inside each product (`frozen`).
 
 use super::frozen::Frozen;
-use super::{par_gemm, SharedMut, TrainError};
+use super::{par_gemm, TrainError};
 use crate::kernels::dot::{attend, dot};
 use crate::kernels::gemm::{transpose, Mat};
 use crate::kernels::QMatrix;
@@ -15,6 +15,7 @@ use crate::model::decoder::{rope, rope_tables, silu};
 use crate::model::{Adapter, Config, Family, LoraPair, Model, Target};
 use crate::rng::Rng;
 use crate::threads::for_each_mut;
+use crate::threads::DisjointMut;
 
 /// The trainable parameters: A and B of every adapted weight, flat, with their gradients.
 #[derive(Debug, Clone)]
@@ -432,7 +433,7 @@ fn attention_forward(
 ) {
     let (qd, kvd, group) = (nh * d, nkv * d, nh / nkv);
     let scale = 1.0 / (d as f32).sqrt();
-    let (pp, op) = (SharedMut::new(probs), SharedMut::new(out));
+    let (pp, op) = (DisjointMut::new(probs), DisjointMut::new(out));
     let mut heads: Vec<usize> = (0..nh).collect();
     for_each_mut(&mut heads, |&mut h| {
         let g = h / group;
@@ -468,7 +469,7 @@ fn attention_backward(
 ) {
     let (qd, kvd, group) = (nh * d, nkv * d, nh / nkv);
     let scale = 1.0 / (d as f32).sqrt();
-    let (dqp, dkp, dvp) = (SharedMut::new(dq), SharedMut::new(dk), SharedMut::new(dv));
+    let (dqp, dkp, dvp) = (DisjointMut::new(dq), DisjointMut::new(dk), DisjointMut::new(dv));
     let mut groups: Vec<usize> = (0..nkv).collect();
     for_each_mut(&mut groups, |&mut g| {
         let mut dp = vec![0f32; t_len];
