@@ -14,7 +14,7 @@ pub type RowDot = fn(&[u8], &[Q8Block]) -> f32;
 
 /// Tokens per multi-token kernel call (prefill): each unpacked weight block is reused
 /// this many times.
-pub const TILE: usize = 4;
+pub const TILE: usize = 8;
 
 /// A row kernel for [`TILE`] tokens at once: token `t`'s blocks start at `x[t·stride]`.
 pub type RowDotTile = fn(&[u8], &[Q8Block], usize) -> [f32; TILE];
