@@ -132,7 +132,7 @@ pub fn bench(a: BenchArgs, request: crate::model::DeviceRequest) -> anyhow::Resu
                     size_bytes: desc.size,
                     n_params: desc.params,
                     quant_mix: desc.quant_mix.clone(),
-                    backend: backend_name(on),
+                    backend: backend_name(rt.model.device()),
                     gpu: rt.model.gpu_name().map(str::to_string),
                     threads,
                     test: test.name(),

@@ -69,8 +69,6 @@ pub struct GpuModel {
     /// Each uploaded weight by the address of its mapped bytes, so that training can find
     /// the device copy of a host [`QMatrix`].
     by_address: HashMap<usize, Arc<QTensor>>,
-    /// Bytes of weights uploaded.
-    uploaded: usize,
 }
 
 /// The KV cache of one context on the device: per layer `[n_head_kv, n_ctx, head_dim]`,
@@ -104,14 +102,12 @@ impl GpuModel {
     pub fn load(m: &Model, device: Device) -> Result<Self, DeviceError> {
         let dev = open(device)?;
         let fail = |e: candle_core::Error| DeviceError::Compute { device, reason: one_line(&e) };
-        let mut uploaded = 0usize;
         let mut by_address = HashMap::new();
         let mut upload = |w: &QMatrix| -> Result<Arc<QTensor>, DeviceError> {
             let dtype = candle_dtype(w.dtype).ok_or_else(|| DeviceError::Compute {
                 device,
                 reason: format!("candle has no {device} kernels for {} weights", w.dtype),
             })?;
-            uploaded += w.bytes().len();
             let storage = QStorage::from_data(Cow::Borrowed(w.bytes()), &dev, dtype).map_err(fail)?;
             let q = Arc::new(QTensor::new(storage, (w.rows, w.cols)).map_err(fail)?);
             by_address.insert(w.bytes().as_ptr() as usize, q.clone());
@@ -147,14 +143,13 @@ impl GpuModel {
         }
         Ok(Self {
             device,
-            name: device_name(device, &dev),
+            name: device_name(device),
             output: linear(output)?,
             token_embd,
             output_norm: vector(&m.output_norm)?,
             blocks,
             loras: HashMap::new(),
             by_address,
-            uploaded,
             dev,
         })
     }
@@ -165,11 +160,6 @@ impl GpuModel {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// Bytes of quantized weights held in device memory.
-    pub fn uploaded_bytes(&self) -> usize {
-        self.uploaded
     }
 
     fn fail(&self) -> impl Fn(candle_core::Error) -> DeviceError + '_ {
@@ -411,7 +401,7 @@ fn attention_mask(
     Ok((Tensor::from_vec(mask, (n, len), dev)?, start))
 }
 
-fn device_name(device: Device, _dev: &candle_core::Device) -> String {
+fn device_name(device: Device) -> String {
     match device {
         Device::Cuda(n) => cuda_name(n).unwrap_or_else(|| format!("CUDA device {n}")),
         other => other.to_string(),
