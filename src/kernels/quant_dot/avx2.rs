@@ -12,16 +12,46 @@ use super::super::q8::Q8Block;
 use super::scalar::k_scale_min;
 use super::TILE;
 
-/// f32 of every f16 bit pattern (256 KiB): a scale is then one load instead of an insert
-/// and a conversion on the shuffle port, which the decode loop is short of.
-static F16_TO_F32: std::sync::LazyLock<Box<[f32]>> =
-    std::sync::LazyLock::new(|| (0..=u16::MAX).map(|h| half::f16::from_bits(h).to_f32()).collect());
+/// f32 of every f16 bit pattern (256 KiB, built at compile time): a scale is then one
+/// load instead of an insert and a conversion on the shuffle port, which the decode loop
+/// is short of.
+static F16_TO_F32: [f32; 1 << 16] = {
+    let mut table = [0f32; 1 << 16];
+    let mut h = 0;
+    while h < table.len() {
+        table[h] = f16_bits_to_f32(h as u16);
+        h += 1;
+    }
+    table
+};
+
+/// IEEE half → single, exactly (subnormals normalised, infinities and NaNs kept).
+const fn f16_bits_to_f32(h: u16) -> f32 {
+    let sign = ((h as u32) & 0x8000) << 16;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    let bits = if exp == 0x1f {
+        sign | 0x7f80_0000 | (man << 13)
+    } else if exp != 0 {
+        sign | ((exp + 127 - 15) << 23) | (man << 13)
+    } else if man == 0 {
+        sign
+    } else {
+        // man · 2^-24: shift the leading one up to the implicit bit.
+        let (mut e, mut m) = (127 - 15 + 1, man);
+        while m & 0x400 == 0 {
+            m <<= 1;
+            e -= 1;
+        }
+        sign | (e << 23) | ((m & 0x3ff) << 13)
+    };
+    f32::from_bits(bits)
+}
 
 /// The f16 at byte `i`, as f32.
 #[inline(always)]
 unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
-    let h = u16::from_le_bytes([b[i], b[i + 1]]);
-    *F16_TO_F32.get_unchecked(h as usize)
+    F16_TO_F32[u16::from_le_bytes([b[i], b[i + 1]]) as usize]
 }
 
 #[inline(always)]
@@ -352,3 +382,14 @@ macro_rules! kernels {
 
 kernels!(plain, Avx2, "avx2,fma,f16c");
 kernels!(vnni, Vnni, "avx2,fma,f16c,avx512vnni,avx512vl");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_scale_table_converts_every_half_exactly() {
+        for h in 0..=u16::MAX {
+            let (got, want) = (super::F16_TO_F32[h as usize], half::f16::from_bits(h).to_f32());
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{h:#06x}: {got} vs {want}");
+        }
+    }
+}
