@@ -113,6 +113,12 @@ impl MulSum for Vnni {
     }
 }
 
+/// Bytes ahead of the current weight block that decode asks the cache to fetch: weight
+/// rows are short (a few hundred bytes at 576 wide), so the hardware prefetcher keeps
+/// restarting; 1.5 KiB ahead measured best here (768: half the gain; 3 KiB: the same).
+/// A prefetch past the end of the map is harmless: it never faults.
+const PREFETCH_AHEAD: usize = 1536;
+
 /// The 32-value block formats share one loop: `unpack` turns a block into 32 unsigned
 /// weights; `d` and `m` read its scale and minimum (or offset). Two blocks per iteration
 /// with separate accumulators keep the FMA chain from serialising.
@@ -129,6 +135,7 @@ unsafe fn block32<M: MulSum>(
     let mut pairs = w.chunks_exact(2 * ts);
     let mut xs = x.chunks_exact(2);
     for (b, xb) in (&mut pairs).zip(&mut xs) {
+        _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8);
         let (b0, b1) = b.split_at(ts);
         let p0 = M::mul_sum(unpack(b0), load_x(&xb[0]));
         let p1 = M::mul_sum(unpack(b1), load_x(&xb[1]));
@@ -201,6 +208,7 @@ unsafe fn q8_0_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
     let mut pairs = w.chunks_exact(68);
     let mut xs = x.chunks_exact(2);
     for (b, xb) in (&mut pairs).zip(&mut xs) {
+        _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8);
         let (b0, b1) = b.split_at(34);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b0, 0) * xb[0].d), dot::<M>(b0, &xb[0]), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b1, 0) * xb[1].d), dot::<M>(b1, &xb[1]), acc1);
