@@ -13,6 +13,7 @@ use pupil::generate::Runtime;
 use pupil::model::{Device, Target};
 use pupil::rng::Rng;
 use pupil::train::frozen::{self, Frozen};
+use pupil::train::loss::full_kl;
 use pupil::train::{LoraParams, Student};
 
 /// Both sides run the same quantized weights, but candle's device kernels quantize the
@@ -36,30 +37,11 @@ fn pair(name: &str) -> Option<(Runtime, Runtime)> {
     Some((cpu, dev))
 }
 
-/// Full KL(p ‖ q) of two logit rows.
-fn kl(p: &[f32], q: &[f32]) -> f64 {
-    let (lp, lq) = (log_sum_exp(p, 1.0), log_sum_exp(q, 1.0));
-    p.iter()
-        .zip(q)
-        .map(|(&a, &b)| {
-            let la = a as f64 - lp;
-            la.exp() * (la - (b as f64 - lq))
-        })
-        .sum()
-}
-
-fn logits_of(rt: &Runtime, ids: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = rt.model.new_cache(ids.len()).unwrap();
-    let hidden = rt.pool.install(|| rt.model.forward(ids, &mut cache)).unwrap();
-    let logits = rt.pool.install(|| rt.model.logits(&hidden)).unwrap();
-    logits.chunks_exact(rt.model.cfg.n_vocab).map(<[f32]>::to_vec).collect()
-}
-
 fn compare(what: &str, cpu: &[Vec<f32>], dev: &[Vec<f32>]) {
     let mut sum = 0.0;
     let mut same = 0;
     for (i, (c, d)) in cpu.iter().zip(dev).enumerate() {
-        let k = kl(c, d);
+        let k = full_kl(c, d);
         assert!(k <= MAX_POSITION_KL, "{what}: position {i} KL(cpu ‖ gpu) {k:.4}");
         sum += k;
         same += (argmax(c) == argmax(d)) as usize;
@@ -114,7 +96,7 @@ fn quantized_products_match_the_dequantized_product_for_every_type() {
 fn smollm2_batched_forward_matches_cpu() {
     let Some((cpu, dev)) = pair(SMOLLM2) else { return };
     let ids = gpl_ids(&cpu, 300);
-    compare("smollm2 300-token batch", &logits_of(&cpu, &ids), &logits_of(&dev, &ids));
+    compare("smollm2 300-token batch", &all_logits(&cpu, &ids), &all_logits(&dev, &ids));
 }
 
 #[test]
@@ -124,7 +106,7 @@ fn gemma3_sliding_window_beyond_its_width_matches_cpu() {
     let n = window + 150;
     let ids = gpl_ids(&cpu, n);
     // Only the positions past the window tell a windowed attention from a full one.
-    let (c, d) = (logits_of(&cpu, &ids), logits_of(&dev, &ids));
+    let (c, d) = (all_logits(&cpu, &ids), all_logits(&dev, &ids));
     compare("gemma3 positions past the window", &c[window..], &d[window..]);
 }
 
@@ -133,7 +115,7 @@ fn incremental_decode_on_the_device_matches_its_batch() {
     for name in [SMOLLM2, GEMMA3] {
         let Some((_, dev)) = pair(name) else { return };
         let ids = gpl_ids(&dev, 40);
-        let batched = logits_of(&dev, &ids);
+        let batched = all_logits(&dev, &ids);
         let mut cache = dev.model.new_cache(64).unwrap();
         // A 25-token prefill, then one token at a time through the device KV cache.
         let hidden = dev.model.forward(&ids[..25], &mut cache).unwrap();
@@ -158,12 +140,12 @@ fn lora_at_inference_matches_cpu() {
         }
     }
     let ids = gpl_ids(&cpu, 64);
-    let base = logits_of(&dev, &ids);
+    let base = all_logits(&dev, &ids);
     cpu.model.add_adapter(lora.to_adapter(), 1.0).unwrap();
     dev.model.add_adapter(lora.to_adapter(), 1.0).unwrap();
-    let (c, d) = (logits_of(&cpu, &ids), logits_of(&dev, &ids));
+    let (c, d) = (all_logits(&cpu, &ids), all_logits(&dev, &ids));
     compare("smollm2 with a LoRA adapter", &c, &d);
-    let moved: f64 = base.iter().zip(&d).map(|(a, b)| kl(a, b)).sum::<f64>() / ids.len() as f64;
+    let moved: f64 = base.iter().zip(&d).map(|(a, b)| full_kl(a, b)).sum::<f64>() / ids.len() as f64;
     assert!(moved > 1e-3, "the adapter did not change the device's output (mean KL {moved})");
 }
 

@@ -9,6 +9,7 @@ use common::*;
 use pupil::generate::sampler::argmax;
 use pupil::generate::sampler::log_sum_exp;
 use pupil::generate::{Runtime, Sampler, SamplerConfig, Session};
+use pupil::train::loss::full_kl;
 
 /// Checks stated by the fixtures' README.
 const FREE_RUN_MARGIN: f64 = 0.5;
@@ -23,14 +24,6 @@ fn runtime() -> Option<Runtime> {
 fn runtime_of(name: &str) -> Option<Runtime> {
     let path = model(name)?;
     Some(Runtime::load_path_on(&path, 2, device()).unwrap_or_else(|e| panic!("load {name} on {}: {e}", device())))
-}
-
-/// Logits of every position of `ids`, run in one batch from an empty cache.
-fn all_logits(rt: &Runtime, ids: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = rt.model.new_cache(ids.len()).unwrap();
-    let hidden = rt.pool.install(|| rt.model.forward(ids, &mut cache)).unwrap();
-    let logits = rt.pool.install(|| rt.model.logits(&hidden)).unwrap();
-    logits.chunks_exact(rt.model.cfg.n_vocab).map(<[f32]>::to_vec).collect()
 }
 
 #[test]
@@ -174,12 +167,7 @@ fn smollm2_batched_prefill_equals_token_by_token() {
         } else {
             // A GPU multiplies one token and a batch with different kernels (8-bit and f32
             // activations for Q4_1): the two agree as two correct runtimes do.
-            let (lb, lo) = (log_sum_exp(&batched[i], 1.0), log_sum_exp(&one, 1.0));
-            let kl: f64 = batched[i]
-                .iter()
-                .zip(&one)
-                .map(|(&b, &o)| (b as f64 - lb).exp() * ((b as f64 - lb) - (o as f64 - lo)))
-                .sum();
+            let kl = full_kl(&batched[i], &one);
             assert!(kl <= MAX_POSITION_KL, "position {i}: KL(batched ‖ incremental) {kl:.4}");
         }
     }

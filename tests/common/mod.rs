@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use pupil::catalog::{self, Catalog};
+use pupil::generate::Runtime;
 use pupil::model::{Device, DeviceRequest};
 
 /// The path of catalog model `name`, pulled (and verified) on first use.
@@ -103,4 +104,12 @@ pub fn targets_header(
         created: String::new(),
         pupil_version: String::new(),
     }
+}
+
+/// Logits of every position of `ids`, run in one batch from an empty cache.
+pub fn all_logits(rt: &Runtime, ids: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = rt.model.new_cache(ids.len()).unwrap();
+    let hidden = rt.pool.install(|| rt.model.forward(ids, &mut cache)).unwrap();
+    let logits = rt.pool.install(|| rt.model.logits(&hidden)).unwrap();
+    logits.chunks_exact(rt.model.cfg.n_vocab).map(<[f32]>::to_vec).collect()
 }
