@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::generate::sampler::{argmax, log_sum_exp};
 use crate::generate::{GenerationError, Runtime};
+use crate::model::LOGIT_ROWS;
 use crate::train::loss::full_kl;
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,8 +64,6 @@ impl Chunks {
         batch
     }
 }
-
-use crate::model::LOGIT_ROWS;
 
 /// Scores `text` in chunks of `n_ctx` tokens (at most `max_chunks` of them), calling
 /// `on_chunk(done, total, running_ppl)` after each.

@@ -132,7 +132,7 @@ pub fn bench(a: BenchArgs, request: crate::model::DeviceRequest) -> anyhow::Resu
                     size_bytes: desc.size,
                     n_params: desc.params,
                     quant_mix: desc.quant_mix.clone(),
-                    backend: backend_name(rt.model.device()),
+                    backend: rt.model.device().backend(),
                     gpu: rt.model.gpu_name().map(str::to_string),
                     threads,
                     test: test.name(),
@@ -274,13 +274,4 @@ fn print_rows(rows: &[Row], format: Format, device: &DeviceInfo) -> anyhow::Resu
         }
     }
     Ok(())
-}
-
-fn backend_name(device: crate::model::Device) -> &'static str {
-    match device {
-        crate::model::Device::Cpu => "CPU",
-        crate::model::Device::Cuda(_) => "CUDA",
-        crate::model::Device::Metal(_) => "Metal",
-        crate::model::Device::CandleCpu => "candle-CPU",
-    }
 }

@@ -296,6 +296,9 @@ impl Model {
             cache.advance(n);
             return Ok(hidden);
         }
+        if !cache.is_on_host() {
+            return Err(ModelError::BadConfig("this KV cache was made for a GPU, the model runs on the CPU".into()));
+        }
         let (e, d, nh, nkv) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let (q_dim, kv_dim) = (nh * d, nkv * d);
 

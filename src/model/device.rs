@@ -115,6 +115,16 @@ impl Device {
     pub fn is_cpu(self) -> bool {
         self == Device::Cpu
     }
+
+    /// The backend's name in bench rows and reports (llama-bench's `backend` column).
+    pub fn backend(self) -> &'static str {
+        match self {
+            Device::Cpu => "CPU",
+            Device::Cuda(_) => "CUDA",
+            Device::Metal(_) => "Metal",
+            Device::CandleCpu => "candle-CPU",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,11 @@ fn one_line(e: &candle_core::Error) -> String {
     e.to_string().lines().next().unwrap_or("unknown error").to_string()
 }
 
+/// A failed device operation on `device`, as pupil reports it.
+fn failure(device: Device) -> impl Fn(candle_core::Error) -> DeviceError {
+    move |e| DeviceError::Compute { device, reason: one_line(&e) }
+}
+
 struct Block {
     attn_norm: Tensor,
     attn_q: QMatMul,
@@ -101,20 +106,20 @@ impl GpuModel {
     /// Uploads every weight of `m` (already validated against the file) to `device`.
     pub fn load(m: &Model, device: Device) -> Result<Self, DeviceError> {
         let dev = open(device)?;
-        let fail = |e: candle_core::Error| DeviceError::Compute { device, reason: one_line(&e) };
+        let fail = failure(device);
         let mut by_address = HashMap::new();
         let mut upload = |w: &QMatrix| -> Result<Arc<QTensor>, DeviceError> {
             let dtype = candle_dtype(w.dtype).ok_or_else(|| DeviceError::Compute {
                 device,
                 reason: format!("candle has no {device} kernels for {} weights", w.dtype),
             })?;
-            let storage = QStorage::from_data(Cow::Borrowed(w.bytes()), &dev, dtype).map_err(fail)?;
-            let q = Arc::new(QTensor::new(storage, (w.rows, w.cols)).map_err(fail)?);
+            let storage = QStorage::from_data(Cow::Borrowed(w.bytes()), &dev, dtype).map_err(&fail)?;
+            let q = Arc::new(QTensor::new(storage, (w.rows, w.cols)).map_err(&fail)?);
             by_address.insert(w.bytes().as_ptr() as usize, q.clone());
             Ok(q)
         };
-        let linear = |q: Arc<QTensor>| QMatMul::from_arc(q).map_err(fail);
-        let vector = |v: &[f32]| Tensor::from_slice(v, v.len(), &dev).map_err(fail);
+        let linear = |q: Arc<QTensor>| QMatMul::from_arc(q).map_err(&fail);
+        let vector = |v: &[f32]| Tensor::from_slice(v, v.len(), &dev).map_err(&fail);
 
         let token_embd = upload(&m.token_embd)?;
         // A tied head is the same mapped bytes: upload them once.
@@ -162,14 +167,9 @@ impl GpuModel {
         &self.name
     }
 
-    fn fail(&self) -> impl Fn(candle_core::Error) -> DeviceError + '_ {
-        move |e| DeviceError::Compute { device: self.device, reason: one_line(&e) }
-    }
-
     /// Uploads `adapter`'s pairs, to be applied with `scale` (α/r times the user's scale).
     pub fn add_adapter(&mut self, adapter: &Adapter, scale: f32) -> Result<(), DeviceError> {
-        let device = self.device;
-        let fail = |e: candle_core::Error| DeviceError::Compute { device, reason: one_line(&e) };
+        let fail = failure(self.device);
         let mut added = Vec::new();
         for (layer, pairs) in adapter.layers.iter().enumerate() {
             for target in Target::ALL {
@@ -209,14 +209,10 @@ impl GpuModel {
     /// forward pass takes (for the backend tests).
     pub fn product_of(&self, w: &QMatrix, x: &[f32], n: usize) -> Result<Vec<f32>, DeviceError> {
         let run = || -> candle_core::Result<Vec<f32>> {
-            let q = match self.by_address.get(&(w.bytes().as_ptr() as usize)) {
-                Some(q) => q.clone(),
-                None => candle_core::bail!("weight {w:?} was not uploaded to the device"),
-            };
             let x = Tensor::from_slice(&x[..n * w.cols], (n, w.cols), &self.dev)?;
-            self.product(&QMatMul::from_arc(q)?, &x)?.flatten_all()?.to_vec1::<f32>()
+            self.product(&QMatMul::from_arc(self.uploaded(w)?.clone())?, &x)?.flatten_all()?.to_vec1::<f32>()
         };
-        run().map_err(self.fail())
+        run().map_err(failure(self.device))
     }
 
     /// `w · x` plus the adapters' updates of (`layer`, `target`).
@@ -233,14 +229,14 @@ impl GpuModel {
     pub fn new_cache(&self, cfg: &Config, n_ctx: usize) -> Result<DeviceKv, DeviceError> {
         let layer = || Tensor::zeros((cfg.n_head_kv, n_ctx, cfg.head_dim), DType::F32, &self.dev);
         let layers = || (0..cfg.n_layer).map(|_| layer()).collect::<candle_core::Result<Vec<_>>>();
-        Ok(DeviceKv { k: layers().map_err(self.fail())?, v: layers().map_err(self.fail())? })
+        Ok(DeviceKv { k: layers().map_err(failure(self.device))?, v: layers().map_err(failure(self.device))? })
     }
 
     /// Runs `tokens` at positions `pos0..` and returns the final normed hidden state of
     /// every position (`tokens.len() × n_embd`, on the host).
     pub fn forward(&self, m: &Model, tokens: &[u32], kv: &mut DeviceKv, pos0: usize) -> Result<Vec<f32>, DeviceError> {
-        let x = self.forward_device(m, tokens, kv, pos0).map_err(self.fail())?;
-        x.flatten_all().and_then(|x| x.to_vec1::<f32>()).map_err(self.fail())
+        let x = self.forward_device(m, tokens, kv, pos0).map_err(failure(self.device))?;
+        x.flatten_all().and_then(|x| x.to_vec1::<f32>()).map_err(failure(self.device))
     }
 
     fn forward_device(&self, m: &Model, tokens: &[u32], kv: &mut DeviceKv, pos0: usize) -> candle_core::Result<Tensor> {
@@ -335,12 +331,17 @@ impl GpuModel {
         rms_norm(&x, &self.output_norm, eps)
     }
 
-    /// The device copy of `w`, dequantized to f32 (`n_out × n_in`).
-    fn dense(&self, w: &QMatrix) -> candle_core::Result<Tensor> {
+    /// The device copy of the host weight `w` (found by the address of its mapped bytes).
+    fn uploaded(&self, w: &QMatrix) -> candle_core::Result<&Arc<QTensor>> {
         match self.by_address.get(&(w.bytes().as_ptr() as usize)) {
-            Some(q) => q.dequantize(&self.dev),
+            Some(q) => Ok(q),
             None => candle_core::bail!("weight {w:?} was not uploaded to the device"),
         }
+    }
+
+    /// The device copy of `w`, dequantized to f32 (`n_out × n_in`).
+    fn dense(&self, w: &QMatrix) -> candle_core::Result<Tensor> {
+        self.uploaded(w)?.dequantize(&self.dev)
     }
 
     /// Training's frozen forward product on the device: `y = x · Wᵀ` for `n` rows.
@@ -349,7 +350,7 @@ impl GpuModel {
             let x = Tensor::from_slice(&x[..n * w.cols], (n, w.cols), &self.dev)?;
             x.matmul(&self.dense(w)?.t()?)?.flatten_all()?.to_vec1::<f32>()
         };
-        let out = run().map_err(self.fail())?;
+        let out = run().map_err(failure(self.device))?;
         y[..out.len()].copy_from_slice(&out);
         Ok(())
     }
@@ -360,7 +361,7 @@ impl GpuModel {
             let dy = Tensor::from_slice(&dy[..n * w.rows], (n, w.rows), &self.dev)?;
             dy.matmul(&self.dense(w)?)?.flatten_all()?.to_vec1::<f32>()
         };
-        let out = run().map_err(self.fail())?;
+        let out = run().map_err(failure(self.device))?;
         dx.iter_mut().zip(&out).for_each(|(d, o)| *d += o);
         Ok(())
     }
@@ -372,7 +373,7 @@ impl GpuModel {
             let h = Tensor::from_slice(hidden, (rows, n_embd), &self.dev)?;
             self.product(&self.output, &h)?.flatten_all()?.to_vec1::<f32>()
         };
-        run().map_err(self.fail())
+        run().map_err(failure(self.device))
     }
 }
 

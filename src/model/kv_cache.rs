@@ -32,6 +32,7 @@ impl LazyBuffer {
 }
 
 pub struct KvCache {
+    n_layer: usize,
     n_ctx: usize,
     kv_dim: usize,
     /// Positions filled so far.
@@ -49,6 +50,7 @@ impl KvCache {
         let kv_dim = cfg.kv_dim();
         let layers = || (0..cfg.n_layer).map(|_| LazyBuffer::new(n_ctx * kv_dim)).collect::<std::io::Result<Vec<_>>>();
         Ok(Self {
+            n_layer: cfg.n_layer,
             n_ctx,
             kv_dim,
             len: 0,
@@ -59,16 +61,16 @@ impl KvCache {
         })
     }
 
-    /// A cache whose keys and values live in device memory.
+    /// A cache whose keys and values live in device memory (no host buffers).
     #[cfg(feature = "gpu")]
     pub(crate) fn on_device(cfg: &Config, n_ctx: usize, kv: super::gpu::DeviceKv) -> Self {
-        let n_layer = cfg.n_layer;
         Self {
+            n_layer: cfg.n_layer,
             n_ctx,
             kv_dim: cfg.kv_dim(),
             len: 0,
-            k: (0..n_layer).map(|_| LazyBuffer { map: None, len: 0 }).collect(),
-            v: (0..n_layer).map(|_| LazyBuffer { map: None, len: 0 }).collect(),
+            k: Vec::new(),
+            v: Vec::new(),
             device: Some(kv),
         }
     }
@@ -104,7 +106,12 @@ impl KvCache {
 
     /// Bytes the cache would take if every position were filled.
     pub fn capacity_bytes(&self) -> usize {
-        2 * self.k.len() * self.n_ctx * self.kv_dim * std::mem::size_of::<f32>()
+        2 * self.n_layer * self.n_ctx * self.kv_dim * std::mem::size_of::<f32>()
+    }
+
+    /// Whether this cache holds its keys and values on the host (the CPU path's).
+    pub(crate) fn is_on_host(&self) -> bool {
+        self.k.len() == self.n_layer
     }
 
     /// Keys and values of `layer` (all `n_ctx` positions, mutable for writing new ones).

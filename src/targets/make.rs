@@ -17,9 +17,8 @@ use serde::Deserialize;
 use super::format::*;
 use crate::generate::sampler::log_sum_exp;
 use crate::generate::{GenerationError, Rng, Runtime, Sampler, SamplerConfig, Session};
-use crate::tokenizer::Message;
-
 use crate::model::LOGIT_ROWS;
+use crate::tokenizer::Message;
 
 #[derive(Debug, Clone)]
 pub struct MakeOptions {

@@ -15,8 +15,7 @@ use super::TrainError;
 use crate::kernels::gemm::{gemm_nn, gemm_nt, Mat};
 use crate::kernels::QMatrix;
 use crate::model::Model;
-use crate::threads::for_each_mut;
-use crate::threads::DisjointMut;
+use crate::threads::{for_each_mut, DisjointMut};
 
 /// Where the products with frozen weights run: the CPU bands below, or the GPU copy of a
 /// model loaded on a device.

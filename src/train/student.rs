@@ -14,8 +14,7 @@ use crate::kernels::QMatrix;
 use crate::model::decoder::{rope, rope_tables, silu};
 use crate::model::{Adapter, Config, Family, LoraPair, Model, Target};
 use crate::rng::Rng;
-use crate::threads::for_each_mut;
-use crate::threads::DisjointMut;
+use crate::threads::{for_each_mut, DisjointMut};
 
 /// The trainable parameters: A and B of every adapted weight, flat, with their gradients.
 #[derive(Debug, Clone)]
