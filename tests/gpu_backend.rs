@@ -222,3 +222,13 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
     eprintln!("{what}: relative difference {:.2e}", diff / norm);
     assert!(diff <= tol * norm, "{what}: ‖cpu − gpu‖ = {diff:.3e} > {tol} · {norm:.3e}");
 }
+
+#[test]
+fn a_cache_from_the_other_device_is_refused_with_a_clear_error() {
+    let Some((cpu, dev)) = pair(SMOLLM2) else { return };
+    let (mut host_cache, mut device_cache) = (cpu.model.new_cache(8).unwrap(), dev.model.new_cache(8).unwrap());
+    let err = dev.model.forward(&[1, 2], &mut host_cache).unwrap_err().to_string();
+    assert!(err.contains("made for the CPU"), "{err}");
+    let err = cpu.model.forward(&[1, 2], &mut device_cache).unwrap_err().to_string();
+    assert!(err.contains("made for a GPU"), "{err}");
+}
