@@ -177,6 +177,10 @@ fn attend_with(
     }
 }
 
+/// Head dimensions the register-resident weighted sum takes at a time (eight ymm
+/// accumulators).
+const V_CHUNK: usize = 64;
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -191,21 +195,76 @@ unsafe fn attend_avx2(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    // The closures are built here, so they inherit AVX2 and inline.
-    attend_with(
-        q,
-        keys,
-        values,
-        positions,
-        stride,
-        offset,
-        scale,
-        scores,
-        out,
-        |a, b| dot_avx2(a, b),
-        |x| softmax_avx2(x),
-        |a, x, y| axpy_avx2(a, x, y),
-    );
+    use std::arch::x86_64::*;
+    let d = q.len();
+    if !d.is_multiple_of(V_CHUNK) {
+        // The closures are built here, so they inherit AVX2 and inline.
+        return attend_with(
+            q,
+            keys,
+            values,
+            positions,
+            stride,
+            offset,
+            scale,
+            scores,
+            out,
+            |a, b| dot_avx2(a, b),
+            |x| softmax_avx2(x),
+            |a, x, y| axpy_avx2(a, x, y),
+        );
+    }
+    let n = positions.len();
+    scores.clear();
+    scores.resize(n, 0.0);
+    let key = |i: usize| keys.as_ptr().add((positions.start + i) * stride + offset);
+    // Four keys at a time: each load of the query serves four keys, one reduction four dots.
+    let mut i = 0;
+    while i + 4 <= n {
+        let s = dot4_avx2(q.as_ptr(), [key(i), key(i + 1), key(i + 2), key(i + 3)], d);
+        _mm_storeu_ps(scores.as_mut_ptr().add(i), _mm_mul_ps(s, _mm_set1_ps(scale)));
+        i += 4;
+    }
+    for (i, s) in scores.iter_mut().enumerate().skip(i) {
+        *s = dot_avx2(q, std::slice::from_raw_parts(key(i), d)) * scale;
+    }
+    softmax_avx2(scores);
+    // The weighted sum, 64 dimensions at a time kept in registers over all positions
+    // (an axpy per position would load and store the output every time).
+    for c in (0..d).step_by(V_CHUNK) {
+        let mut acc = [_mm256_setzero_ps(); V_CHUNK / 8];
+        for (j, &p) in positions.clone().zip(scores.iter()) {
+            let v = values.as_ptr().add(j * stride + offset + c);
+            let vp = _mm256_set1_ps(p);
+            for (u, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(vp, _mm256_loadu_ps(v.add(8 * u)), *a);
+            }
+        }
+        for (u, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * u), *a);
+        }
+    }
+}
+
+/// `q · k[i]` for four vectors of `d` (a multiple of 8) values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot4_avx2(q: *const f32, k: [*const f32; 4], d: usize) -> std::arch::x86_64::__m128 {
+    use std::arch::x86_64::*;
+    // Two accumulators per key so the FMA chains overlap.
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    for (step, e) in (0..d).step_by(8).enumerate() {
+        let qv = _mm256_loadu_ps(q.add(e));
+        let acc = &mut acc[step % 2];
+        for (a, kp) in acc.iter_mut().zip(k) {
+            *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add(e)), *a);
+        }
+    }
+    let a: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(acc[0][i], acc[1][i]));
+    // [k0 k1 k2 k3 | k0 k1 k2 k3] partial sums, then the two halves added.
+    let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
 }
 
 /// Portable softmax in place (max-subtracted, so any finite input is safe).
@@ -316,6 +375,22 @@ mod tests {
         }
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "attend: {a} vs {b}");
+        }
+        // A head of 64 (the register-tiled path), with a position count not a multiple of 4.
+        let (d, stride, offset) = (64, 192, 64);
+        let kv: Vec<f32> = (0..stride * 40).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let q: Vec<f32> = (0..d).map(|i| (i % 9) as f32 / 4.0 - 1.0).collect();
+        out.resize(d, 0.0);
+        attend(&q, &kv, &kv[1..], 3..38, stride, offset, 0.125, &mut scores, &mut out);
+        let mut want_scores: Vec<f32> =
+            (3..38).map(|j| dot_scalar(&q, &kv[j * stride + offset..][..d]) * 0.125).collect();
+        softmax_scalar(&mut want_scores);
+        let mut want = vec![0f32; d];
+        for (j, &p) in (3..38).zip(&want_scores) {
+            axpy_scalar(p, &kv[1..][j * stride + offset..][..d], &mut want);
+        }
+        for (a, b) in out.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "attend d=64: {a} vs {b}");
         }
         // Extreme spreads underflow to zero instead of producing NaN.
         let mut wide = vec![0.0, -200.0, 50.0, -1e30, 3.0, 2.0, 1.0, 0.5, 0.25];
