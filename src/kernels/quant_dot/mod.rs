@@ -4,6 +4,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod scalar;
 
 use super::q8::Q8Block;
@@ -19,11 +21,37 @@ pub const TILE: usize = 8;
 /// A row kernel for [`TILE`] tokens at once: token `t`'s blocks start at `x[t·stride]`.
 pub type RowDotTile = fn(&[u8], &[Q8Block], usize) -> [f32; TILE];
 
-/// Both forms of one weight type's kernel.
+/// Weight rows per call of a [`QuadKernel`].
+pub const QUAD_ROWS: usize = 4;
+
+/// Tokens per call of a [`QuadKernel`]'s tile form (prefill).
+pub const QUAD_TILE: usize = 8;
+
+/// Four consecutive weight rows (`row_bytes` apart from the start of `w`) against one
+/// token's activation blocks.
+pub type QuadDot = fn(&[u8], usize, &[Q8Block]) -> [f32; QUAD_ROWS];
+
+/// Four rows against [`QUAD_TILE`] tokens, token `t`'s blocks at `x[t·stride]`:
+/// `result[t][r]`.
+pub type QuadDotTile = fn(&[u8], usize, &[Q8Block], usize) -> [[f32; QUAD_ROWS]; QUAD_TILE];
+
+/// A kernel that multiplies several rows per pass (AVX-512 VNNI): each activation load
+/// and each block's float work serves four rows (prefill). Gives the same bits for a
+/// token alone and in a tile.
+#[derive(Clone, Copy)]
+pub struct QuadKernel {
+    pub one: QuadDot,
+    pub tile: QuadDotTile,
+}
+
+/// The forms of one weight type's kernel: one row at a time (always; decode), and four
+/// rows at a time where the CPU has a kernel for it (then prefill takes rows four by four
+/// and only a remainder uses `one`/`tile`).
 #[derive(Clone, Copy)]
 pub struct Kernel {
     pub one: RowDot,
     pub tile: RowDotTile,
+    pub quad: Option<QuadKernel>,
 }
 
 /// Weight types with an 8-bit-activation kernel.
@@ -40,6 +68,7 @@ pub fn scalar_kernel(dtype: GgmlDType) -> Option<Kernel> {
             Kernel {
                 one: |w, x| scalar::vec_dot($t, w, x),
                 tile: |w, x, s| std::array::from_fn(|t| scalar::vec_dot($t, w, &x[t * s..(t + 1) * s])),
+                quad: None,
             }
         };
     }
@@ -100,34 +129,42 @@ pub fn x86_kernel(dtype: GgmlDType, allow_vnni: bool) -> Option<Kernel> {
                 Q4_0 => Kernel {
                     one: |w, x| unsafe { avx2::$m::q4_0(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q4_0_tile(w, x, s) },
+                    quad: None,
                 },
                 Q4_1 => Kernel {
                     one: |w, x| unsafe { avx2::$m::q4_1(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q4_1_tile(w, x, s) },
+                    quad: None,
                 },
                 Q5_0 => Kernel {
                     one: |w, x| unsafe { avx2::$m::q5_0(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q5_0_tile(w, x, s) },
+                    quad: None,
                 },
                 Q5_1 => Kernel {
                     one: |w, x| unsafe { avx2::$m::q5_1(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q5_1_tile(w, x, s) },
+                    quad: None,
                 },
                 Q8_0 => Kernel {
                     one: |w, x| unsafe { avx2::$m::q8_0(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q8_0_tile(w, x, s) },
+                    quad: None,
                 },
                 Q4K => Kernel {
                     one: |w, x| unsafe { avx2::$m::q4_k(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q4_k_tile(w, x, s) },
+                    quad: None,
                 },
                 Q5K => Kernel {
                     one: |w, x| unsafe { avx2::$m::q5_k(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q5_k_tile(w, x, s) },
+                    quad: None,
                 },
                 Q6K => Kernel {
                     one: |w, x| unsafe { avx2::$m::q6_k(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q6_k_tile(w, x, s) },
+                    quad: None,
                 },
                 _ => return None,
             }
@@ -136,18 +173,63 @@ pub fn x86_kernel(dtype: GgmlDType, allow_vnni: bool) -> Option<Kernel> {
     Some(if allow_vnni && vnni_available() { pick!(vnni) } else { pick!(plain) })
 }
 
+/// Whether the CPU has the AVX-512 subsets the four-row kernels use.
+pub fn avx512_vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        vnni_available()
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The four-row AVX-512 kernel for `dtype`, if there is one and the CPU can run it.
+#[cfg(target_arch = "x86_64")]
+pub fn x86_quad_kernel(dtype: GgmlDType) -> Option<QuadKernel> {
+    use GgmlDType::*;
+    if !avx512_vnni_available() {
+        return None;
+    }
+    macro_rules! quad {
+        ($one:ident, $tile:ident) => {
+            // SAFETY (each closure): the features were detected above; the kernels check
+            // the slice lengths they rely on.
+            QuadKernel {
+                one: |w, rb, x| unsafe { avx512::$one(w, rb, x) },
+                tile: |w, rb, x, s| unsafe { avx512::$tile(w, rb, x, s) },
+            }
+        };
+    }
+    Some(match dtype {
+        Q4_0 => quad!(q4_0, q4_0_tile),
+        Q4_1 => quad!(q4_1, q4_1_tile),
+        Q5_0 => quad!(q5_0, q5_0_tile),
+        Q5_1 => quad!(q5_1, q5_1_tile),
+        Q8_0 => quad!(q8_0, q8_0_tile),
+        Q4K => quad!(q4_k, q4_k_tile),
+        Q5K => quad!(q5_k, q5_k_tile),
+        _ => return None,
+    })
+}
+
 /// The fastest kernel for `dtype` on this CPU.
 pub fn kernel(dtype: GgmlDType) -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     if let Some(k) = x86_kernel(dtype, true) {
-        return Some(k);
+        return Some(Kernel { quad: x86_quad_kernel(dtype), ..k });
     }
     scalar_kernel(dtype)
 }
 
 /// Name of the quantized-dot path in use, for `--verbose` and benchmark rows.
 pub fn simd_name() -> &'static str {
-    if vnni_available() {
+    if avx512_vnni_available() {
+        "avx512vnni"
+    } else if vnni_available() {
         "avx2+vnni"
     } else if avx2_available() {
         "avx2"
@@ -212,6 +294,60 @@ mod tests {
             let got = (scalar_kernel(dtype).unwrap().one)(&w, &xq) as f64;
             let scale: f64 = wf.iter().zip(&xf).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
             assert!((got - want).abs() <= 1e-5 * scale.max(1e-3), "{dtype}: {got} vs {want}");
+        }
+    }
+
+    /// The four-row kernels (where this CPU has them) against the scalar kernel row by
+    /// row, and their tile form bit for bit against their single-token form.
+    #[test]
+    fn quad_kernels_equal_scalar_kernels() {
+        #[cfg(target_arch = "x86_64")]
+        if !avx512_vnni_available() {
+            eprintln!("no AVX-512 VNNI here: four-row kernels not exercised");
+            return;
+        }
+        let mut rng = Rng::new(17);
+        for dtype in TYPES {
+            #[cfg(target_arch = "x86_64")]
+            let Some(quad) = x86_quad_kernel(dtype) else {
+                continue;
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let Some(quad): Option<QuadKernel> = None
+            else {
+                continue;
+            };
+            for n in [256, 512, 256 * 7] {
+                let w = random_row(dtype, QUAD_ROWS * n, &mut rng);
+                let rb = w.len() / QUAD_ROWS;
+                let blocks = n / 32;
+                let (xf, _) = activations(QUAD_TILE * n, &mut rng);
+                let mut xq = vec![Q8Block::ZERO; QUAD_TILE * blocks];
+                quantize_row(&xf, &mut xq);
+                let tiled = (quad.tile)(&w, rb, &xq, blocks);
+                for t in 0..QUAD_TILE {
+                    let xt = &xq[t * blocks..(t + 1) * blocks];
+                    let one = (quad.one)(&w, rb, xt);
+                    for r in 0..QUAD_ROWS {
+                        let row = &w[r * rb..(r + 1) * rb];
+                        let want = (scalar_kernel(dtype).unwrap().one)(row, xt);
+                        let (mut wf, mut xd) = (vec![0f32; n], vec![0f32; n]);
+                        dequantize(dtype, row, &mut wf);
+                        dequantize_row(xt, &mut xd);
+                        let magnitude: f32 = wf.iter().zip(&xd).map(|(a, b)| (a * b).abs()).sum();
+                        let got = one[r];
+                        assert!(
+                            (got - want).abs() <= 1e-5 * magnitude.max(1e-3),
+                            "{dtype} n={n} token {t} row {r}: {got} vs {want}"
+                        );
+                        assert_eq!(
+                            tiled[t][r].to_bits(),
+                            got.to_bits(),
+                            "{dtype} n={n} token {t} row {r}: tile vs one"
+                        );
+                    }
+                }
+            }
         }
     }
 

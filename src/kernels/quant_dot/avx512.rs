@@ -1,0 +1,328 @@
+//! AVX-512 VNNI kernels over four weight rows at once (x86-64): the prefill GEMM
+//! micro-kernel. (Decode keeps the one-row kernels, whose single sequential stream the
+//! prefetcher follows better; see `matmul`.)
+//!
+//! A 32-value block is 16 + 16 values. One 512-bit register holds the first 16 unsigned
+//! weights of four rows, one row per 128-bit lane, and a second register the last 16; the
+//! matching 16 activations are broadcast to all four lanes. Two `vpdpbusd` leave four i32
+//! partial sums per row, then one conversion, one multiply by the four rows' scales and
+//! one FMA by the token's scale finish the block for all four rows. The AVX2 kernels pay
+//! the conversion and both scalings for every (row, token, block); here four rows share
+//! them, and share every activation load.
+//!
+//! The weights stay where the file put them (no repacked copy): four rows `row_bytes`
+//! apart are assembled in registers, once per block for a whole tile of tokens.
+//!
+//! Minimums and offsets (Q4_1's `m`, Q4_0's −8·d, Q8_0's −128·d once its signed weights
+//! are shifted to unsigned) multiply the activation block's sum in a second accumulator
+//! that holds each row's term in the first of its four lanes.
+//!
+//! Every kernel requires AVX-512 F/BW/VL/VNNI (checked by the dispatcher in `mod.rs`);
+//! the entry points check the slice lengths their pointer arithmetic relies on.
+
+use std::arch::x86_64::*;
+
+use super::super::q8::Q8Block;
+use super::avx2::f16_ptr;
+use super::scalar::k_scale_min;
+use super::QUAD_TILE;
+
+/// Weight rows per register.
+pub const ROWS: usize = 4;
+
+/// Lane `l` takes element `l / 4`: each row's value in all four of its lanes.
+#[inline(always)]
+unsafe fn spread() -> __m512i {
+    _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0)
+}
+
+/// Four rows' values, `v[r]` in each lane of row `r`.
+#[inline(always)]
+unsafe fn per_row(v: __m128) -> __m512 {
+    _mm512_permutexvar_ps(spread(), _mm512_castps128_ps512(v))
+}
+
+/// Four rows' values in the first lane of each row, zeros elsewhere.
+#[inline(always)]
+unsafe fn per_row_first_lane(v: __m128) -> __m512 {
+    _mm512_maskz_permutexvar_ps(0x1111, spread(), _mm512_castps128_ps512(v))
+}
+
+/// The f16 at `p` in each of four rows `stride` bytes apart, as four f32. The halves are
+/// gathered in a general register (the integer pipes are idle here) and converted at
+/// once: a `vgatherdps` from a table stalled the loop on its latency.
+#[inline(always)]
+unsafe fn halves4(p: *const u8, stride: usize) -> __m128 {
+    let h = |r: usize| u16::from_le_bytes(std::ptr::read_unaligned(p.add(r * stride) as *const [u8; 2])) as u64;
+    let packed = h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48;
+    _mm_cvtph_ps(_mm_cvtsi64_si128(packed as i64))
+}
+
+/// Four scalars as one vector.
+#[inline(always)]
+unsafe fn scales4(v: [f32; ROWS]) -> __m128 {
+    _mm_setr_ps(v[0], v[1], v[2], v[3])
+}
+
+/// Four 16-byte pieces `stride` bytes apart from `p`, one per 128-bit lane.
+#[inline(always)]
+unsafe fn load4(p: *const u8, stride: usize) -> __m512i {
+    let v = _mm512_castsi128_si512(_mm_loadu_si128(p as *const __m128i));
+    let v = _mm512_inserti32x4::<1>(v, _mm_loadu_si128(p.add(stride) as *const __m128i));
+    let v = _mm512_inserti32x4::<2>(v, _mm_loadu_si128(p.add(2 * stride) as *const __m128i));
+    _mm512_inserti32x4::<3>(v, _mm_loadu_si128(p.add(3 * stride) as *const __m128i))
+}
+
+/// Low and high nibbles of each byte.
+#[inline(always)]
+unsafe fn split_nibbles(v: __m512i) -> (__m512i, __m512i) {
+    let m = _mm512_set1_epi8(0x0F);
+    (_mm512_and_si512(v, m), _mm512_and_si512(_mm512_srli_epi16::<4>(v), m))
+}
+
+/// Four rows' Q5 high-bit masks at `p` (32 bits, bit `j` for element `j`), as byte masks
+/// over (elements 0..16, elements 16..32) in the lane layout of [`load4`].
+#[inline(always)]
+unsafe fn fifth_bits4(p: *const u8, stride: usize) -> (u64, u64) {
+    let (mut lo, mut hi) = (0u64, 0u64);
+    for r in 0..ROWS {
+        let h = u32::from_le_bytes(std::ptr::read_unaligned(p.add(r * stride) as *const [u8; 4])) as u64;
+        lo |= (h & 0xFFFF) << (16 * r);
+        hi |= (h >> 16) << (16 * r);
+    }
+    (lo, hi)
+}
+
+/// The 16 activations of one half of a block in every lane.
+#[inline(always)]
+unsafe fn x_half(xb: &Q8Block, half: usize) -> __m512i {
+    _mm512_broadcast_i32x4(_mm_loadu_si128(xb.qs.as_ptr().add(16 * half) as *const __m128i))
+}
+
+/// Σ w·x per row lane group: both halves of a block.
+#[inline(always)]
+unsafe fn dot_block(lo: __m512i, hi: __m512i, xb: &Q8Block) -> __m512i {
+    _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, x_half(xb, 0)), hi, x_half(xb, 1))
+}
+
+/// Each row's total: the sum of its four lanes.
+#[inline(always)]
+unsafe fn row_sums(v: __m512) -> [f32; ROWS] {
+    let v = _mm512_add_ps(v, _mm512_permute_ps::<0b10_11_00_01>(v));
+    let v = _mm512_add_ps(v, _mm512_permute_ps::<0b01_00_11_10>(v));
+    let mut lanes = [0f32; 16];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+    [lanes[0], lanes[4], lanes[8], lanes[12]]
+}
+
+/// `T` tokens' activation rows, `stride` blocks apart, each `blocks` long; panics unless
+/// `x` holds them all.
+#[inline(always)]
+fn token_rows<const T: usize>(x: &[Q8Block], stride: usize, blocks: usize) -> [&[Q8Block]; T] {
+    std::array::from_fn(|t| &x[t * stride..t * stride + blocks])
+}
+
+/// The 32-value block formats: `unpack(p, row_bytes)` turns four rows' blocks at `p` into
+/// (elements 0..16, elements 16..32) as unsigned bytes; `scales(p, row_bytes)` reads the
+/// four rows' scales and the values their activation sums are multiplied by, which the
+/// constant `OFFSET` then scales once at the end (a minimum: `OFFSET` 1; Q4_0's −8·d: the
+/// scale itself, and `OFFSET` −8 — a power of two, so exact).
+#[inline(always)]
+unsafe fn block32<const T: usize, const OFFSET: i32>(
+    w: &[u8],
+    row_bytes: usize,
+    x: &[Q8Block],
+    stride: usize,
+    ts: usize,
+    unpack: impl Fn(*const u8, usize) -> (__m512i, __m512i),
+    scales: impl Fn(*const u8, usize) -> (__m128, __m128),
+) -> [[f32; ROWS]; T] {
+    let blocks = row_bytes / ts;
+    assert!(row_bytes.is_multiple_of(ts) && w.len() >= ROWS * row_bytes, "quad kernel: weight shape");
+    let xs = token_rows::<T>(x, stride, blocks);
+    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc_min = [_mm512_setzero_ps(); T];
+    for i in 0..blocks {
+        let p = w.as_ptr().add(i * ts);
+        let (lo, hi) = unpack(p, row_bytes);
+        let (d4, m4) = scales(p, row_bytes);
+        let (d, m) = (per_row(d4), per_row_first_lane(m4));
+        for t in 0..T {
+            let xb = xs[t].get_unchecked(i);
+            let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_block(lo, hi, xb)), d);
+            acc[t] = _mm512_fmadd_ps(prod, _mm512_set1_ps(xb.d), acc[t]);
+            acc_min[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb.ds), acc_min[t]);
+        }
+    }
+    let offset = _mm512_set1_ps(OFFSET as f32);
+    std::array::from_fn(|t| row_sums(_mm512_fmadd_ps(acc_min[t], offset, acc[t])))
+}
+
+/// Q4_K and Q5_K: sub-block `j` of a 256-value super-block has its own 6-bit scale and
+/// minimum and matches activation block `8i + j`.
+#[inline(always)]
+unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    x: &[Q8Block],
+    stride: usize,
+) -> [[f32; ROWS]; T] {
+    let ts = if FIVE_BITS { 176 } else { 144 };
+    let super_blocks = row_bytes / ts;
+    assert!(row_bytes.is_multiple_of(ts) && w.len() >= ROWS * row_bytes, "quad kernel: weight shape");
+    let xs = token_rows::<T>(x, stride, 8 * super_blocks);
+    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc_min = [_mm512_setzero_ps(); T];
+    let sixteen = _mm512_set1_epi8(16);
+    for i in 0..super_blocks {
+        let p = w.as_ptr().add(i * ts);
+        let blocks: [&[u8]; ROWS] = std::array::from_fn(|r| &w[r * row_bytes + i * ts..r * row_bytes + (i + 1) * ts]);
+        let qs = p.add(if FIVE_BITS { 48 } else { 16 });
+        // The fifth bits: byte k of the 32-byte field carries bit j for element k of
+        // sub-block j.
+        let (qh_lo, qh_hi) =
+            if FIVE_BITS { (load4(p.add(16), row_bytes), load4(p.add(32), row_bytes)) } else { (lo_zero(), lo_zero()) };
+        for c in 0..4 {
+            let (a_lo, a_hi) = split_nibbles(load4(qs.add(32 * c), row_bytes));
+            let (b_lo, b_hi) = split_nibbles(load4(qs.add(32 * c + 16), row_bytes));
+            for (half, (mut lo, mut hi)) in [(a_lo, b_lo), (a_hi, b_hi)].into_iter().enumerate() {
+                let j = 2 * c + half;
+                if FIVE_BITS {
+                    let bit = _mm512_set1_epi8(1 << j);
+                    lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(qh_lo, bit), lo, sixteen);
+                    hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(qh_hi, bit), hi, sixteen);
+                }
+                let s: [(f32, f32); ROWS] = std::array::from_fn(|r| {
+                    let b = blocks[r];
+                    let (sc, m) = k_scale_min(j, &b[4..16]);
+                    (f16_ptr(b.as_ptr()) * sc as f32, -f16_ptr(b.as_ptr().add(2)) * m as f32)
+                });
+                let d = per_row(scales4(s.map(|s| s.0)));
+                let m = per_row_first_lane(scales4(s.map(|s| s.1)));
+                for t in 0..T {
+                    let xb = xs[t].get_unchecked(8 * i + j);
+                    let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_block(lo, hi, xb)), d);
+                    acc[t] = _mm512_fmadd_ps(prod, _mm512_set1_ps(xb.d), acc[t]);
+                    acc_min[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb.ds), acc_min[t]);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|t| row_sums(_mm512_add_ps(acc[t], acc_min[t])))
+}
+
+#[inline(always)]
+unsafe fn lo_zero() -> __m512i {
+    _mm512_setzero_si512()
+}
+
+/// Q5_0 / Q5_1: four bytes of fifth bits at `qh`, nibbles after them.
+#[inline(always)]
+unsafe fn q5_unpack(p: *const u8, stride: usize, qh: usize) -> (__m512i, __m512i) {
+    let (lo, hi) = split_nibbles(load4(p.add(qh + 4), stride));
+    let (k_lo, k_hi) = fifth_bits4(p.add(qh), stride);
+    let sixteen = _mm512_set1_epi8(16);
+    (_mm512_mask_add_epi8(lo, k_lo, lo, sixteen), _mm512_mask_add_epi8(hi, k_hi, hi, sixteen))
+}
+
+/// Q8_0's signed weights plus 128: unsigned, as `vpdpbusd` wants them.
+#[inline(always)]
+unsafe fn q8_unpack(p: *const u8, stride: usize) -> (__m512i, __m512i) {
+    let flip = _mm512_set1_epi8(-128);
+    (_mm512_xor_si512(load4(p.add(2), stride), flip), _mm512_xor_si512(load4(p.add(18), stride), flip))
+}
+
+/// One format's single-token and [`QUAD_TILE`]-token kernels.
+macro_rules! quad_kernels {
+    ($one:ident, $tile:ident, $body:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub unsafe fn $one(w: &[u8], row_bytes: usize, x: &[Q8Block]) -> [f32; ROWS] {
+            $body::<1>(w, row_bytes, x, 0)[0]
+        }
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub unsafe fn $tile(w: &[u8], row_bytes: usize, x: &[Q8Block], stride: usize) -> [[f32; ROWS]; QUAD_TILE] {
+            $body::<QUAD_TILE>(w, row_bytes, x, stride)
+        }
+    };
+}
+
+// Each format's body is a plain `#[inline(always)]` function so the closures inline into
+// the `#[target_feature]` entry points above.
+// Σ d(q − o)x = d·Σqx − o·d·Σx: offsets ride on the activation sums.
+#[inline(always)]
+unsafe fn q4_0_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
+    block32::<T, -8>(
+        w,
+        rb,
+        x,
+        s,
+        18,
+        |p, st| split_nibbles(load4(p.add(2), st)),
+        |p, st| {
+            let d = halves4(p, st);
+            (d, d)
+        },
+    )
+}
+#[inline(always)]
+unsafe fn q4_1_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
+    block32::<T, 1>(
+        w,
+        rb,
+        x,
+        s,
+        20,
+        |p, st| split_nibbles(load4(p.add(4), st)),
+        |p, st| (halves4(p, st), halves4(p.add(2), st)),
+    )
+}
+#[inline(always)]
+unsafe fn q5_0_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
+    block32::<T, -16>(
+        w,
+        rb,
+        x,
+        s,
+        22,
+        |p, st| q5_unpack(p, st, 2),
+        |p, st| {
+            let d = halves4(p, st);
+            (d, d)
+        },
+    )
+}
+#[inline(always)]
+unsafe fn q5_1_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
+    block32::<T, 1>(w, rb, x, s, 24, |p, st| q5_unpack(p, st, 4), |p, st| (halves4(p, st), halves4(p.add(2), st)))
+}
+#[inline(always)]
+unsafe fn q8_0_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
+    block32::<T, -128>(
+        w,
+        rb,
+        x,
+        s,
+        34,
+        |p, st| q8_unpack(p, st),
+        |p, st| {
+            let d = halves4(p, st);
+            (d, d)
+        },
+    )
+}
+#[inline(always)]
+unsafe fn q4_k_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
+    k_quant::<false, T>(w, rb, x, s)
+}
+#[inline(always)]
+unsafe fn q5_k_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
+    k_quant::<true, T>(w, rb, x, s)
+}
+
+quad_kernels!(q4_0, q4_0_tile, q4_0_body);
+quad_kernels!(q4_1, q4_1_tile, q4_1_body);
+quad_kernels!(q5_0, q5_0_tile, q5_0_body);
+quad_kernels!(q5_1, q5_1_tile, q5_1_body);
+quad_kernels!(q8_0, q8_0_tile, q8_0_body);
+quad_kernels!(q4_k, q4_k_tile, q4_k_body);
+quad_kernels!(q5_k, q5_k_tile, q5_k_body);
