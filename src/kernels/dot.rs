@@ -1,5 +1,6 @@
 //! f32 vector kernels: dot products (float weights, attention scores), `y += a·x`
-//! (attention's value sum) and softmax (attention weights).
+//! (attention's value sum), softmax (attention weights) and the gated activations of the
+//! feed-forward.
 //!
 //! The AVX2+FMA forms are picked at run time; release builds do not assume the CPU has
 //! them. Each has a portable form it is tested against.
@@ -329,6 +330,68 @@ unsafe fn softmax_avx2(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
+/// The gate of a gated feed-forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// `x · σ(x)` (Llama's SwiGLU).
+    Silu,
+    /// GELU with the tanh approximation (Gemma).
+    GeluTanh,
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+/// `gate[i] = act(gate[i]) · up[i]`: the feed-forward's elementwise step, which with
+/// libm's `exp`/`tanh` per element was a sixth of Gemma's prompt time.
+pub fn gated(act: Gate, gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "gated: shapes");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA detected; lengths checked.
+        return unsafe { gated_avx2(act, gate, up) };
+    }
+    let f = match act {
+        Gate::Silu => silu,
+        Gate::GeluTanh => gelu_tanh,
+    };
+    gate.iter_mut().zip(up).for_each(|(g, u)| *g = f(*g) * u);
+}
+
+/// Both gates as `x / (1 + e^z)`: SiLU with `z = −x`, and GELU-tanh with
+/// `z = −2·√(2/π)·(x + 0.044715·x³)`, since `½(1 + tanh y) = 1 / (1 + e^(−2y))`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gated_avx2(act: Gate, gate: &mut [f32], up: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = gate.len() / 8 * 8;
+    for i in (0..n).step_by(8) {
+        let g = gate.as_mut_ptr().add(i);
+        let x = _mm256_loadu_ps(g);
+        let z = match act {
+            Gate::Silu => _mm256_sub_ps(_mm256_setzero_ps(), x),
+            Gate::GeluTanh => {
+                let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+                let inner = _mm256_fmadd_ps(_mm256_set1_ps(0.044_715), x3, x);
+                _mm256_mul_ps(_mm256_set1_ps(-2.0 * 0.797_884_6), inner)
+            }
+        };
+        let act_x = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), exp8(z)));
+        _mm256_storeu_ps(g, _mm256_mul_ps(act_x, _mm256_loadu_ps(up.as_ptr().add(i))));
+    }
+    let f = match act {
+        Gate::Silu => silu,
+        Gate::GeluTanh => gelu_tanh,
+    };
+    gate[n..].iter_mut().zip(&up[n..]).for_each(|(g, u)| *g = f(*g) * u);
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
@@ -401,6 +464,20 @@ mod tests {
             softmax_scalar(&mut wide);
         }
         assert!(wide.iter().all(|v| v.is_finite() && *v >= 0.0), "{wide:?}");
+    }
+
+    #[test]
+    fn gated_activations_match_their_definitions() {
+        let x: Vec<f32> = (0..203).map(|i| (i as f32 - 101.0) / 9.0).chain([-100.0, 100.0, 0.0]).collect();
+        let up: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 5) as f32 * 0.25).collect();
+        for (act, f) in [(Gate::Silu, silu as fn(f32) -> f32), (Gate::GeluTanh, gelu_tanh)] {
+            let mut got = x.clone();
+            gated(act, &mut got, &up);
+            for ((&g, &xi), &u) in got.iter().zip(&x).zip(&up) {
+                let want = f(xi) * u;
+                assert!((g - want).abs() <= 1e-6 + 2e-6 * want.abs(), "{act:?}({xi}) · {u}: {g} vs {want}");
+            }
+        }
     }
 
     #[test]

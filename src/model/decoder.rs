@@ -11,7 +11,7 @@ use super::config::GEMMA3_SWA_ROPE_BASE;
 use super::device::Device;
 use super::{Adapter, Config, Family, KvCache, ModelError, RopeScaling, Target};
 use crate::gguf::GgufFile;
-use crate::kernels::dot::{attend, dot};
+use crate::kernels::dot::{attend, dot, gated, Gate};
 use crate::kernels::{self, matmul, matmul_many, QMatrix};
 
 /// One transformer layer's weights.
@@ -356,10 +356,7 @@ impl Model {
             matmul_many(&mut [(&b.ffn_gate, &mut gate), (&b.ffn_up, &mut up)], &xn, n);
             self.apply_adapters(layer, Target::Gate, &xn, &mut gate);
             self.apply_adapters(layer, Target::Up, &xn, &mut up);
-            let act = if cfg.family == Family::Gemma3 { gelu_tanh } else { silu };
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = act(*g) * u;
-            }
+            gated(if cfg.family == Family::Gemma3 { Gate::GeluTanh } else { Gate::Silu }, &mut gate, &up);
             matmul(&b.ffn_down, &gate, n, &mut proj);
             self.apply_adapters(layer, Target::Down, &gate, &mut proj);
             if let Some(g) = &b.extra {
@@ -492,16 +489,6 @@ fn attention(
         let mut heads: Vec<(usize, &mut [f32])> = out.chunks_mut(head_dim).enumerate().collect();
         crate::threads::for_each_mut(&mut heads, |(i, o)| SCORES.with(|s| head(&mut s.borrow_mut(), *i, o)));
     }
-}
-
-/// GELU with the tanh approximation, as Gemma uses.
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
-}
-
-pub(crate) fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {

@@ -8,10 +8,10 @@
 
 use super::frozen::Frozen;
 use super::{par_gemm, TrainError};
-use crate::kernels::dot::{attend, dot};
+use crate::kernels::dot::{attend, dot, silu};
 use crate::kernels::gemm::{transpose, Mat};
 use crate::kernels::QMatrix;
-use crate::model::decoder::{rope, rope_tables, silu};
+use crate::model::decoder::{rope, rope_tables};
 use crate::model::{Adapter, Config, Family, LoraPair, Model, Target};
 use crate::rng::Rng;
 use crate::threads::{for_each_mut, DisjointMut};
