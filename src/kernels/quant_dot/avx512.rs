@@ -216,6 +216,75 @@ unsafe fn lo_zero() -> __m512i {
     _mm512_setzero_si512()
 }
 
+/// Q6_K: 256 values in 16 groups of 16, each with its own signed 8-bit scale; weights are
+/// `q − 32` with `q` six bits (four in `ql`, two in `qh`). Quarter `k` of half `h` is
+/// activation block `8i + 4h + k`; its two 16-value halves have scales
+/// `sc[8h + 2k]` and `sc[8h + 2k + 1]`, so their products stay apart until scaled. The −32
+/// rides in the integer sums: each row's four lanes start from −8 · Σx of the half.
+#[inline(always)]
+unsafe fn q6_k_quad<const T: usize>(w: &[u8], row_bytes: usize, x: &[Q8Block], stride: usize) -> [[f32; ROWS]; T] {
+    let super_blocks = row_bytes / 210;
+    assert!(row_bytes.is_multiple_of(210) && w.len() >= ROWS * row_bytes, "quad kernel: weight shape");
+    let xs = token_rows::<T>(x, stride, 8 * super_blocks);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for i in 0..super_blocks {
+        let p = w.as_ptr().add(i * 210);
+        let d4 = halves4(p.add(208), row_bytes);
+        for h in 0..2 {
+            let (ql, qh) = (p.add(64 * h), p.add(128 + 32 * h));
+            let a = (load4(ql, row_bytes), load4(ql.add(16), row_bytes));
+            let b = (load4(ql.add(32), row_bytes), load4(ql.add(48), row_bytes));
+            let hb = (load4(qh, row_bytes), load4(qh.add(16), row_bytes));
+            let quarters =
+                [q6_quarter::<0>(a, hb), q6_quarter::<1>(b, hb), q6_quarter::<2>(a, hb), q6_quarter::<3>(b, hb)];
+            for (k, (lo, hi)) in quarters.into_iter().enumerate() {
+                let sc = p.add(192 + 8 * h + 2 * k);
+                let s0 = per_row(_mm_mul_ps(d4, bytes4(sc, row_bytes)));
+                let s1 = per_row(_mm_mul_ps(d4, bytes4(sc.add(1), row_bytes)));
+                for t in 0..T {
+                    let xb = xs[t].get_unchecked(8 * i + 4 * h + k);
+                    let p_lo = _mm512_dpbusd_epi32(_mm512_set1_epi32(-8 * xb.sum16[0] as i32), lo, x_half(xb, 0));
+                    let p_hi = _mm512_dpbusd_epi32(_mm512_set1_epi32(-8 * xb.sum16[1] as i32), hi, x_half(xb, 1));
+                    let prod =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(p_hi), s1, _mm512_mul_ps(_mm512_cvtepi32_ps(p_lo), s0));
+                    acc[t] = _mm512_fmadd_ps(prod, _mm512_set1_ps(xb.d), acc[t]);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|t| row_sums(acc[t]))
+}
+
+/// Quarter `K` of a Q6_K half: the low nibbles of `ql` (quarters 0, 1) or its high
+/// nibbles (2, 3), with bits `2K..2K+2` of `qh` on top. Pairs are (elements 0..16,
+/// elements 16..32), as [`load4`] lays them out.
+#[inline(always)]
+unsafe fn q6_quarter<const K: usize>(ql: (__m512i, __m512i), qh: (__m512i, __m512i)) -> (__m512i, __m512i) {
+    let low = _mm512_set1_epi8(0x0F);
+    let top_bits = _mm512_set1_epi8(0x30);
+    let six = |l: __m512i, h: __m512i| {
+        let nibble = if K < 2 { _mm512_and_si512(l, low) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(l), low) };
+        // Bits 2K..2K+2 of each qh byte moved to bits 4..6 (16-bit shifts: what crosses
+        // a byte boundary lands outside the mask).
+        let top = match K {
+            0 => _mm512_slli_epi16::<4>(h),
+            1 => _mm512_slli_epi16::<2>(h),
+            2 => h,
+            _ => _mm512_srli_epi16::<2>(h),
+        };
+        _mm512_or_si512(nibble, _mm512_and_si512(top, top_bits))
+    };
+    (six(ql.0, qh.0), six(ql.1, qh.1))
+}
+
+/// The signed byte at `p` in each of four rows `stride` bytes apart, as four f32.
+#[inline(always)]
+unsafe fn bytes4(p: *const u8, stride: usize) -> __m128 {
+    let b = |r: usize| *p.add(r * stride) as u32;
+    let packed = b(0) | b(1) << 8 | b(2) << 16 | b(3) << 24;
+    _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(packed as i32)))
+}
+
 /// Q5_0 / Q5_1: four bytes of fifth bits at `qh`, nibbles after them.
 #[inline(always)]
 unsafe fn q5_unpack(p: *const u8, stride: usize, qh: usize) -> (__m512i, __m512i) {
@@ -315,6 +384,10 @@ unsafe fn q4_k_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize
     k_quant::<false, T>(w, rb, x, s)
 }
 #[inline(always)]
+unsafe fn q6_k_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
+    q6_k_quad::<T>(w, rb, x, s)
+}
+#[inline(always)]
 unsafe fn q5_k_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
     k_quant::<true, T>(w, rb, x, s)
 }
@@ -326,3 +399,4 @@ quad_kernels!(q5_1, q5_1_tile, q5_1_body);
 quad_kernels!(q8_0, q8_0_tile, q8_0_body);
 quad_kernels!(q4_k, q4_k_tile, q4_k_body);
 quad_kernels!(q5_k, q5_k_tile, q5_k_body);
+quad_kernels!(q6_k, q6_k_tile, q6_k_body);

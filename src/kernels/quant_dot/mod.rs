@@ -212,6 +212,7 @@ pub fn x86_quad_kernel(dtype: GgmlDType) -> Option<QuadKernel> {
         Q8_0 => quad!(q8_0, q8_0_tile),
         Q4K => quad!(q4_k, q4_k_tile),
         Q5K => quad!(q5_k, q5_k_tile),
+        Q6K => quad!(q6_k, q6_k_tile),
         _ => return None,
     })
 }
