@@ -49,6 +49,64 @@ fn log_softmax_rows(rt: &Runtime, tokens: &[u32]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// log-softmax rows as generation computes them: the prompt in one batch (its last row),
+/// then each reply token but the last alone through the cache.
+fn generation_rows(rt: &Runtime, prompt: &[u32], reply: &[u32]) -> Vec<Vec<f64>> {
+    let mut cache = rt.model.new_cache(prompt.len() + reply.len()).unwrap();
+    let e = rt.model.cfg.n_embd;
+    let mut rows = Vec::new();
+    let mut input = prompt;
+    for j in 0..reply.len() {
+        let hidden = rt.pool.install(|| rt.model.forward(input, &mut cache)).unwrap();
+        let logits = rt.pool.install(|| rt.model.logits(&hidden[hidden.len() - e..])).unwrap();
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+        rows.push(logits.iter().map(|&l| l as f64 - lse).collect());
+        input = &reply[j..j + 1];
+    }
+    rows
+}
+
+/// Two target files agree as two runs of `targets make` on different CPUs do: the same
+/// tokens and flags, and distributions equal up to kernel rounding. Prefill kernels differ
+/// between AVX-512, AVX2 and portable builds, and with 8-bit activations a rounding
+/// difference now and then moves an activation a whole step: some positions shift by a
+/// few tenths (as pupil and llama.cpp differ on the same file).
+fn assert_same_targets(got: &[SequenceRecord], want: &[SequenceRecord], name: &str) {
+    assert_eq!(got.len(), want.len(), "{name}: sequences");
+    let (mut sum, mut n, mut worst, mut missing) = (0f64, 0usize, 0f32, 0usize);
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!((&g.tokens, &g.flags), (&w.tokens, &w.flags), "{name}: tokens and flags");
+        assert_eq!(g.targets.len(), w.targets.len(), "{name}: targets");
+        for (pos, (gd, wd)) in g.targets.iter().zip(&w.targets).enumerate() {
+            let same_kind = matches!((gd, wd), (Dist::TopK { .. }, Dist::TopK { .. }))
+                || matches!((gd, wd), (Dist::Sampled { .. }, Dist::Sampled { .. }));
+            assert!(same_kind, "{name} position {pos}: encodings differ");
+            if let (Dist::Sampled { counts: a, .. }, Dist::Sampled { counts: b, .. }) = (gd, wd) {
+                assert_eq!(a.iter().sum::<u32>(), b.iter().sum::<u32>(), "{name} position {pos}: draws");
+            }
+            for (id, &wl) in wd.ids().iter().zip(wd.logprobs()) {
+                match gd.ids().iter().position(|x| x == id) {
+                    Some(i) => {
+                        let d = (gd.logprobs()[i] - wl).abs();
+                        (sum, n, worst) = (sum + d as f64, n + 1, worst.max(d));
+                    }
+                    // Draws follow the probabilities, so sampled ids may differ freely.
+                    None => missing += matches!(wd, Dist::TopK { .. }) as usize,
+                }
+            }
+        }
+    }
+    let mean = sum / n.max(1) as f64;
+    eprintln!("{name}: {n} common ids, mean |Δ logprob| {mean:.4}, worst {worst:.3}, {missing} top-k ids not in both");
+    // Measured between the AVX2 and the AVX-512 prefill kernels: mean 0.082, worst 0.59,
+    // 3.6 % of ids swapped out of the top 16. Another model or a shifted position is far
+    // outside these.
+    assert!(mean <= 0.15, "{name}: mean |Δ logprob| {mean:.4}");
+    assert!(worst <= 1.5, "{name}: worst |Δ logprob| {worst:.3}");
+    assert!(missing * 10 <= n, "{name}: {missing} of {n} ids not in both");
+}
+
 /// A stored value equals `exact` up to the half-precision rounding of the file.
 fn assert_half_equal(stored: f32, exact: f64, what: &str) {
     let tol = exact.abs() * 2f64.powi(-11) + 1e-6;
@@ -289,15 +347,12 @@ fn baked_prompts_store_the_student_input_and_the_teacher_view() {
     // The targets are what the teacher believed *with* the system prompt.
     let teacher_msgs = vec![Message::new("system", system), user[0].clone()];
     let teacher_prompt = rt.tokenizer.encode_prompt(&rt.template.render(&teacher_msgs, true).unwrap(), true).unwrap();
-    let seq: Vec<u32> = teacher_prompt.iter().chain(reply).copied().collect();
-    let rows = log_softmax_rows(&rt, &seq);
-    let tp = teacher_prompt.len();
+    // Generation ran the prompt batched and the reply token by token: so does this check.
+    let rows = generation_rows(&rt, &teacher_prompt, reply);
     for (j, dist) in rec.targets.iter().enumerate() {
         let Dist::TopK { ids, logprobs, .. } = dist else { panic!() };
         for (&id, &l) in ids.iter().zip(logprobs).take(4) {
-            // Generation ran token by token; this check runs batched: allow that difference.
-            let exact = rows[tp - 1 + j][id as usize];
-            assert!((l as f64 - exact).abs() < 0.05 + exact.abs() * 0.01, "reply {j} id {id}: {l} vs {exact}");
+            assert_half_equal(l, rows[j][id as usize], &format!("reply {j} id {id}"));
         }
     }
     let student_rows = log_softmax_rows(&rt, &rec.tokens);
@@ -442,7 +497,7 @@ fn the_sample_files_are_what_make_produces() {
         args.extend_from_slice(encoding);
         let (ok, _, stderr) = make(&path, &args);
         assert!(ok, "{stderr}");
-        assert_eq!(all_records(&out), all_records(&samples.join(name)), "{name}");
+        assert_same_targets(&all_records(&out), &all_records(&samples.join(name)), name);
         let (ok, stdout, _) = pupil(&["targets", "verify", s(&samples.join(name))]);
         assert!(ok, "{stdout}");
     }
