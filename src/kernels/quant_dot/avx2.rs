@@ -50,14 +50,8 @@ const fn f16_bits_to_f32(h: u16) -> f32 {
 
 /// The f16 at byte `i`, as f32.
 #[inline(always)]
-pub(super) unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
+unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
     F16_TO_F32[u16::from_le_bytes([b[i], b[i + 1]]) as usize]
-}
-
-/// The f16 at `p`, as f32 (`p` must point at two readable bytes).
-#[inline(always)]
-pub(super) unsafe fn f16_ptr(p: *const u8) -> f32 {
-    F16_TO_F32[u16::from_le_bytes(std::ptr::read_unaligned(p as *const [u8; 2])) as usize]
 }
 
 #[inline(always)]

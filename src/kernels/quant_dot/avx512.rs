@@ -23,8 +23,6 @@
 use std::arch::x86_64::*;
 
 use super::super::q8::Q8Block;
-use super::avx2::f16_ptr;
-use super::scalar::k_scale_min;
 use super::QUAD_TILE;
 
 /// Weight rows per register.
@@ -56,12 +54,6 @@ unsafe fn halves4(p: *const u8, stride: usize) -> __m128 {
     let h = |r: usize| u16::from_le_bytes(std::ptr::read_unaligned(p.add(r * stride) as *const [u8; 2])) as u64;
     let packed = h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48;
     _mm_cvtph_ps(_mm_cvtsi64_si128(packed as i64))
-}
-
-/// Four scalars as one vector.
-#[inline(always)]
-unsafe fn scales4(v: [f32; ROWS]) -> __m128 {
-    _mm_setr_ps(v[0], v[1], v[2], v[3])
 }
 
 /// Four 16-byte pieces `stride` bytes apart from `p`, one per 128-bit lane.
@@ -174,9 +166,27 @@ unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_min = [_mm512_setzero_ps(); T];
     let sixteen = _mm512_set1_epi8(16);
+    // Lane group r of sub-block j's scale vector reads entry 8r + j of the two halves
+    // (rows 0–1, rows 2–3) of the per-super-block tables below.
+    let table_index = _mm512_set_epi32(24, 24, 24, 24, 16, 16, 16, 16, 8, 8, 8, 8, 0, 0, 0, 0);
+    let row_of_entry = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     for i in 0..super_blocks {
         let p = w.as_ptr().add(i * ts);
-        let blocks: [&[u8]; ROWS] = std::array::from_fn(|r| &w[r * row_bytes + i * ts..r * row_bytes + (i + 1) * ts]);
+        // All eight sub-blocks' scales and minimums of the four rows, unpacked once per
+        // super-block: entry 8r + j (r of a pair) is d·sc_j or −dmin·m_j of that row.
+        let packed: [(u64, u64); ROWS] =
+            std::array::from_fn(|r| k_scales_mins(&*(p.add(r * row_bytes + 4) as *const [u8; 12])));
+        let (d4, dmin4) = (halves4(p, row_bytes), halves4(p.add(2), row_bytes));
+        let table = |a: u64, b: u64, factor: __m128, pair: i32| {
+            let f = _mm512_permutexvar_ps(
+                _mm512_add_epi32(row_of_entry, _mm512_set1_epi32(2 * pair)),
+                _mm512_castps128_ps512(factor),
+            );
+            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(b as i64, a as i64))), f)
+        };
+        let neg_dmin4 = _mm_sub_ps(_mm_setzero_ps(), dmin4);
+        let scales = (table(packed[0].0, packed[1].0, d4, 0), table(packed[2].0, packed[3].0, d4, 1));
+        let mins = (table(packed[0].1, packed[1].1, neg_dmin4, 0), table(packed[2].1, packed[3].1, neg_dmin4, 1));
         let qs = p.add(if FIVE_BITS { 48 } else { 16 });
         // The fifth bits: byte k of the 32-byte field carries bit j for element k of
         // sub-block j.
@@ -192,13 +202,9 @@ unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
                     lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(qh_lo, bit), lo, sixteen);
                     hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(qh_hi, bit), hi, sixteen);
                 }
-                let s: [(f32, f32); ROWS] = std::array::from_fn(|r| {
-                    let b = blocks[r];
-                    let (sc, m) = k_scale_min(j, &b[4..16]);
-                    (f16_ptr(b.as_ptr()) * sc as f32, -f16_ptr(b.as_ptr().add(2)) * m as f32)
-                });
-                let d = per_row(scales4(s.map(|s| s.0)));
-                let m = per_row_first_lane(scales4(s.map(|s| s.1)));
+                let index = _mm512_add_epi32(table_index, _mm512_set1_epi32(j as i32));
+                let d = _mm512_permutex2var_ps(scales.0, index, scales.1);
+                let m = _mm512_maskz_permutex2var_ps(0x1111, mins.0, index, mins.1);
                 for t in 0..T {
                     let xb = xs[t].get_unchecked(8 * i + j);
                     let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_block(lo, hi, xb)), d);
@@ -209,6 +215,20 @@ unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
         }
     }
     std::array::from_fn(|t| row_sums(_mm512_add_ps(acc[t], acc_min[t])))
+}
+
+/// The eight 6-bit scales and eight 6-bit minimums packed in a Q4_K/Q5_K super-block's
+/// 12 bytes, as bytes `j` of two words: sub-blocks 0–3 keep six bits of bytes 0–3 (scales)
+/// and 4–7 (minimums); sub-blocks 4–7 take a nibble of bytes 8–11 and the top two bits of
+/// bytes 0–3 (scales) or 4–7 (minimums).
+#[inline(always)]
+fn k_scales_mins(s: &[u8; 12]) -> (u64, u64) {
+    let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let (a, b, c) = (word(0), word(4), word(8));
+    let (six, nibble, two) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    let scales_hi = (c & nibble) | (((a >> 6) & two) << 4);
+    let mins_hi = ((c >> 4) & nibble) | (((b >> 6) & two) << 4);
+    ((a & six) as u64 | (scales_hi as u64) << 32, (b & six) as u64 | (mins_hi as u64) << 32)
 }
 
 #[inline(always)]
@@ -400,3 +420,21 @@ quad_kernels!(q8_0, q8_0_tile, q8_0_body);
 quad_kernels!(q4_k, q4_k_tile, q4_k_body);
 quad_kernels!(q5_k, q5_k_tile, q5_k_body);
 quad_kernels!(q6_k, q6_k_tile, q6_k_body);
+
+#[cfg(test)]
+mod tests {
+    use super::super::scalar::k_scale_min;
+
+    #[test]
+    fn packed_k_scales_unpack_like_the_reference() {
+        let mut rng = crate::rng::Rng::new(12);
+        for _ in 0..1000 {
+            let s: [u8; 12] = std::array::from_fn(|_| rng.next_u64() as u8);
+            let (scales, mins) = super::k_scales_mins(&s);
+            for j in 0..8 {
+                let got = ((scales >> (8 * j)) as u8, (mins >> (8 * j)) as u8);
+                assert_eq!(got, k_scale_min(j, &s), "sub-block {j} of {s:?}");
+            }
+        }
+    }
+}
