@@ -15,7 +15,7 @@ use memmap2::Mmap;
 
 use super::dequant::dequantize;
 use super::dot::dot;
-use super::q8::{quantize_row, Q8Block};
+use super::q8::{quantize_row, quantize_row_shared, Q8Block};
 use super::quant_dot::{self, Kernel, QuadKernel, QUAD_ROWS, QUAD_TILE, TILE};
 use crate::gguf::GgmlDType;
 use crate::threads::{current_num_threads, for_each_mut, DisjointMut};
@@ -108,23 +108,36 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], kernels: &[Kernel], x: &[f32],
     let blocks = cols / 32;
     let mut xq = vec![Q8Block::ZERO; n_tokens * blocks];
     if n_tokens == 1 {
-        quantize_row(x, &mut xq);
+        // K-quant kernels that want shared-scale activations get them; the rest per-block.
+        let wants_shared = |k: &Kernel| k.shared_scale_one.is_some();
+        let mut xq_shared = Vec::new();
+        if kernels.iter().any(wants_shared) {
+            xq_shared = vec![Q8Block::ZERO; blocks];
+            quantize_row_shared(x, &mut xq_shared);
+        }
+        if !kernels.iter().all(wants_shared) {
+            quantize_row(x, &mut xq);
+        }
         let mut tasks = Vec::new();
         for ((w, out), kernel) in jobs.iter_mut().zip(kernels) {
+            let (dot, xq) = match kernel.shared_scale_one {
+                Some(dot) => (dot, &xq_shared),
+                None => (kernel.one, &xq),
+            };
             let chunk = rows_per_task(w.rows);
             for (i, out) in out.chunks_mut(chunk).enumerate() {
-                tasks.push((&**w, *kernel, i * chunk, out));
+                tasks.push((&**w, dot, xq, i * chunk, out));
             }
         }
         // Decode reads rows one at a time even where a four-row kernel exists: the
         // weights come from DRAM here, and four interleaved row streams measured 25–30 %
         // slower (Q4_0: 170 vs 236 t/s) than one sequential stream with its prefetch.
-        for_each_mut(&mut tasks, |(w, kernel, r0, out)| {
+        for_each_mut(&mut tasks, |(w, dot, xq, r0, out)| {
             let rb = w.row_bytes();
             let bytes = w.bytes();
             for (i, o) in out.iter_mut().enumerate() {
                 let r = *r0 + i;
-                *o = (kernel.one)(&bytes[r * rb..(r + 1) * rb], &xq);
+                *o = dot(&bytes[r * rb..(r + 1) * rb], xq);
             }
         });
         return;

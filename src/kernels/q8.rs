@@ -27,28 +27,48 @@ impl Q8Block {
     }
 }
 
+/// Values that share one scale in [`quantize_row_shared`]: a K-quant super-block.
+pub const SHARED_GROUP: usize = 256;
+
 /// Quantizes `x` (a multiple of 32 long) into `out` (`x.len() / 32` blocks): per block
 /// `d = max|x| / 127`, `q = round(x / d)` with ties to even (what the SIMD conversion
 /// does, so both forms give the same blocks).
 pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
+    quantize_groups(x, out, 32);
+}
+
+/// [`quantize_row`] with one scale per [`SHARED_GROUP`] values (`x` a multiple of it long):
+/// the eight blocks of a K-quant super-block share `d`, so a kernel can add their scaled
+/// integer sums before one conversion to float (llama.cpp's Q8_K shares its scale the same
+/// way). Coarser than per-block scales, so only decode's K-quant kernels use it.
+pub fn quantize_row_shared(x: &[f32], out: &mut [Q8Block]) {
+    quantize_groups(x, out, SHARED_GROUP);
+}
+
+fn quantize_groups(x: &[f32], out: &mut [Q8Block], group: usize) {
     assert_eq!(x.len(), out.len() * 32, "quantize_row: length mismatch");
-    #[cfg(target_arch = "x86_64")]
-    if super::quant_dot::avx2_available() {
-        for (xb, b) in x.chunks_exact(32).zip(out.iter_mut()) {
-            // SAFETY: AVX2/FMA/F16C were detected; `xb` holds 32 values.
-            unsafe { avx2::quantize_block(xb, b) };
+    assert!(x.len().is_multiple_of(group), "quantize_row: {} values are not groups of {group}", x.len());
+    for (xg, bg) in x.chunks_exact(group).zip(out.chunks_exact_mut(group / 32)) {
+        #[cfg(target_arch = "x86_64")]
+        if super::quant_dot::avx2_available() {
+            // SAFETY: AVX2/FMA/F16C were detected; every block holds 32 values.
+            unsafe {
+                let d = avx2::abs_max(xg) / 127.0;
+                for (xb, b) in xg.chunks_exact(32).zip(bg.iter_mut()) {
+                    avx2::quantize_block(xb, b, d);
+                }
+            }
+            continue;
         }
-        return;
-    }
-    for (xb, b) in x.chunks_exact(32).zip(out.iter_mut()) {
-        quantize_block(xb, b);
+        let d = xg.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        for (xb, b) in xg.chunks_exact(32).zip(bg.iter_mut()) {
+            quantize_block(xb, b, d);
+        }
     }
 }
 
-/// The portable form of one block.
-fn quantize_block(xb: &[f32], b: &mut Q8Block) {
-    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
+/// The portable form of one block with scale `d`.
+fn quantize_block(xb: &[f32], b: &mut Q8Block, d: f32) {
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
     let mut sums = [0i16; 2];
     for (i, (q, &v)) in b.qs.iter_mut().zip(xb).enumerate() {
@@ -66,18 +86,25 @@ mod avx2 {
 
     use super::Q8Block;
 
+    /// `max |x|` over a multiple of 32 values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn abs_max(x: &[f32]) -> f32 {
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let mut m = _mm256_setzero_ps();
+        for v in x.chunks_exact(8) {
+            m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(v.as_ptr()), abs));
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)))
+    }
+
     /// [`super::quantize_block`] in registers: prefill quantizes every token's input to
     /// every mat-mul, which the scalar loop made a sixth of the prompt time.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn quantize_block(xb: &[f32], b: &mut Q8Block) {
+    pub unsafe fn quantize_block(xb: &[f32], b: &mut Q8Block, d: f32) {
         assert_eq!(xb.len(), 32);
         let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xb.as_ptr().add(8 * i)));
-        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-        let m = v.iter().fold(_mm256_setzero_ps(), |m, &x| _mm256_max_ps(m, _mm256_and_ps(x, abs)));
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
-        let d = amax / 127.0;
         let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
         // Round to nearest even (the default rounding mode); |x·id| ≤ 127 by construction,
         // and the saturating packs clamp like the portable form.
@@ -147,8 +174,27 @@ mod tests {
         quantize_row(&x, &mut got);
         for (xb, g) in x.chunks_exact(32).zip(&got) {
             let mut want = Q8Block::ZERO;
-            quantize_block(xb, &mut want);
+            quantize_block(xb, &mut want, xb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0);
             assert_eq!(*g, want);
+        }
+    }
+
+    /// Shared scales: one `d` per 256 values, the largest value at ±127, every value
+    /// within half a step.
+    #[test]
+    fn shared_quantization_uses_one_scale_per_super_block() {
+        let x: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 - 50.0) / (1.0 + (i / 64) as f32)).collect();
+        let mut q = vec![Q8Block::ZERO; 16];
+        quantize_row_shared(&x, &mut q);
+        let mut back = vec![0f32; 512];
+        dequantize_row(&q, &mut back);
+        for (g, (xg, qg)) in x.chunks(256).zip(q.chunks(8)).enumerate() {
+            let amax = xg.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(qg.iter().all(|b| b.d == amax / 127.0), "group {g}");
+            assert!(qg.iter().any(|b| b.qs.iter().any(|&v| v.abs() == 127)), "group {g}");
+        }
+        for (i, (a, b)) in x.iter().zip(&back).enumerate() {
+            assert!((a - b).abs() <= 0.5 * q[i / 32].d + 1e-6, "{i}: {a} vs {b}");
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::super::q8::Q8Block;
-use super::scalar::k_scale_min;
+use super::scalar::{k_scale_min, k_scales_mins};
 use super::TILE;
 
 /// f32 of every f16 bit pattern (256 KiB, built at compile time): a scale is then one
@@ -95,6 +95,9 @@ unsafe fn load_x(x: &Q8Block) -> __m256i {
 /// `vpmaddubsw` + `vpmaddwd`, or one VNNI `vpdpbusd`.
 pub trait MulSum {
     unsafe fn mul_sum(u: __m256i, s: __m256i) -> __m256i;
+    /// `acc` plus the i16 `pairs` multiplied by `scale` and summed pairwise into i32: a
+    /// K-quant sub-block's products times its scale, still in integers.
+    unsafe fn add_scaled(acc: __m256i, pairs: __m256i, scale: __m256i) -> __m256i;
 }
 
 pub struct Avx2;
@@ -103,6 +106,10 @@ impl MulSum for Avx2 {
     unsafe fn mul_sum(u: __m256i, s: __m256i) -> __m256i {
         mul_sum_u8_i8(u, s)
     }
+    #[inline(always)]
+    unsafe fn add_scaled(acc: __m256i, pairs: __m256i, scale: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale))
+    }
 }
 
 pub struct Vnni;
@@ -110,6 +117,10 @@ impl MulSum for Vnni {
     #[inline(always)]
     unsafe fn mul_sum(u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+    #[inline(always)]
+    unsafe fn add_scaled(acc: __m256i, pairs: __m256i, scale: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, pairs, scale)
     }
 }
 
@@ -311,6 +322,106 @@ unsafe fn q6_k_<const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
     std::array::from_fn(|t| hsum(acc[t]) - 32.0 * offset[t])
 }
 
+/// Asks for the next weight bytes of a `ts`-byte super-block, one request per cache line.
+#[inline(always)]
+unsafe fn prefetch_ahead(b: &[u8], ts: usize) {
+    for off in (0..ts).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(PREFETCH_AHEAD + off) as *const i8);
+    }
+}
+
+/// Decode form of Q4_K / Q5_K, for activations with one scale per super-block
+/// ([`quantize_row_shared`](crate::kernels::q8::quantize_row_shared)): each sub-block's
+/// byte products are multiplied by its 6-bit scale while still integers and summed over
+/// the super-block, so one conversion and one FMA finish 256 values (the per-block form
+/// converts and scales each sub-block). Minimums meet the activation sums in integers too.
+#[inline(always)]
+unsafe fn k_quant_shared<M: MulSum, const FIVE_BITS: bool>(w: &[u8], x: &[Q8Block]) -> f32 {
+    let ts = if FIVE_BITS { 176 } else { 144 };
+    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
+    let low = _mm256_set1_epi8(0x0F);
+    for (i, b) in w.chunks_exact(ts).enumerate() {
+        prefetch_ahead(b, ts);
+        let xs = &x[8 * i..8 * i + 8];
+        let (scales, min_bytes) = k_scales_mins(b[4..16].try_into().unwrap());
+        let qs = if FIVE_BITS { &b[48..176] } else { &b[16..144] };
+        let qh =
+            if FIVE_BITS { _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i) } else { _mm256_setzero_si256() };
+        let (mut sumi, mut min_sum) = (_mm256_setzero_si256(), 0i32);
+        for c in 0..4 {
+            let v = _mm256_loadu_si256(qs.as_ptr().add(32 * c) as *const __m256i);
+            for (half, q) in
+                [_mm256_and_si256(v, low), _mm256_and_si256(_mm256_srli_epi16(v, 4), low)].into_iter().enumerate()
+            {
+                let j = 2 * c + half;
+                let q = if FIVE_BITS {
+                    let bit = _mm256_set1_epi8(1 << j);
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                    _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+                } else {
+                    q
+                };
+                let scale = _mm256_set1_epi16((scales >> (8 * j)) as u8 as i16);
+                sumi = M::add_scaled(sumi, _mm256_maddubs_epi16(q, load_x(&xs[j])), scale);
+                min_sum += (min_bytes >> (8 * j)) as u8 as i32 * xs[j].sum();
+            }
+        }
+        let xd = xs[0].d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * xd), _mm256_cvtepi32_ps(sumi), acc);
+        mins += f16_at(b, 2) * xd * min_sum as f32;
+    }
+    hsum(acc) - mins
+}
+
+/// Decode form of Q6_K for activations with one scale per super-block: the per-16 scales
+/// already enter in integers (`vpmaddwd`), and now the sums run over the whole super-block
+/// before one conversion.
+#[inline(always)]
+unsafe fn q6_k_shared_scale<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
+    let (mut acc, mut offset) = (_mm256_setzero_ps(), 0f32);
+    let low = _mm256_set1_epi8(0x0F);
+    for (i, b) in w.chunks_exact(210).enumerate() {
+        prefetch_ahead(b, 210);
+        let xs = &x[8 * i..8 * i + 8];
+        let sc = &b[192..208];
+        let (mut sumi, mut offset_i) = (_mm256_setzero_si256(), 0i32);
+        for h in 0..2 {
+            let ql0 = _mm256_loadu_si256(b.as_ptr().add(64 * h) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(b.as_ptr().add(64 * h + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h) as *const __m256i);
+            let quarters = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, low),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, low),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
+                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
+                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)), 2),
+                ),
+            ];
+            for (k, q) in quarters.into_iter().enumerate() {
+                let (s0, s1) = (sc[8 * h + 2 * k] as i8, sc[8 * h + 2 * k + 1] as i8);
+                let scales = _mm256_set_m128i(_mm_set1_epi16(s1 as i16), _mm_set1_epi16(s0 as i16));
+                let xj = &xs[4 * h + k];
+                sumi = M::add_scaled(sumi, _mm256_maddubs_epi16(q, load_x(xj)), scales);
+                offset_i += s0 as i32 * xj.sum16[0] as i32 + s1 as i32 * xj.sum16[1] as i32;
+            }
+        }
+        let dd = f16_at(b, 208) * xs[0].d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), acc);
+        offset += dd * offset_i as f32;
+    }
+    hsum(acc) - 32.0 * offset
+}
+
 /// `TILE` consecutive tokens' activation rows, `stride` blocks apart.
 #[inline(always)]
 fn tile(x: &[Q8Block], stride: usize) -> [&[Q8Block]; TILE] {
@@ -368,6 +479,19 @@ macro_rules! kernels {
             #[target_feature(enable = $features)]
             pub unsafe fn q6_k(w: &[u8], x: &[Q8Block]) -> f32 {
                 q6_k_::<1>(w, [x])[0]
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
+                k_quant_shared::<$mulsum, false>(w, x)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
+                k_quant_shared::<$mulsum, true>(w, x)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q6_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
+                q6_k_shared_scale::<$mulsum>(w, x)
             }
 
             #[target_feature(enable = $features)]

@@ -23,6 +23,7 @@
 use std::arch::x86_64::*;
 
 use super::super::q8::Q8Block;
+use super::scalar::k_scales_mins;
 use super::QUAD_TILE;
 
 /// Weight rows per register.
@@ -217,20 +218,6 @@ unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
     std::array::from_fn(|t| row_sums(_mm512_add_ps(acc[t], acc_min[t])))
 }
 
-/// The eight 6-bit scales and eight 6-bit minimums packed in a Q4_K/Q5_K super-block's
-/// 12 bytes, as bytes `j` of two words: sub-blocks 0–3 keep six bits of bytes 0–3 (scales)
-/// and 4–7 (minimums); sub-blocks 4–7 take a nibble of bytes 8–11 and the top two bits of
-/// bytes 0–3 (scales) or 4–7 (minimums).
-#[inline(always)]
-fn k_scales_mins(s: &[u8; 12]) -> (u64, u64) {
-    let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
-    let (a, b, c) = (word(0), word(4), word(8));
-    let (six, nibble, two) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
-    let scales_hi = (c & nibble) | (((a >> 6) & two) << 4);
-    let mins_hi = ((c >> 4) & nibble) | (((b >> 6) & two) << 4);
-    ((a & six) as u64 | (scales_hi as u64) << 32, (b & six) as u64 | (mins_hi as u64) << 32)
-}
-
 #[inline(always)]
 unsafe fn lo_zero() -> __m512i {
     _mm512_setzero_si512()
@@ -420,21 +407,3 @@ quad_kernels!(q8_0, q8_0_tile, q8_0_body);
 quad_kernels!(q4_k, q4_k_tile, q4_k_body);
 quad_kernels!(q5_k, q5_k_tile, q5_k_body);
 quad_kernels!(q6_k, q6_k_tile, q6_k_body);
-
-#[cfg(test)]
-mod tests {
-    use super::super::scalar::k_scale_min;
-
-    #[test]
-    fn packed_k_scales_unpack_like_the_reference() {
-        let mut rng = crate::rng::Rng::new(12);
-        for _ in 0..1000 {
-            let s: [u8; 12] = std::array::from_fn(|_| rng.next_u64() as u8);
-            let (scales, mins) = super::k_scales_mins(&s);
-            for j in 0..8 {
-                let got = ((scales >> (8 * j)) as u8, (mins >> (8 * j)) as u8);
-                assert_eq!(got, k_scale_min(j, &s), "sub-block {j} of {s:?}");
-            }
-        }
-    }
-}

@@ -52,6 +52,10 @@ pub struct Kernel {
     pub one: RowDot,
     pub tile: RowDotTile,
     pub quad: Option<QuadKernel>,
+    /// A single-token form over activations quantized with one scale per super-block
+    /// ([`quantize_row_shared`](super::q8::quantize_row_shared)), where that is faster
+    /// (K-quants: their sub-block scales then apply in integers); decode uses it.
+    pub shared_scale_one: Option<RowDot>,
 }
 
 /// Weight types with an 8-bit-activation kernel.
@@ -69,6 +73,7 @@ pub fn scalar_kernel(dtype: GgmlDType) -> Option<Kernel> {
                 one: |w, x| scalar::vec_dot($t, w, x),
                 tile: |w, x, s| std::array::from_fn(|t| scalar::vec_dot($t, w, &x[t * s..(t + 1) * s])),
                 quad: None,
+                shared_scale_one: None,
             }
         };
     }
@@ -130,41 +135,49 @@ pub fn x86_kernel(dtype: GgmlDType, allow_vnni: bool) -> Option<Kernel> {
                     one: |w, x| unsafe { avx2::$m::q4_0(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q4_0_tile(w, x, s) },
                     quad: None,
+                    shared_scale_one: None,
                 },
                 Q4_1 => Kernel {
                     one: |w, x| unsafe { avx2::$m::q4_1(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q4_1_tile(w, x, s) },
                     quad: None,
+                    shared_scale_one: None,
                 },
                 Q5_0 => Kernel {
                     one: |w, x| unsafe { avx2::$m::q5_0(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q5_0_tile(w, x, s) },
                     quad: None,
+                    shared_scale_one: None,
                 },
                 Q5_1 => Kernel {
                     one: |w, x| unsafe { avx2::$m::q5_1(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q5_1_tile(w, x, s) },
                     quad: None,
+                    shared_scale_one: None,
                 },
                 Q8_0 => Kernel {
                     one: |w, x| unsafe { avx2::$m::q8_0(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q8_0_tile(w, x, s) },
                     quad: None,
+                    shared_scale_one: None,
                 },
                 Q4K => Kernel {
                     one: |w, x| unsafe { avx2::$m::q4_k(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q4_k_tile(w, x, s) },
                     quad: None,
+                    shared_scale_one: Some(|w, x| unsafe { avx2::$m::q4_k_shared(w, x) }),
                 },
                 Q5K => Kernel {
                     one: |w, x| unsafe { avx2::$m::q5_k(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q5_k_tile(w, x, s) },
                     quad: None,
+                    shared_scale_one: Some(|w, x| unsafe { avx2::$m::q5_k_shared(w, x) }),
                 },
                 Q6K => Kernel {
                     one: |w, x| unsafe { avx2::$m::q6_k(w, x) },
                     tile: |w, x, s| unsafe { avx2::$m::q6_k_tile(w, x, s) },
                     quad: None,
+                    shared_scale_one: Some(|w, x| unsafe { avx2::$m::q6_k_shared(w, x) }),
                 },
                 _ => return None,
             }
@@ -347,6 +360,35 @@ mod tests {
                             "{dtype} n={n} token {t} row {r}: tile vs one"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The single-token forms over shared-scale activations, against the scalar kernel
+    /// on the same activations.
+    #[test]
+    fn shared_scale_kernels_equal_scalar_kernels() {
+        let mut rng = Rng::new(23);
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+            #[cfg(target_arch = "x86_64")]
+            let variants = [("avx2", x86_kernel(dtype, false)), ("vnni", x86_kernel(dtype, vnni_available()))];
+            #[cfg(not(target_arch = "x86_64"))]
+            let variants: [(&str, Option<Kernel>); 0] = [];
+            for n in [256, 512, 256 * 7] {
+                let w = random_row(dtype, n, &mut rng);
+                let x: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 4.0).collect();
+                let mut xq = vec![Q8Block::ZERO; n / 32];
+                crate::kernels::q8::quantize_row_shared(&x, &mut xq);
+                let want = (scalar_kernel(dtype).unwrap().one)(&w, &xq);
+                let (mut wf, mut xf) = (vec![0f32; n], vec![0f32; n]);
+                dequantize(dtype, &w, &mut wf);
+                dequantize_row(&xq, &mut xf);
+                let magnitude: f32 = wf.iter().zip(&xf).map(|(a, b)| (a * b).abs()).sum();
+                for (name, k) in &variants {
+                    let Some(shared) = k.and_then(|k| k.shared_scale_one) else { continue };
+                    let got = shared(&w, &xq);
+                    assert!((got - want).abs() <= 1e-5 * magnitude.max(1e-3), "{dtype} n={n} {name}: {got} vs {want}");
                 }
             }
         }

@@ -90,6 +90,20 @@ pub(crate) fn k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
+/// The eight 6-bit scales and eight 6-bit minimums packed in a Q4_K/Q5_K super-block's
+/// 12 bytes, as bytes `j` of two words: sub-blocks 0–3 keep six bits of bytes 0–3 (scales)
+/// and 4–7 (minimums); sub-blocks 4–7 take a nibble of bytes 8–11 and the top two bits of
+/// bytes 0–3 (scales) or 4–7 (minimums).
+#[inline(always)]
+pub(super) fn k_scales_mins(s: &[u8; 12]) -> (u64, u64) {
+    let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let (a, b, c) = (word(0), word(4), word(8));
+    let (six, nibble, two) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    let scales_hi = (c & nibble) | (((a >> 6) & two) << 4);
+    let mins_hi = ((c >> 4) & nibble) | (((b >> 6) & two) << 4);
+    ((a & six) as u64 | (scales_hi as u64) << 32, (b & six) as u64 | (mins_hi as u64) << 32)
+}
+
 /// Q4_K / Q5_K super-block: sub-block `j` covers elements `32j..32j+32` and activation
 /// block `x[j]`. `quants(j)` gives its unsigned weights.
 #[inline]
@@ -157,4 +171,22 @@ fn q6_k(b: &[u8], x: &[Q8Block]) -> f32 {
         sum += d * xj.d * isum as f32;
     }
     sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_k_scales_unpack_like_the_reference() {
+        let mut rng = crate::rng::Rng::new(12);
+        for _ in 0..1000 {
+            let s: [u8; 12] = std::array::from_fn(|_| rng.next_u64() as u8);
+            let (scales, mins) = k_scales_mins(&s);
+            for j in 0..8 {
+                let got = ((scales >> (8 * j)) as u8, (mins >> (8 * j)) as u8);
+                assert_eq!(got, k_scale_min(j, &s), "sub-block {j} of {s:?}");
+            }
+        }
+    }
 }
