@@ -11,7 +11,7 @@ use super::config::GEMMA3_SWA_ROPE_BASE;
 use super::device::Device;
 use super::{Adapter, Config, Family, KvCache, ModelError, RopeScaling, Target};
 use crate::gguf::GgufFile;
-use crate::kernels::dot::{attend, dot, gated, Gate};
+use crate::kernels::dot::{attend_group, dot, gated, Gate};
 use crate::kernels::{self, matmul, matmul_many, QMatrix};
 
 /// One transformer layer's weights.
@@ -469,25 +469,32 @@ fn attention(
     let group = n_head / n_head_kv;
     let kv_dim = n_head_kv * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let head = |scores: &mut Vec<f32>, i: usize, o: &mut [f32]| {
-        let (t, h) = (i / n_head, i % n_head);
+    let n_tokens = out.len() / (n_head * head_dim);
+    // A prompt's work items are a token's whole query group (its heads share every key
+    // and value row); one new token splits by head, so a single KV head (Gemma) still
+    // keeps every thread busy.
+    let heads_per_item = if n_tokens > 1 { group } else { 1 };
+    let item_len = heads_per_item * head_dim;
+    let item = |scores: &mut Vec<f32>, i: usize, o: &mut [f32]| {
+        let first_head = i * heads_per_item;
+        let (t, h) = (first_head / n_head, first_head % n_head);
         let kv_off = (h / group) * head_dim;
-        let qh = &q[i * head_dim..(i + 1) * head_dim];
+        let qh = &q[first_head * head_dim..first_head * head_dim + item_len];
         let end = pos0 + t + 1;
         let start = window.map_or(0, |w| end.saturating_sub(w));
-        attend(qh, k_cache, v_cache, start..end, kv_dim, kv_off, scale, scores, o);
+        attend_group(qh, head_dim, k_cache, v_cache, start..end, kv_dim, kv_off, scale, scores, o);
     };
-    // Below some ten thousand multiply-adds, sharing the heads out costs more than it saves.
-    let work = out.len() / head_dim * (pos0 + out.len() / (n_head * head_dim)) * head_dim;
+    // Below some ten thousand multiply-adds, sharing the items out costs more than it saves.
+    let work = out.len() / head_dim * (pos0 + n_tokens) * head_dim;
     if work < 1 << 16 {
         let mut scores = Vec::new();
-        out.chunks_mut(head_dim).enumerate().for_each(|(i, o)| head(&mut scores, i, o));
+        out.chunks_mut(item_len).enumerate().for_each(|(i, o)| item(&mut scores, i, o));
     } else {
         thread_local! {
             static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let mut heads: Vec<(usize, &mut [f32])> = out.chunks_mut(head_dim).enumerate().collect();
-        crate::threads::for_each_mut(&mut heads, |(i, o)| SCORES.with(|s| head(&mut s.borrow_mut(), *i, o)));
+        let mut items: Vec<(usize, &mut [f32])> = out.chunks_mut(item_len).enumerate().collect();
+        crate::threads::for_each_mut(&mut items, |(i, o)| SCORES.with(|s| item(&mut s.borrow_mut(), *i, o)));
     }
 }
 
