@@ -250,22 +250,27 @@ impl DisjointMut {
 /// Calls `f` on every item, spreading the items over the current pool's threads (each
 /// thread claims the next unclaimed item).
 pub fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(&mut T) + Sync) {
+    let base = SharedPtr(items.as_mut_ptr());
+    // SAFETY: `for_each_index` hands every index in 0..len to exactly one call, and
+    // `items` is borrowed mutably for the whole region.
+    for_each_index(items.len(), |i| f(unsafe { base.item(i) }));
+}
+
+/// Calls `f(i)` for every `i` in `0..n`, spread over the current pool's threads like
+/// [`for_each_mut`], without a list of items (so without an allocation).
+pub fn for_each_index(n: usize, f: impl Fn(usize) + Sync) {
     let pool = CURRENT.with(Cell::get);
-    if pool.is_null() || items.len() <= 1 {
-        items.iter_mut().for_each(f);
+    if pool.is_null() || n <= 1 {
+        (0..n).for_each(f);
         return;
     }
     let next = AtomicUsize::new(0);
-    let len = items.len();
-    let base = SharedPtr(items.as_mut_ptr());
     let body = |_thread: usize| loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= len {
+        if i >= n {
             break;
         }
-        // SAFETY: `fetch_add` hands every index in 0..len to exactly one thread, and
-        // `items` is borrowed mutably for the whole region.
-        f(unsafe { base.item(i) });
+        f(i);
     };
     // SAFETY: non-null CURRENT points at a pool inside its `install` call.
     unsafe { &*pool }.run(&body);

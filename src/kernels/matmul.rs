@@ -8,6 +8,7 @@
 //! per call ([`Q8Block`]) and every row is dotted in its packed form. Float weights (F32,
 //! F16, BF16) are dequantized a few rows at a time and dotted in f32.
 
+use std::cell::Cell;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use super::dot::dot;
 use super::q8::{quantize_row, quantize_row_shared, Q8Block};
 use super::quant_dot::{self, Kernel, QuadKernel, QUAD_ROWS, QUAD_TILE, TILE};
 use crate::gguf::GgmlDType;
-use crate::threads::{current_num_threads, for_each_mut, DisjointMut};
+use crate::threads::{current_num_threads, for_each_index, for_each_mut, DisjointMut};
 
 /// Rows dequantized together: enough to reuse each activation row from L1, few enough
 /// that the scratch stays in L2 (8 × 8192 f32 = 256 KiB at most).
@@ -73,11 +74,20 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
     matmul_many(&mut [(w, out)], x, n_tokens);
 }
 
+/// Products one [`matmul_many`] pass shares out together; more are done in groups.
+const MAX_JOBS: usize = 4;
+
 /// Several products with the same input (Q/K/V, gate/up): the activations are quantized
 /// once and all rows of all matrices are shared out in one parallel pass, which halves
 /// the fork-join rounds per token.
 pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize) {
     if n_tokens == 0 || jobs.is_empty() {
+        return;
+    }
+    if jobs.len() > MAX_JOBS {
+        for group in jobs.chunks_mut(MAX_JOBS) {
+            matmul_many(group, x, n_tokens);
+        }
         return;
     }
     let cols = jobs[0].0.cols;
@@ -86,13 +96,11 @@ pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usi
         assert_eq!(x.len(), n_tokens * cols, "matmul: activation shape");
         assert_eq!(out.len(), n_tokens * w.rows, "matmul: output shape");
     }
-    let kernels: Option<Vec<Kernel>> = jobs.iter().map(|(w, _)| quant_dot::kernel(w.dtype)).collect();
-    match kernels {
-        Some(kernels) => matmul_q8(jobs, &kernels, x, n_tokens),
-        None => {
-            for (w, out) in jobs.iter_mut() {
-                matmul_f32(w, x, n_tokens, out);
-            }
+    if jobs.iter().all(|(w, _)| quant_dot::has_kernel(w.dtype)) {
+        matmul_q8(jobs, x, n_tokens);
+    } else {
+        for (w, out) in jobs.iter_mut() {
+            matmul_f32(w, x, n_tokens, out);
         }
     }
 }
@@ -103,70 +111,97 @@ fn rows_per_task(rows: usize) -> usize {
     (rows / (current_num_threads() * 4)).clamp(ROW_BLOCK, 512).next_multiple_of(QUAD_ROWS)
 }
 
-fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], kernels: &[Kernel], x: &[f32], n_tokens: usize) {
+thread_local! {
+    /// The calling thread's quantized activations (per-block and shared scales), kept from
+    /// call to call so that decode's products (four per layer) allocate nothing.
+    static ACTIVATIONS: Cell<(Vec<Q8Block>, Vec<Q8Block>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// Activation scratch larger than this is freed after the call (a long prompt's blocks);
+/// decode's stays.
+const KEEP_SCRATCH_BLOCKS: usize = 4096;
+
+/// At most [`MAX_JOBS`] products whose weights all have integer kernels.
+fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize) {
+    let n_jobs = jobs.len();
     let cols = jobs[0].0.cols;
     let blocks = cols / 32;
-    let mut xq = vec![Q8Block::ZERO; n_tokens * blocks];
+    // Tasks write disjoint elements: each owns a distinct range of one product's rows and
+    // writes only `out[t·rows + r]` for its rows `r`.
+    let mut weights: [Option<(&QMatrix, Kernel)>; MAX_JOBS] = [None; MAX_JOBS];
+    let mut outs: [Option<DisjointMut>; MAX_JOBS] = Default::default();
+    for (j, (w, out)) in jobs.iter_mut().enumerate() {
+        weights[j] = Some((&**w, quant_dot::kernel(w.dtype).expect("matmul_many checked the kernel")));
+        outs[j] = Some(DisjointMut::new(out));
+    }
+    let chunks: [usize; MAX_JOBS] = std::array::from_fn(|j| weights[j].map_or(1, |(w, _)| rows_per_task(w.rows)));
+    let counts: [usize; MAX_JOBS] = std::array::from_fn(|j| weights[j].map_or(0, |(w, _)| w.rows.div_ceil(chunks[j])));
+    // Task `i` → (product, its weight and kernel, its output, rows).
+    let task = |mut i: usize| {
+        for j in 0..n_jobs {
+            if i < counts[j] {
+                let (w, kernel) = weights[j].expect("job present");
+                let r0 = i * chunks[j];
+                return (w, kernel, outs[j].as_ref().expect("job present"), r0, (r0 + chunks[j]).min(w.rows));
+            }
+            i -= counts[j];
+        }
+        unreachable!("task index past the last product")
+    };
+    let n_tasks: usize = counts.iter().sum();
+
+    let (mut xq, mut xq_shared) = ACTIVATIONS.take();
     if n_tokens == 1 {
         // K-quant kernels that want shared-scale activations get them; the rest per-block.
-        let wants_shared = |k: &Kernel| k.shared_scale_one.is_some();
-        let mut xq_shared = Vec::new();
-        if kernels.iter().any(wants_shared) {
-            xq_shared = vec![Q8Block::ZERO; blocks];
+        let wants_shared = |j: usize| weights[j].is_some_and(|(_, k)| k.shared_scale_one.is_some());
+        if (0..n_jobs).any(wants_shared) {
+            xq_shared.clear();
+            xq_shared.resize(blocks, Q8Block::ZERO);
             quantize_row_shared(x, &mut xq_shared);
         }
-        if !kernels.iter().all(wants_shared) {
+        if !(0..n_jobs).all(wants_shared) {
+            xq.clear();
+            xq.resize(blocks, Q8Block::ZERO);
             quantize_row(x, &mut xq);
-        }
-        let mut tasks = Vec::new();
-        for ((w, out), kernel) in jobs.iter_mut().zip(kernels) {
-            let (dot, xq) = match kernel.shared_scale_one {
-                Some(dot) => (dot, &xq_shared),
-                None => (kernel.one, &xq),
-            };
-            let chunk = rows_per_task(w.rows);
-            for (i, out) in out.chunks_mut(chunk).enumerate() {
-                tasks.push((&**w, dot, xq, i * chunk, out));
-            }
         }
         // Decode reads rows one at a time even where a four-row kernel exists: the
         // weights come from DRAM here, and four interleaved row streams measured 25–30 %
         // slower (Q4_0: 170 vs 236 t/s) than one sequential stream with its prefetch.
-        for_each_mut(&mut tasks, |(w, dot, xq, r0, out)| {
+        for_each_index(n_tasks, |i| {
+            let (w, kernel, out, r0, r1) = task(i);
+            let (dot, xq) = match kernel.shared_scale_one {
+                Some(dot) => (dot, &xq_shared[..]),
+                None => (kernel.one, &xq[..]),
+            };
             let rb = w.row_bytes();
             let bytes = w.bytes();
-            for (i, o) in out.iter_mut().enumerate() {
-                let r = *r0 + i;
-                *o = dot(&bytes[r * rb..(r + 1) * rb], xq);
+            for r in r0..r1 {
+                // SAFETY: rows `r0..r1` of this product belong to this task alone.
+                unsafe { out.write(r, dot(&bytes[r * rb..(r + 1) * rb], xq)) };
             }
         });
-        return;
-    }
-
-    let mut rows_to_quantize: Vec<(&mut [Q8Block], &[f32])> = xq.chunks_mut(blocks).zip(x.chunks(cols)).collect();
-    for_each_mut(&mut rows_to_quantize, |(q, xt)| quantize_row(xt, q));
-    // Tasks write disjoint elements: each owns a distinct range of rows and writes only
-    // `out[t·rows + r]` for its rows `r`.
-    let outs: Vec<DisjointMut> = jobs.iter_mut().map(|(_, out)| DisjointMut::new(out)).collect();
-    let mut tasks = Vec::new();
-    for (j, (w, _)) in jobs.iter().enumerate() {
-        let chunk = rows_per_task(w.rows);
-        for r0 in (0..w.rows).step_by(chunk) {
-            tasks.push((j, r0, (r0 + chunk).min(w.rows)));
-        }
-    }
-    for_each_mut(&mut tasks, |&mut (j, r0, r1)| {
-        let (w, kernel, out) = (jobs[j].0, kernels[j], &outs[j]);
-        let batch = Batch { w, xq: &xq, blocks, n_tokens, out };
-        match kernel.quad {
-            Some(quad) => {
-                let quads_end = r0 + (r1 - r0) / QUAD_ROWS * QUAD_ROWS;
-                batch.by_quads(quad, r0, quads_end);
-                batch.by_rows(kernel, quads_end, r1);
+    } else {
+        xq.clear();
+        xq.resize(n_tokens * blocks, Q8Block::ZERO);
+        let mut rows_to_quantize: Vec<(&mut [Q8Block], &[f32])> = xq.chunks_mut(blocks).zip(x.chunks(cols)).collect();
+        for_each_mut(&mut rows_to_quantize, |(q, xt)| quantize_row(xt, q));
+        for_each_index(n_tasks, |i| {
+            let (w, kernel, out, r0, r1) = task(i);
+            let batch = Batch { w, xq: &xq, blocks, n_tokens, out };
+            match kernel.quad {
+                Some(quad) => {
+                    let quads_end = r0 + (r1 - r0) / QUAD_ROWS * QUAD_ROWS;
+                    batch.by_quads(quad, r0, quads_end);
+                    batch.by_rows(kernel, quads_end, r1);
+                }
+                None => batch.by_rows(kernel, r0, r1),
             }
-            None => batch.by_rows(kernel, r0, r1),
-        }
-    });
+        });
+    }
+    if xq.capacity() > KEEP_SCRATCH_BLOCKS {
+        xq = Vec::new();
+    }
+    ACTIVATIONS.set((xq, xq_shared));
 }
 
 /// One prefill product seen by one task: all tokens against some of the rows.

@@ -13,6 +13,7 @@ use super::{Adapter, Config, Family, KvCache, ModelError, RopeScaling, Target};
 use crate::gguf::GgufFile;
 use crate::kernels::dot::{attend_group, dot, gated, Gate};
 use crate::kernels::{self, matmul, matmul_many, QMatrix};
+use crate::threads::DisjointMut;
 
 /// One transformer layer's weights.
 pub struct Block {
@@ -484,17 +485,23 @@ fn attention(
         let start = window.map_or(0, |w| end.saturating_sub(w));
         attend_group(qh, head_dim, k_cache, v_cache, start..end, kv_dim, kv_off, scale, scores, o);
     };
+    thread_local! {
+        /// Attention weights of the item a thread is on, reused from call to call.
+        static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let n_items = out.len() / item_len;
     // Below some ten thousand multiply-adds, sharing the items out costs more than it saves.
     let work = out.len() / head_dim * (pos0 + n_tokens) * head_dim;
+    let outs = DisjointMut::new(out);
+    let run = |i: usize| {
+        // SAFETY: item `i` writes only its own heads' outputs, `i·item_len..(i+1)·item_len`.
+        let o = unsafe { outs.slice(i * item_len, item_len) };
+        SCORES.with(|s| item(&mut s.borrow_mut(), i, o));
+    };
     if work < 1 << 16 {
-        let mut scores = Vec::new();
-        out.chunks_mut(item_len).enumerate().for_each(|(i, o)| item(&mut scores, i, o));
+        (0..n_items).for_each(run);
     } else {
-        thread_local! {
-            static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let mut items: Vec<(usize, &mut [f32])> = out.chunks_mut(item_len).enumerate().collect();
-        crate::threads::for_each_mut(&mut items, |(i, o)| SCORES.with(|s| item(&mut s.borrow_mut(), *i, o)));
+        crate::threads::for_each_index(n_items, run);
     }
 }
 
