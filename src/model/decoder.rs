@@ -327,7 +327,9 @@ impl Model {
 
         for (layer, b) in self.blocks.iter().enumerate() {
             // Attention.
-            rms_norm(&x, &b.attn_norm, cfg.rms_norm_eps, &mut xn);
+            by_rows(&mut xn, e, |rows, o| {
+                rms_norm(&x[rows.start * e..rows.end * e], &b.attn_norm, cfg.rms_norm_eps, o)
+            });
             matmul_many(&mut [(&b.attn_q, &mut q), (&b.attn_k, &mut k), (&b.attn_v, &mut v)], &xn, n);
             self.apply_adapters(layer, Target::Q, &xn, &mut q);
             self.apply_adapters(layer, Target::K, &xn, &mut k);
@@ -338,8 +340,13 @@ impl Model {
             }
             let sliding = cfg.is_sliding(layer);
             let (cos, sin) = if sliding { &local } else { &global };
-            rope(&mut q, d, cfg.n_rot, cos, sin, neox);
-            rope(&mut k, d, cfg.n_rot, cos, sin, neox);
+            let half = cfg.n_rot / 2;
+            for (rotated, width) in [(&mut q, q_dim), (&mut k, kv_dim)] {
+                by_rows(rotated, width, |rows, o| {
+                    let tables = rows.start * half..rows.end * half;
+                    rope(o, d, cfg.n_rot, &cos[tables.clone()], &sin[tables], neox)
+                });
+            }
             let (k_cache, v_cache) = cache.layer_mut(layer);
             k_cache[pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&k);
             v_cache[pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&v);
@@ -353,11 +360,13 @@ impl Model {
             add_in_place(&mut x, &proj);
 
             // Feed-forward: SwiGLU, or GELU(tanh)-gated for Gemma.
-            rms_norm(&x, &b.ffn_norm, cfg.rms_norm_eps, &mut xn);
+            by_rows(&mut xn, e, |rows, o| rms_norm(&x[rows.start * e..rows.end * e], &b.ffn_norm, cfg.rms_norm_eps, o));
             matmul_many(&mut [(&b.ffn_gate, &mut gate), (&b.ffn_up, &mut up)], &xn, n);
             self.apply_adapters(layer, Target::Gate, &xn, &mut gate);
             self.apply_adapters(layer, Target::Up, &xn, &mut up);
-            gated(if cfg.family == Family::Gemma3 { Gate::GeluTanh } else { Gate::Silu }, &mut gate, &up);
+            let act = if cfg.family == Family::Gemma3 { Gate::GeluTanh } else { Gate::Silu };
+            let n_ff = cfg.n_ff;
+            by_rows(&mut gate, n_ff, |rows, g| gated(act, g, &up[rows.start * n_ff..rows.end * n_ff]));
             matmul(&b.ffn_down, &gate, n, &mut proj);
             self.apply_adapters(layer, Target::Down, &gate, &mut proj);
             if let Some(g) = &b.extra {
@@ -503,6 +512,28 @@ fn attention(
     } else {
         crate::threads::for_each_index(n_items, run);
     }
+}
+
+/// Prompt rows per task of the per-layer elementwise steps (norms, RoPE, the gate).
+const GLUE_ROWS: usize = 16;
+
+/// Calls `f(rows, out_rows)` on consecutive groups of up to [`GLUE_ROWS`] rows of `out`
+/// (`row_len` values each), on the thread pool when there are several: a prompt's norms,
+/// RoPE and gate would otherwise run on one thread while the others wait (Amdahl's share
+/// of two-thread prefill).
+fn by_rows(out: &mut [f32], row_len: usize, f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) {
+    let n_rows = out.len() / row_len.max(1);
+    let groups = n_rows.div_ceil(GLUE_ROWS);
+    if groups <= 1 {
+        return f(0..n_rows, out);
+    }
+    let outs = DisjointMut::new(out);
+    crate::threads::for_each_index(groups, |g| {
+        let rows = g * GLUE_ROWS..((g + 1) * GLUE_ROWS).min(n_rows);
+        // SAFETY: group `g` alone owns rows `rows`.
+        let o = unsafe { outs.slice(rows.start * row_len, rows.len() * row_len) };
+        f(rows, o)
+    });
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {
