@@ -338,16 +338,23 @@ unsafe fn prefetch_ahead(b: &[u8], ts: usize) {
 #[inline(always)]
 unsafe fn k_quant_shared<M: MulSum, const FIVE_BITS: bool>(w: &[u8], x: &[Q8Block]) -> f32 {
     let ts = if FIVE_BITS { 176 } else { 144 };
-    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
+    let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let low = _mm256_set1_epi8(0x0F);
+    // Byte offsets of the eight blocks' `sum16` fields: one gather fetches a super-block's
+    // activation sums (a scalar loop over them compiled to a chain of inserts and blends).
+    let stride = std::mem::size_of::<Q8Block>() as i32;
+    let sum_offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
+    let sum_field = std::mem::offset_of!(Q8Block, sum16);
     for (i, b) in w.chunks_exact(ts).enumerate() {
         prefetch_ahead(b, ts);
         let xs = &x[8 * i..8 * i + 8];
         let (scales, min_bytes) = k_scales_mins(b[4..16].try_into().unwrap());
+        // Word j of both lanes is sub-block j's scale; `vpshufb` broadcasts one per step.
+        let scale_words = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
         let qs = if FIVE_BITS { &b[48..176] } else { &b[16..144] };
         let qh =
             if FIVE_BITS { _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i) } else { _mm256_setzero_si256() };
-        let (mut sumi, mut min_sum) = (_mm256_setzero_si256(), 0i32);
+        let mut sumi = _mm256_setzero_si256();
         for c in 0..4 {
             let v = _mm256_loadu_si256(qs.as_ptr().add(32 * c) as *const __m256i);
             for (half, q) in
@@ -361,16 +368,21 @@ unsafe fn k_quant_shared<M: MulSum, const FIVE_BITS: bool>(w: &[u8], x: &[Q8Bloc
                 } else {
                     q
                 };
-                let scale = _mm256_set1_epi16((scales >> (8 * j)) as u8 as i16);
+                let pick = _mm256_set1_epi16((2 * j as i16) | ((2 * j as i16 + 1) << 8));
+                let scale = _mm256_shuffle_epi8(scale_words, pick);
                 sumi = M::add_scaled(sumi, _mm256_maddubs_epi16(q, load_x(&xs[j])), scale);
-                min_sum += (min_bytes >> (8 * j)) as u8 as i32 * xs[j].sum();
             }
         }
+        // Σ_j m_j · (sum16[0] + sum16[1]): each gathered word holds a block's two half
+        // sums, and `vpmaddwd` with (m_j, m_j) adds them weighted.
+        let sums = _mm256_i32gather_epi32::<1>(xs.as_ptr().cast::<u8>().add(sum_field) as *const i32, sum_offsets);
+        let m = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(min_bytes as i64));
+        let min_sum = _mm256_madd_epi16(sums, _mm256_or_si256(m, _mm256_slli_epi32(m, 16)));
         let xd = xs[0].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * xd), _mm256_cvtepi32_ps(sumi), acc);
-        mins += f16_at(b, 2) * xd * min_sum as f32;
+        acc_min = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 2) * xd), _mm256_cvtepi32_ps(min_sum), acc_min);
     }
-    hsum(acc) - mins
+    hsum(_mm256_sub_ps(acc, acc_min))
 }
 
 /// Decode form of Q6_K for activations with one scale per super-block: the per-16 scales
@@ -378,14 +390,27 @@ unsafe fn k_quant_shared<M: MulSum, const FIVE_BITS: bool>(w: &[u8], x: &[Q8Bloc
 /// before one conversion.
 #[inline(always)]
 unsafe fn q6_k_shared_scale<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
-    let (mut acc, mut offset) = (_mm256_setzero_ps(), 0f32);
+    let (mut acc, mut acc_offset) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let low = _mm256_set1_epi8(0x0F);
+    // As in `k_quant_shared`: one gather fetches the eight blocks' half sums.
+    let stride = std::mem::size_of::<Q8Block>() as i32;
+    let sum_offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
+    let sum_field = std::mem::offset_of!(Q8Block, sum16);
     for (i, b) in w.chunks_exact(210).enumerate() {
         prefetch_ahead(b, 210);
         let xs = &x[8 * i..8 * i + 8];
-        let sc = &b[192..208];
-        let (mut sumi, mut offset_i) = (_mm256_setzero_si256(), 0i32);
+        // The 16 scales as words: words 2j and 2j + 1 scale block j's two halves, in the
+        // order the gathered half sums come in.
+        let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(192) as *const __m128i));
+        let mut sumi = _mm256_setzero_si256();
         for h in 0..2 {
+            // Both lanes hold half h's eight scale words; a shuffle then gives quarter k
+            // its first-half scale in the low lane and its second-half scale in the high.
+            let words = _mm256_broadcastsi128_si256(if h == 0 {
+                _mm256_castsi256_si128(scales)
+            } else {
+                _mm256_extracti128_si256(scales, 1)
+            });
             let ql0 = _mm256_loadu_si256(b.as_ptr().add(64 * h) as *const __m256i);
             let ql1 = _mm256_loadu_si256(b.as_ptr().add(64 * h + 32) as *const __m256i);
             let qh = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h) as *const __m256i);
@@ -408,18 +433,20 @@ unsafe fn q6_k_shared_scale<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
                 ),
             ];
             for (k, q) in quarters.into_iter().enumerate() {
-                let (s0, s1) = (sc[8 * h + 2 * k] as i8, sc[8 * h + 2 * k + 1] as i8);
-                let scales = _mm256_set_m128i(_mm_set1_epi16(s1 as i16), _mm_set1_epi16(s0 as i16));
-                let xj = &xs[4 * h + k];
-                sumi = M::add_scaled(sumi, _mm256_maddubs_epi16(q, load_x(xj)), scales);
-                offset_i += s0 as i32 * xj.sum16[0] as i32 + s1 as i32 * xj.sum16[1] as i32;
+                let (first, second) =
+                    ((4 * k) as i16 | ((4 * k + 1) as i16) << 8, (4 * k + 2) as i16 | ((4 * k + 3) as i16) << 8);
+                let pick = _mm256_set_m128i(_mm_set1_epi16(second), _mm_set1_epi16(first));
+                let scale = _mm256_shuffle_epi8(words, pick);
+                sumi = M::add_scaled(sumi, _mm256_maddubs_epi16(q, load_x(&xs[4 * h + k])), scale);
             }
         }
-        let dd = f16_at(b, 208) * xs[0].d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), acc);
-        offset += dd * offset_i as f32;
+        let sums = _mm256_i32gather_epi32::<1>(xs.as_ptr().cast::<u8>().add(sum_field) as *const i32, sum_offsets);
+        let offset = _mm256_madd_epi16(sums, scales);
+        let dd = _mm256_set1_ps(f16_at(b, 208) * xs[0].d);
+        acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), acc);
+        acc_offset = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(offset), acc_offset);
     }
-    hsum(acc) - 32.0 * offset
+    hsum(_mm256_fnmadd_ps(_mm256_set1_ps(32.0), acc_offset, acc))
 }
 
 /// `TILE` consecutive tokens' activation rows, `stride` blocks apart.
