@@ -419,7 +419,12 @@ fn encode_dist(layout: &Layout, dist: &Dist, out: &mut Vec<u8>) -> Result<(), St
                         w.put(counts[slot], layout.count_bits);
                         w.put(to_nlp(logprobs[slot]) as u32, NLP_BITS);
                     }
-                    None => w.put(0, layout.id_bits + layout.count_bits + NLP_BITS),
+                    None => {
+                        // An empty slot: the three fields, zero (one put could pass 32 bits).
+                        w.put(0, layout.id_bits);
+                        w.put(0, layout.count_bits);
+                        w.put(0, NLP_BITS);
+                    }
                 }
             }
         }
