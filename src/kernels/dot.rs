@@ -281,6 +281,7 @@ fn attend_with(
 
 /// Head dimensions the register-resident weighted sum takes at a time (eight ymm
 /// accumulators).
+#[cfg(target_arch = "x86_64")]
 const V_CHUNK: usize = 64;
 
 #[cfg(target_arch = "x86_64")]

@@ -7,7 +7,9 @@
 //! of rows, a 4 × 2 tile of 8-lane partial sums), so neither operand is ever transposed.
 
 /// Rows and columns of C held in registers by the micro-kernel.
+#[cfg(target_arch = "x86_64")]
 const MR: usize = 4;
+#[cfg(target_arch = "x86_64")]
 const NR: usize = 16;
 
 /// Operand views: `data[i * ld + j]` is element (i, j).

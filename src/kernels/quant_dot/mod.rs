@@ -6,6 +6,8 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;
 
 use super::q8::Q8Block;
@@ -230,17 +232,60 @@ pub fn x86_quad_kernel(dtype: GgmlDType) -> Option<QuadKernel> {
     })
 }
 
+/// Whether the CPU has the Armv8.2 dot-product extension (`sdot`).
+pub fn dotprod_available() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
+    }
+}
+
+/// The NEON kernel for `dtype` (32-value block formats): `sdot` where the CPU has it
+/// and `allow_dotprod`, else widening multiplies.
+#[cfg(target_arch = "aarch64")]
+pub fn arm_kernel(dtype: GgmlDType, allow_dotprod: bool) -> Option<Kernel> {
+    use GgmlDType::*;
+    macro_rules! pick {
+        ($m:ident) => {
+            // SAFETY (each closure): NEON is part of aarch64, `sdot` was detected (see
+            // below); callers pass the activation blocks matching `w`.
+            match dtype {
+                Q4_0 => (|w, x| unsafe { neon::$m::q4_0(w, x) }, |w, x, s| unsafe { neon::$m::q4_0_tile(w, x, s) }),
+                Q4_1 => (|w, x| unsafe { neon::$m::q4_1(w, x) }, |w, x, s| unsafe { neon::$m::q4_1_tile(w, x, s) }),
+                Q5_0 => (|w, x| unsafe { neon::$m::q5_0(w, x) }, |w, x, s| unsafe { neon::$m::q5_0_tile(w, x, s) }),
+                Q5_1 => (|w, x| unsafe { neon::$m::q5_1(w, x) }, |w, x, s| unsafe { neon::$m::q5_1_tile(w, x, s) }),
+                Q8_0 => (|w, x| unsafe { neon::$m::q8_0(w, x) }, |w, x, s| unsafe { neon::$m::q8_0_tile(w, x, s) }),
+                _ => return None,
+            }
+        };
+    }
+    let (one, tile): (RowDot, RowDotTile) =
+        if allow_dotprod && dotprod_available() { pick!(sdot) } else { pick!(widen) };
+    Some(Kernel { one, tile, quad: None, shared_scale_one: None })
+}
+
 /// The fastest kernel for `dtype` on this CPU.
 pub fn kernel(dtype: GgmlDType) -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     if let Some(k) = x86_kernel(dtype, true) {
         return Some(Kernel { quad: x86_quad_kernel(dtype), ..k });
     }
+    #[cfg(target_arch = "aarch64")]
+    if let Some(k) = arm_kernel(dtype, true) {
+        return Some(k);
+    }
     scalar_kernel(dtype)
 }
 
 /// Name of the quantized-dot path in use, for `--verbose` and benchmark rows.
 pub fn simd_name() -> &'static str {
+    if cfg!(target_arch = "aarch64") {
+        return if dotprod_available() { "neon+dotprod" } else { "neon" };
+    }
     if avx512_vnni_available() {
         "avx512vnni"
     } else if vnni_available() {
@@ -406,6 +451,11 @@ mod tests {
         {
             variants.push(("avx2", |t| x86_kernel(t, false)));
             variants.push(("vnni", |t| if vnni_available() { x86_kernel(t, true) } else { None }));
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            variants.push(("neon", |t| arm_kernel(t, false)));
+            variants.push(("neon+dotprod", |t| if dotprod_available() { arm_kernel(t, true) } else { None }));
         }
         variants.push(("scalar", scalar_kernel));
         for dtype in TYPES {
