@@ -191,8 +191,11 @@ unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
         let qs = p.add(if FIVE_BITS { 48 } else { 16 });
         // The fifth bits: byte k of the 32-byte field carries bit j for element k of
         // sub-block j.
-        let (qh_lo, qh_hi) =
-            if FIVE_BITS { (load4(p.add(16), row_bytes), load4(p.add(32), row_bytes)) } else { (lo_zero(), lo_zero()) };
+        let (qh_lo, qh_hi) = if FIVE_BITS {
+            (load4(p.add(16), row_bytes), load4(p.add(32), row_bytes))
+        } else {
+            (_mm512_setzero_si512(), _mm512_setzero_si512())
+        };
         for c in 0..4 {
             let (a_lo, a_hi) = split_nibbles(load4(qs.add(32 * c), row_bytes));
             let (b_lo, b_hi) = split_nibbles(load4(qs.add(32 * c + 16), row_bytes));
@@ -216,11 +219,6 @@ unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
         }
     }
     std::array::from_fn(|t| row_sums(_mm512_add_ps(acc[t], acc_min[t])))
-}
-
-#[inline(always)]
-unsafe fn lo_zero() -> __m512i {
-    _mm512_setzero_si512()
 }
 
 /// Q6_K: 256 values in 16 groups of 16, each with its own signed 8-bit scale; weights are
