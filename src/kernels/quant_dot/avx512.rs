@@ -164,8 +164,8 @@ unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
     let super_blocks = row_bytes / ts;
     assert!(row_bytes.is_multiple_of(ts) && w.len() >= ROWS * row_bytes, "quad kernel: weight shape");
     let xs = token_rows::<T>(x, stride, 8 * super_blocks);
+    // One accumulator per token, minimums included: a second set spilled registers.
     let mut acc = [_mm512_setzero_ps(); T];
-    let mut acc_min = [_mm512_setzero_ps(); T];
     let sixteen = _mm512_set1_epi8(16);
     // Lane group r of sub-block j's scale vector reads entry 8r + j of the two halves
     // (rows 0–1, rows 2–3) of the per-super-block tables below.
@@ -213,12 +213,12 @@ unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
                     let xb = xs[t].get_unchecked(8 * i + j);
                     let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_block(lo, hi, xb)), d);
                     acc[t] = _mm512_fmadd_ps(prod, _mm512_set1_ps(xb.d), acc[t]);
-                    acc_min[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb.ds), acc_min[t]);
+                    acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb.ds), acc[t]);
                 }
             }
         }
     }
-    std::array::from_fn(|t| row_sums(_mm512_add_ps(acc[t], acc_min[t])))
+    std::array::from_fn(|t| row_sums(acc[t]))
 }
 
 /// Q6_K: 256 values in 16 groups of 16, each with its own signed 8-bit scale; weights are
