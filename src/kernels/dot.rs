@@ -211,27 +211,8 @@ unsafe fn attend_group_avx512<const G: usize>(args: GroupArgs, scores: &mut Vec<
     use std::arch::x86_64::*;
     let (q, d, keys, values, positions, stride, offset, scale) = args;
     let n = positions.len();
-    scores.clear();
-    scores.resize(G * n, 0.0);
+    weights_avx512(q, d, keys, positions.clone(), stride, offset, scale, scores);
     let at = |base: &[f32], i: usize| base.as_ptr().add((positions.start + i) * stride + offset);
-    let mut i = 0;
-    while i + 4 <= n {
-        let k = [at(keys, i), at(keys, i + 1), at(keys, i + 2), at(keys, i + 3)];
-        for h in 0..G {
-            let s = dot4_avx512(q.as_ptr().add(h * d), k, d);
-            _mm_storeu_ps(scores.as_mut_ptr().add(h * n + i), _mm_mul_ps(s, _mm_set1_ps(scale)));
-        }
-        i += 4;
-    }
-    for i in i..n {
-        for h in 0..G {
-            let qh = &q[h * d..(h + 1) * d];
-            scores[h * n + i] = dot_avx2(qh, std::slice::from_raw_parts(at(keys, i), d)) * scale;
-        }
-    }
-    for head_scores in scores.chunks_exact_mut(n.max(1)) {
-        softmax_avx2(head_scores);
-    }
     for c in (0..d).step_by(V_CHUNK) {
         let mut acc = [[_mm512_setzero_ps(); V_CHUNK / 16]; G];
         for j in 0..n {
@@ -372,19 +353,8 @@ unsafe fn attend_avx512(
         return attend_avx2(q, keys, values, positions, stride, offset, scale, scores, out);
     }
     let n = positions.len();
-    scores.clear();
-    scores.resize(n, 0.0);
+    weights_avx512(q, d, keys, positions.clone(), stride, offset, scale, scores);
     let at = |base: &[f32], i: usize| base.as_ptr().add((positions.start + i) * stride + offset);
-    let mut i = 0;
-    while i + 4 <= n {
-        let s = dot4_avx512(q.as_ptr(), [at(keys, i), at(keys, i + 1), at(keys, i + 2), at(keys, i + 3)], d);
-        _mm_storeu_ps(scores.as_mut_ptr().add(i), _mm_mul_ps(s, _mm_set1_ps(scale)));
-        i += 4;
-    }
-    for (i, s) in scores.iter_mut().enumerate().skip(i) {
-        *s = dot_avx2(q, std::slice::from_raw_parts(at(keys, i), d)) * scale;
-    }
-    softmax_avx2(scores);
     for c in (0..d).step_by(V_CHUNK) {
         let (mut even, mut odd) = ([_mm512_setzero_ps(); V_CHUNK / 16], [_mm512_setzero_ps(); V_CHUNK / 16]);
         let mut j = 0;
@@ -406,6 +376,47 @@ unsafe fn attend_avx512(
         for u in 0..V_CHUNK / 16 {
             _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * u), _mm512_add_ps(even[u], odd[u]));
         }
+    }
+}
+
+/// The softmaxed attention weights of the `q.len() / d` query heads in `q` (head after
+/// head) over `positions`, into `scores` (head after head): four keys at a time for every
+/// head while those keys sit in L1. `d` is a multiple of 32; the caller checked bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weights_avx512(
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    positions: std::ops::Range<usize>,
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    use std::arch::x86_64::*;
+    let (heads, n) = (q.len() / d, positions.len());
+    scores.clear();
+    scores.resize(heads * n, 0.0);
+    let key = |i: usize| keys.as_ptr().add((positions.start + i) * stride + offset);
+    let mut i = 0;
+    while i + 4 <= n {
+        let k = [key(i), key(i + 1), key(i + 2), key(i + 3)];
+        for h in 0..heads {
+            let s = dot4_avx512(q.as_ptr().add(h * d), k, d);
+            _mm_storeu_ps(scores.as_mut_ptr().add(h * n + i), _mm_mul_ps(s, _mm_set1_ps(scale)));
+        }
+        i += 4;
+    }
+    for i in i..n {
+        for h in 0..heads {
+            scores[h * n + i] = dot_avx2(&q[h * d..(h + 1) * d], std::slice::from_raw_parts(key(i), d)) * scale;
+        }
+    }
+    for head_scores in scores.chunks_exact_mut(n.max(1)) {
+        softmax_avx2(head_scores);
     }
 }
 
