@@ -273,38 +273,37 @@ unsafe fn k_quant<M: MulSum, const FIVE_BITS: bool, const T: usize>(w: &[u8], xs
     std::array::from_fn(|t| hsum(acc[t]) - mins[t])
 }
 
+/// Half `h` of a Q6_K super-block `b` as four quarters of 32 unsigned six-bit weights:
+/// low nibbles of `ql` (quarters 0, 1) or high nibbles (2, 3), with two bits of `qh`
+/// above them.
+#[inline(always)]
+unsafe fn q6_quarters(b: &[u8], h: usize) -> [__m256i; 4] {
+    let low = _mm256_set1_epi8(0x0F);
+    let ql0 = _mm256_loadu_si256(b.as_ptr().add(64 * h) as *const __m256i);
+    let ql1 = _mm256_loadu_si256(b.as_ptr().add(64 * h + 32) as *const __m256i);
+    let qh = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h) as *const __m256i);
+    [
+        _mm256_or_si256(_mm256_and_si256(ql0, low), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4)),
+        _mm256_or_si256(_mm256_and_si256(ql1, low), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), _mm256_and_si256(qh, _mm256_set1_epi8(0x30))),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
+            _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)), 2),
+        ),
+    ]
+}
+
 /// Q6_K needs each 16-value half scaled separately, which `vpmaddwd` with the scales
 /// does in the same step that widens to i32 (so there is no VNNI variant).
 #[inline(always)]
 unsafe fn q6_k_<const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
     let mut acc = [_mm256_setzero_ps(); T];
     let mut offset = [0f32; T];
-    let low = _mm256_set1_epi8(0x0F);
     for (i, b) in w.chunks_exact(210).enumerate() {
         let d = f16_at(b, 208);
         let sc = &b[192..208];
         for h in 0..2 {
-            let ql0 = _mm256_loadu_si256(b.as_ptr().add(64 * h) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(b.as_ptr().add(64 * h + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h) as *const __m256i);
-            let quarters = [
-                _mm256_or_si256(
-                    _mm256_and_si256(ql0, low),
-                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, low),
-                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
-                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
-                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)), 2),
-                ),
-            ];
+            let quarters = q6_quarters(b, h);
             for (k, q) in quarters.into_iter().enumerate() {
                 let (s0, s1) = (sc[8 * h + 2 * k] as i8, sc[8 * h + 2 * k + 1] as i8);
                 let scales = _mm256_set_m128i(_mm_set1_epi16(s1 as i16), _mm_set1_epi16(s0 as i16));
@@ -391,7 +390,6 @@ unsafe fn k_quant_shared<M: MulSum, const FIVE_BITS: bool>(w: &[u8], x: &[Q8Bloc
 #[inline(always)]
 unsafe fn q6_k_shared_scale<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
     let (mut acc, mut acc_offset) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let low = _mm256_set1_epi8(0x0F);
     // As in `k_quant_shared`: one gather fetches the eight blocks' half sums.
     let stride = std::mem::size_of::<Q8Block>() as i32;
     let sum_offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
@@ -411,27 +409,7 @@ unsafe fn q6_k_shared_scale<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
             } else {
                 _mm256_extracti128_si256(scales, 1)
             });
-            let ql0 = _mm256_loadu_si256(b.as_ptr().add(64 * h) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(b.as_ptr().add(64 * h + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h) as *const __m256i);
-            let quarters = [
-                _mm256_or_si256(
-                    _mm256_and_si256(ql0, low),
-                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, low),
-                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
-                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
-                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)), 2),
-                ),
-            ];
+            let quarters = q6_quarters(b, h);
             for (k, q) in quarters.into_iter().enumerate() {
                 let (first, second) =
                     ((4 * k) as i16 | ((4 * k + 1) as i16) << 8, (4 * k + 2) as i16 | ((4 * k + 3) as i16) << 8);
