@@ -48,9 +48,9 @@ pub fn quantize_row_shared(x: &[f32], out: &mut [Q8Block]) {
 fn quantize_groups(x: &[f32], out: &mut [Q8Block], group: usize) {
     assert_eq!(x.len(), out.len() * 32, "quantize_row: length mismatch");
     assert!(x.len().is_multiple_of(group), "quantize_row: {} values are not groups of {group}", x.len());
-    for (xg, bg) in x.chunks_exact(group).zip(out.chunks_exact_mut(group / 32)) {
-        #[cfg(target_arch = "x86_64")]
-        if super::quant_dot::avx2_available() {
+    #[cfg(target_arch = "x86_64")]
+    if super::quant_dot::avx2_available() {
+        for (xg, bg) in x.chunks_exact(group).zip(out.chunks_exact_mut(group / 32)) {
             // SAFETY: AVX2/FMA/F16C were detected; every block holds 32 values.
             unsafe {
                 let d = avx2::abs_max(xg) / 127.0;
@@ -58,8 +58,10 @@ fn quantize_groups(x: &[f32], out: &mut [Q8Block], group: usize) {
                     avx2::quantize_block(xb, b, d);
                 }
             }
-            continue;
         }
+        return;
+    }
+    for (xg, bg) in x.chunks_exact(group).zip(out.chunks_exact_mut(group / 32)) {
         let d = xg.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
         for (xb, b) in xg.chunks_exact(32).zip(bg.iter_mut()) {
             quantize_block(xb, b, d);
