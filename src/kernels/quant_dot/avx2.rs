@@ -329,6 +329,18 @@ unsafe fn prefetch_ahead(b: &[u8], ts: usize) {
     }
 }
 
+/// The `sum16` fields of a super-block's eight activation blocks, one i32 lane each (its
+/// two half sums as i16 pairs), by one gather: a scalar loop over them compiled to a
+/// chain of inserts and blends.
+#[inline(always)]
+unsafe fn half_sums(xs: &[Q8Block]) -> __m256i {
+    assert!(xs.len() >= 8, "half_sums: a super-block has eight blocks");
+    let stride = std::mem::size_of::<Q8Block>() as i32;
+    let offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
+    let first = xs.as_ptr().cast::<u8>().add(std::mem::offset_of!(Q8Block, sum16));
+    _mm256_i32gather_epi32::<1>(first as *const i32, offsets)
+}
+
 /// Decode form of Q4_K / Q5_K, for activations with one scale per super-block
 /// ([`quantize_row_shared`](crate::kernels::q8::quantize_row_shared)): each sub-block's
 /// byte products are multiplied by its 6-bit scale while still integers and summed over
@@ -339,11 +351,6 @@ unsafe fn k_quant_shared<M: MulSum, const FIVE_BITS: bool>(w: &[u8], x: &[Q8Bloc
     let ts = if FIVE_BITS { 176 } else { 144 };
     let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let low = _mm256_set1_epi8(0x0F);
-    // Byte offsets of the eight blocks' `sum16` fields: one gather fetches a super-block's
-    // activation sums (a scalar loop over them compiled to a chain of inserts and blends).
-    let stride = std::mem::size_of::<Q8Block>() as i32;
-    let sum_offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
-    let sum_field = std::mem::offset_of!(Q8Block, sum16);
     for (i, b) in w.chunks_exact(ts).enumerate() {
         prefetch_ahead(b, ts);
         let xs = &x[8 * i..8 * i + 8];
@@ -374,7 +381,7 @@ unsafe fn k_quant_shared<M: MulSum, const FIVE_BITS: bool>(w: &[u8], x: &[Q8Bloc
         }
         // Σ_j m_j · (sum16[0] + sum16[1]): each gathered word holds a block's two half
         // sums, and `vpmaddwd` with (m_j, m_j) adds them weighted.
-        let sums = _mm256_i32gather_epi32::<1>(xs.as_ptr().cast::<u8>().add(sum_field) as *const i32, sum_offsets);
+        let sums = half_sums(xs);
         let m = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(min_bytes as i64));
         let min_sum = _mm256_madd_epi16(sums, _mm256_or_si256(m, _mm256_slli_epi32(m, 16)));
         let xd = xs[0].d;
@@ -390,10 +397,6 @@ unsafe fn k_quant_shared<M: MulSum, const FIVE_BITS: bool>(w: &[u8], x: &[Q8Bloc
 #[inline(always)]
 unsafe fn q6_k_shared_scale<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
     let (mut acc, mut acc_offset) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    // As in `k_quant_shared`: one gather fetches the eight blocks' half sums.
-    let stride = std::mem::size_of::<Q8Block>() as i32;
-    let sum_offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
-    let sum_field = std::mem::offset_of!(Q8Block, sum16);
     for (i, b) in w.chunks_exact(210).enumerate() {
         prefetch_ahead(b, 210);
         let xs = &x[8 * i..8 * i + 8];
@@ -418,7 +421,7 @@ unsafe fn q6_k_shared_scale<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
                 sumi = M::add_scaled(sumi, _mm256_maddubs_epi16(q, load_x(&xs[4 * h + k])), scale);
             }
         }
-        let sums = _mm256_i32gather_epi32::<1>(xs.as_ptr().cast::<u8>().add(sum_field) as *const i32, sum_offsets);
+        let sums = half_sums(xs);
         let offset = _mm256_madd_epi16(sums, scales);
         let dd = _mm256_set1_ps(f16_at(b, 208) * xs[0].d);
         acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), acc);
