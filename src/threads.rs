@@ -53,10 +53,15 @@ struct Shared {
     quit: AtomicBool,
 }
 
+/// A worker team. It has one job slot, so it must never run two regions at once: it is
+/// `Send` (an engine thread may own it) but not `Sync`, so only the thread holding it can
+/// start a region, and a region started inside a region runs inline.
 pub struct Pool {
     n: usize,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    /// Not `Sync`: two threads sharing `&Pool` could publish two jobs into one slot.
+    single_owner: std::marker::PhantomData<Cell<()>>,
 }
 
 thread_local! {
@@ -88,7 +93,7 @@ impl Pool {
                     .expect("spawning a worker thread")
             })
             .collect();
-        Self { n, shared, workers }
+        Self { n, shared, workers, single_owner: std::marker::PhantomData }
     }
 
     pub fn current_num_threads(&self) -> usize {
@@ -215,27 +220,31 @@ impl<T> SharedPtr<T> {
 }
 
 /// An f32 buffer that the tasks of one parallel region write disjoint parts of (rows of
-/// a product, bands of a gradient). Every use must hand each task a region no other task
-/// touches during the region; the SAFETY notes at the uses say why theirs do.
-pub(crate) struct DisjointMut {
+/// a product, bands of a gradient). It holds the buffer's exclusive borrow for its
+/// lifetime, so nothing else can read or write the buffer meanwhile; every use must hand
+/// each task a part no other task touches during the region, and the SAFETY notes at the
+/// uses say why theirs do.
+pub(crate) struct DisjointMut<'a> {
     ptr: *mut f32,
     len: usize,
+    buf: std::marker::PhantomData<&'a mut [f32]>,
 }
 
-// SAFETY: see the type's contract: tasks never touch the same element.
-unsafe impl Sync for DisjointMut {}
-unsafe impl Send for DisjointMut {}
+// SAFETY: see the type's contract: tasks never touch the same element, and the borrow it
+// holds keeps every other access out while it lives.
+unsafe impl Sync for DisjointMut<'_> {}
+unsafe impl Send for DisjointMut<'_> {}
 
-impl DisjointMut {
-    pub(crate) fn new(buf: &mut [f32]) -> Self {
-        Self { ptr: buf.as_mut_ptr(), len: buf.len() }
+impl<'a> DisjointMut<'a> {
+    pub(crate) fn new(buf: &'a mut [f32]) -> Self {
+        Self { ptr: buf.as_mut_ptr(), len: buf.len(), buf: std::marker::PhantomData }
     }
 
     /// # Safety
     /// No other task may access `offset..offset + len` while the slice lives.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
-        assert!(offset + len <= self.len, "disjoint slice out of bounds");
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len), "disjoint slice out of bounds");
         std::slice::from_raw_parts_mut(self.ptr.add(offset), len)
     }
 
@@ -294,6 +303,20 @@ pub fn release_free_heap() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A compile-time check that `Pool` is not `Sync`: were it, `<Pool as NotSync<_>>`
+    /// would match both impls below and this would not compile.
+    #[allow(dead_code)]
+    trait NotSync<A> {
+        fn check() {}
+    }
+    impl<T: ?Sized> NotSync<()> for T {}
+    impl<T: ?Sized + Sync> NotSync<u8> for T {}
+    const _: fn() = <Pool as NotSync<_>>::check;
+    const _: fn() = || {
+        fn is_send<T: Send>() {}
+        is_send::<Pool>();
+    };
 
     #[test]
     fn every_item_is_visited_once_on_every_team_size() {

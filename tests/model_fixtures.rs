@@ -160,7 +160,7 @@ fn smollm2_batched_prefill_equals_token_by_token() {
     for (i, &id) in ids.iter().enumerate() {
         let hidden = rt.pool.install(|| rt.model.forward(&[id], &mut cache)).unwrap();
         let one = rt.pool.install(|| rt.model.logits(&hidden)).unwrap();
-        if device().is_cpu() && !pupil::kernels::quant_dot::avx512_vnni_available() {
+        if device().is_cpu() && !pupil::kernels::features::Features::detected().avx512_vnni() {
             // The one-row CPU kernels keep one accumulation order for 1 and for many tokens.
             let max_diff = one.iter().zip(&batched[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(max_diff < 1e-3, "position {i}: batched and incremental logits differ by {max_diff}");

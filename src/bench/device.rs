@@ -27,8 +27,8 @@ impl DeviceInfo {
             arch: std::env::consts::ARCH,
             os: std::env::consts::OS,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            simd: simd_features(),
-            kernels: crate::kernels::quant_dot::simd_name(),
+            simd: crate::kernels::features::names(),
+            kernels: crate::kernels::features::Features::detected().kernel_name(),
             pupil_version: env!("CARGO_PKG_VERSION"),
             build_features: build_features(),
         }
@@ -52,34 +52,6 @@ fn cpu_name() -> String {
         }
     }
     "unknown".into()
-}
-
-fn simd_features() -> Vec<&'static str> {
-    #[allow(unused_mut)]
-    let mut found = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        macro_rules! probe {
-            ($($f:tt),*) => {$(
-                if std::arch::is_x86_feature_detected!($f) {
-                    found.push($f);
-                }
-            )*};
-        }
-        probe!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni");
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        macro_rules! probe {
-            ($($f:tt),*) => {$(
-                if std::arch::is_aarch64_feature_detected!($f) {
-                    found.push($f);
-                }
-            )*};
-        }
-        probe!("neon", "dotprod", "i8mm", "fp16");
-    }
-    found
 }
 
 #[allow(clippy::vec_init_then_push, unused_mut)]

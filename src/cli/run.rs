@@ -245,7 +245,7 @@ fn report_load(rt: &Runtime) {
         cfg.n_vocab,
         rt.model.weight_bytes() as f64 / 1e6,
         rt.threads(),
-        crate::kernels::quant_dot::simd_name(),
+        crate::kernels::features::Features::detected().kernel_name(),
     );
 }
 

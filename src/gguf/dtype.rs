@@ -86,7 +86,8 @@ impl GgmlDType {
     }
 
     /// Elements per block (1 for plain scalar types).
-    pub fn block_size(self) -> usize {
+    #[inline]
+    pub const fn block_size(self) -> usize {
         use GgmlDType::*;
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
@@ -96,7 +97,8 @@ impl GgmlDType {
     }
 
     /// Bytes per block.
-    pub fn type_size(self) -> usize {
+    #[inline]
+    pub const fn type_size(self) -> usize {
         use GgmlDType::*;
         match self {
             F32 | I32 => 4,

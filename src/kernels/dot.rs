@@ -5,7 +5,7 @@
 //! The AVX2+FMA forms are picked at run time; release builds do not assume the CPU has
 //! them. Each has a portable form it is tested against.
 
-use std::sync::OnceLock;
+use super::features::active;
 
 /// Portable dot product with four independent accumulators (so the compiler can keep
 /// several lanes busy and the rounding matches the SIMD form's summation order closely).
@@ -60,27 +60,16 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
-type DotFn = fn(&[f32], &[f32]) -> f32;
-
-fn select() -> DotFn {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return |a, b| {
-                assert_eq!(a.len(), b.len());
-                // SAFETY: the CPU features were detected above; lengths are equal.
-                unsafe { dot_avx2(a, b) }
-            };
-        }
-    }
-    dot_scalar
-}
-
 /// The fastest dot product this CPU supports.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    static DOT: OnceLock<DotFn> = OnceLock::new();
-    (DOT.get_or_init(select))(a, b)
+    assert_eq!(a.len(), b.len(), "dot: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if active().avx2 {
+        // SAFETY: AVX2 and FMA detected; lengths are equal.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_scalar(a, b)
 }
 
 /// `y += a · x`, portable form.
@@ -588,16 +577,15 @@ unsafe fn gated_avx2(act: Gate, gate: &mut [f32], up: &[f32]) {
     gate[n..].iter_mut().zip(&up[n..]).for_each(|(g, u)| *g = f(*g) * u);
 }
 
+/// Whether the 512-bit attention kernels can run (AVX-512 F, with AVX2 and FMA).
 #[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| has_avx2() && std::arch::is_x86_feature_detected!("avx512f"))
+    active().avx512
 }
 
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
+    active().avx2
 }
 
 #[cfg(test)]

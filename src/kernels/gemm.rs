@@ -46,8 +46,8 @@ fn gemm(bt: bool, m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], l
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected; bounds were asserted above.
+    if super::features::active().avx2 {
+        // SAFETY: the features were detected; bounds were asserted above.
         unsafe { gemm_avx2(bt, m, n, k, a, b, c, ldc) };
         return;
     }

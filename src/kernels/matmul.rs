@@ -210,7 +210,7 @@ struct Batch<'a> {
     xq: &'a [Q8Block],
     blocks: usize,
     n_tokens: usize,
-    out: &'a DisjointMut,
+    out: &'a DisjointMut<'a>,
 }
 
 impl Batch<'_> {

@@ -6,6 +6,7 @@
 
 pub mod dequant;
 pub mod dot;
+pub mod features;
 pub mod gemm;
 pub mod matmul;
 pub mod q8;

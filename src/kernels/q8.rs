@@ -49,7 +49,7 @@ fn quantize_groups(x: &[f32], out: &mut [Q8Block], group: usize) {
     assert_eq!(x.len(), out.len() * 32, "quantize_row: length mismatch");
     assert!(x.len().is_multiple_of(group), "quantize_row: {} values are not groups of {group}", x.len());
     #[cfg(target_arch = "x86_64")]
-    if super::quant_dot::avx2_available() {
+    if super::features::active().avx2 {
         for (xg, bg) in x.chunks_exact(group).zip(out.chunks_exact_mut(group / 32)) {
             // SAFETY: AVX2/FMA/F16C were detected; every block holds 32 values.
             unsafe {

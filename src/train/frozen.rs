@@ -78,7 +78,6 @@ const BACKWARD_TASKS: usize = 8;
 pub fn forward(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     let (n_out, n_in) = (w.rows, w.cols);
     assert!(x.len() >= n * n_in && y.len() >= n * n_out, "frozen forward: shapes");
-    let total = y.len();
     let out = DisjointMut::new(y);
     let mut bands: Vec<usize> = (0..n_out).step_by(BAND).collect();
     for_each_mut(&mut bands, |&mut r0| {
@@ -87,10 +86,14 @@ pub fn forward(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
         for r in 0..rows {
             w.dequantize_row(r0 + r, &mut wb[r * n_in..(r + 1) * n_in]);
         }
-        // SAFETY: this task alone writes columns r0..r0+rows of every output row; the
-        // slice starts at column r0 and gemm_nt touches only `rows` columns per row.
-        let y = unsafe { out.slice(r0, total - r0) };
-        gemm_nt(n, rows, n_in, Mat { data: x, ld: n_in }, Mat { data: &wb, ld: n_in }, y, n_out, false);
+        // The band's columns of every output row are computed apart and copied in row by
+        // row: each task's writes are then slices no other task's overlap.
+        let mut yb = vec![0f32; n * rows];
+        gemm_nt(n, rows, n_in, Mat { data: x, ld: n_in }, Mat { data: &wb, ld: n_in }, &mut yb, rows, false);
+        for (t, row) in yb.chunks_exact(rows).enumerate() {
+            // SAFETY: this task alone owns columns r0..r0+rows of the output rows.
+            unsafe { out.slice(t * n_out + r0, rows) }.copy_from_slice(row);
+        }
     });
 }
 

@@ -10,6 +10,7 @@ mod avx512;
 mod neon;
 mod scalar;
 
+use super::features::{self, Features};
 use super::q8::Q8Block;
 use crate::gguf::GgmlDType;
 
@@ -66,14 +67,70 @@ pub fn has_kernel(dtype: GgmlDType) -> bool {
     matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4K | Q5K | Q6K)
 }
 
+/// Panics unless `w` holds exactly the weights that `blocks` activation blocks multiply.
+/// The SIMD kernels load by these lengths without bounds checks: their safe wrappers
+/// below check here, once per row, so no caller can make them read past a buffer.
+#[inline(always)]
+fn check_row(dtype: GgmlDType, w: &[u8], blocks: usize) {
+    let per_weight_block = dtype.block_size() / 32;
+    assert!(
+        blocks.is_multiple_of(per_weight_block) && w.len() == blocks / per_weight_block * dtype.type_size(),
+        "quantized dot: {} bytes of {dtype} do not match {blocks} activation blocks",
+        w.len()
+    );
+}
+
+/// [`check_row`] for `tokens` activation rows `stride` blocks apart.
+#[inline(always)]
+fn check_tile(dtype: GgmlDType, w: &[u8], x: &[Q8Block], stride: usize, tokens: usize) {
+    check_row(dtype, w, stride);
+    assert!(x.len() >= tokens * stride, "quantized dot: {} activation blocks for {tokens} × {stride}", x.len());
+}
+
+/// [`check_tile`] for [`QUAD_ROWS`] rows `row_bytes` apart.
+#[inline(always)]
+fn check_quad(dtype: GgmlDType, w: &[u8], row_bytes: usize, x: &[Q8Block], stride: usize, tokens: usize) {
+    assert!(w.len() >= QUAD_ROWS * row_bytes, "quantized dot: four rows of {row_bytes} bytes in {}", w.len());
+    check_tile(dtype, &w[..row_bytes], x, stride, tokens);
+}
+
+/// A [`Kernel`] whose forms call `unsafe` functions of one SIMD module after checking the
+/// lengths those functions rely on.
+///
+/// SAFETY (the expansion's `unsafe` blocks): only expanded where the module's target
+/// features were found in the [`Features`] set the caller passes, which is never wider
+/// than what the CPU has ([`features::active`]); the lengths are checked first.
+macro_rules! checked_kernel {
+    ($dtype:ident, $one:path, $tile:path, $shared:expr) => {
+        Kernel {
+            one: |w, x| {
+                check_row(GgmlDType::$dtype, w, x.len());
+                unsafe { $one(w, x) }
+            },
+            tile: |w, x, s| {
+                check_tile(GgmlDType::$dtype, w, x, s, TILE);
+                unsafe { $tile(w, x, s) }
+            },
+            quad: None,
+            shared_scale_one: $shared,
+        }
+    };
+}
+
 /// The portable kernel for `dtype` (None for types without one).
 pub fn scalar_kernel(dtype: GgmlDType) -> Option<Kernel> {
     use GgmlDType::*;
     macro_rules! scalar {
         ($t:ident) => {
             Kernel {
-                one: |w, x| scalar::vec_dot($t, w, x),
-                tile: |w, x, s| std::array::from_fn(|t| scalar::vec_dot($t, w, &x[t * s..(t + 1) * s])),
+                one: |w, x| {
+                    check_row($t, w, x.len());
+                    scalar::vec_dot($t, w, x)
+                },
+                tile: |w, x, s| {
+                    check_tile($t, w, x, s, TILE);
+                    std::array::from_fn(|t| scalar::vec_dot($t, w, &x[t * s..(t + 1) * s]))
+                },
                 quad: None,
                 shared_scale_one: None,
             }
@@ -92,209 +149,131 @@ pub fn scalar_kernel(dtype: GgmlDType) -> Option<Kernel> {
     })
 }
 
-/// Whether the AVX2 kernels can run here.
-pub fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether the CPU has 256-bit VNNI (`vpdpbusd` on ymm registers).
-pub fn vnni_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx2_available()
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The x86 kernel for `dtype`: VNNI where the CPU has it, else AVX2; `None` without
-/// AVX2, FMA and F16C.
+/// The AVX2 kernel for `dtype`, its multiplies on VNNI where `f` has it.
 #[cfg(target_arch = "x86_64")]
-pub fn x86_kernel(dtype: GgmlDType, allow_vnni: bool) -> Option<Kernel> {
-    use GgmlDType::*;
-    if !avx2_available() {
+fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
+    if !f.avx2 {
         return None;
     }
     macro_rules! pick {
-        ($m:ident) => {
-            // SAFETY (each closure): the module's target features were detected above;
-            // callers pass the activation blocks matching `w` (`matmul` checks shapes).
+        ($m:ident) => {{
+            use avx2::$m as k;
             match dtype {
-                Q4_0 => Kernel {
-                    one: |w, x| unsafe { avx2::$m::q4_0(w, x) },
-                    tile: |w, x, s| unsafe { avx2::$m::q4_0_tile(w, x, s) },
-                    quad: None,
-                    shared_scale_one: None,
-                },
-                Q4_1 => Kernel {
-                    one: |w, x| unsafe { avx2::$m::q4_1(w, x) },
-                    tile: |w, x, s| unsafe { avx2::$m::q4_1_tile(w, x, s) },
-                    quad: None,
-                    shared_scale_one: None,
-                },
-                Q5_0 => Kernel {
-                    one: |w, x| unsafe { avx2::$m::q5_0(w, x) },
-                    tile: |w, x, s| unsafe { avx2::$m::q5_0_tile(w, x, s) },
-                    quad: None,
-                    shared_scale_one: None,
-                },
-                Q5_1 => Kernel {
-                    one: |w, x| unsafe { avx2::$m::q5_1(w, x) },
-                    tile: |w, x, s| unsafe { avx2::$m::q5_1_tile(w, x, s) },
-                    quad: None,
-                    shared_scale_one: None,
-                },
-                Q8_0 => Kernel {
-                    one: |w, x| unsafe { avx2::$m::q8_0(w, x) },
-                    tile: |w, x, s| unsafe { avx2::$m::q8_0_tile(w, x, s) },
-                    quad: None,
-                    shared_scale_one: None,
-                },
-                Q4K => Kernel {
-                    one: |w, x| unsafe { avx2::$m::q4_k(w, x) },
-                    tile: |w, x, s| unsafe { avx2::$m::q4_k_tile(w, x, s) },
-                    quad: None,
-                    shared_scale_one: Some(|w, x| unsafe { avx2::$m::q4_k_shared(w, x) }),
-                },
-                Q5K => Kernel {
-                    one: |w, x| unsafe { avx2::$m::q5_k(w, x) },
-                    tile: |w, x, s| unsafe { avx2::$m::q5_k_tile(w, x, s) },
-                    quad: None,
-                    shared_scale_one: Some(|w, x| unsafe { avx2::$m::q5_k_shared(w, x) }),
-                },
-                Q6K => Kernel {
-                    one: |w, x| unsafe { avx2::$m::q6_k(w, x) },
-                    tile: |w, x, s| unsafe { avx2::$m::q6_k_tile(w, x, s) },
-                    quad: None,
-                    shared_scale_one: Some(|w, x| unsafe { avx2::$m::q6_k_shared(w, x) }),
-                },
+                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile, None),
+                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile, None),
+                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile, None),
+                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile, None),
+                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile, None),
+                GgmlDType::Q4K => checked_kernel!(
+                    Q4K,
+                    k::q4_k,
+                    k::q4_k_tile,
+                    Some(|w, x| {
+                        check_row(GgmlDType::Q4K, w, x.len());
+                        // SAFETY: as in `checked_kernel`.
+                        unsafe { k::q4_k_shared(w, x) }
+                    })
+                ),
+                GgmlDType::Q5K => checked_kernel!(
+                    Q5K,
+                    k::q5_k,
+                    k::q5_k_tile,
+                    Some(|w, x| {
+                        check_row(GgmlDType::Q5K, w, x.len());
+                        // SAFETY: as in `checked_kernel`.
+                        unsafe { k::q5_k_shared(w, x) }
+                    })
+                ),
+                GgmlDType::Q6K => checked_kernel!(
+                    Q6K,
+                    k::q6_k,
+                    k::q6_k_tile,
+                    Some(|w, x| {
+                        check_row(GgmlDType::Q6K, w, x.len());
+                        // SAFETY: as in `checked_kernel`.
+                        unsafe { k::q6_k_shared(w, x) }
+                    })
+                ),
                 _ => return None,
             }
-        };
+        }};
     }
-    Some(if allow_vnni && vnni_available() { pick!(vnni) } else { pick!(plain) })
+    Some(if f.vnni { pick!(vnni) } else { pick!(plain) })
 }
 
-/// Whether the CPU has the AVX-512 subsets the four-row kernels use.
-pub fn avx512_vnni_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        vnni_available()
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The four-row AVX-512 kernel for `dtype`, if there is one and the CPU can run it.
+/// The four-row AVX-512 kernel for `dtype`, if there is one and `f` can run it.
 #[cfg(target_arch = "x86_64")]
-pub fn x86_quad_kernel(dtype: GgmlDType) -> Option<QuadKernel> {
+fn x86_quad_kernel(dtype: GgmlDType, f: Features) -> Option<QuadKernel> {
     use GgmlDType::*;
-    if !avx512_vnni_available() {
+    if !f.avx512_vnni() {
         return None;
     }
     macro_rules! quad {
-        ($one:ident, $tile:ident) => {
-            // SAFETY (each closure): the features were detected above; the kernels check
-            // the slice lengths they rely on.
+        ($t:ident, $one:ident, $tile:ident) => {
+            // SAFETY (each closure): the features were found in `f` above; the lengths
+            // the kernels rely on are checked first.
             QuadKernel {
-                one: |w, rb, x| unsafe { avx512::$one(w, rb, x) },
-                tile: |w, rb, x, s| unsafe { avx512::$tile(w, rb, x, s) },
+                one: |w, rb, x| {
+                    check_quad($t, w, rb, x, x.len(), 1);
+                    unsafe { avx512::$one(w, rb, x) }
+                },
+                tile: |w, rb, x, s| {
+                    check_quad($t, w, rb, x, s, QUAD_TILE);
+                    unsafe { avx512::$tile(w, rb, x, s) }
+                },
             }
         };
     }
     Some(match dtype {
-        Q4_0 => quad!(q4_0, q4_0_tile),
-        Q4_1 => quad!(q4_1, q4_1_tile),
-        Q5_0 => quad!(q5_0, q5_0_tile),
-        Q5_1 => quad!(q5_1, q5_1_tile),
-        Q8_0 => quad!(q8_0, q8_0_tile),
-        Q4K => quad!(q4_k, q4_k_tile),
-        Q5K => quad!(q5_k, q5_k_tile),
-        Q6K => quad!(q6_k, q6_k_tile),
+        Q4_0 => quad!(Q4_0, q4_0, q4_0_tile),
+        Q4_1 => quad!(Q4_1, q4_1, q4_1_tile),
+        Q5_0 => quad!(Q5_0, q5_0, q5_0_tile),
+        Q5_1 => quad!(Q5_1, q5_1, q5_1_tile),
+        Q8_0 => quad!(Q8_0, q8_0, q8_0_tile),
+        Q4K => quad!(Q4K, q4_k, q4_k_tile),
+        Q5K => quad!(Q5K, q5_k, q5_k_tile),
+        Q6K => quad!(Q6K, q6_k, q6_k_tile),
         _ => return None,
     })
 }
 
-/// Whether the CPU has the Armv8.2 dot-product extension (`sdot`).
-pub fn dotprod_available() -> bool {
-    #[cfg(target_arch = "aarch64")]
-    {
-        std::arch::is_aarch64_feature_detected!("dotprod")
-    }
-    #[cfg(not(target_arch = "aarch64"))]
-    {
-        false
-    }
-}
-
-/// The NEON kernel for `dtype` (32-value block formats): `sdot` where the CPU has it
-/// and `allow_dotprod`, else widening multiplies.
+/// The NEON kernel for `dtype` (32-value block formats): `sdot` where `f` has it, else
+/// widening multiplies (NEON itself is part of aarch64).
 #[cfg(target_arch = "aarch64")]
-pub fn arm_kernel(dtype: GgmlDType, allow_dotprod: bool) -> Option<Kernel> {
-    use GgmlDType::*;
+fn arm_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
     macro_rules! pick {
-        ($m:ident) => {
-            // SAFETY (each closure): NEON is part of aarch64, `sdot` was detected (see
-            // below); callers pass the activation blocks matching `w`.
+        ($m:ident) => {{
+            use neon::$m as k;
             match dtype {
-                Q4_0 => (|w, x| unsafe { neon::$m::q4_0(w, x) }, |w, x, s| unsafe { neon::$m::q4_0_tile(w, x, s) }),
-                Q4_1 => (|w, x| unsafe { neon::$m::q4_1(w, x) }, |w, x, s| unsafe { neon::$m::q4_1_tile(w, x, s) }),
-                Q5_0 => (|w, x| unsafe { neon::$m::q5_0(w, x) }, |w, x, s| unsafe { neon::$m::q5_0_tile(w, x, s) }),
-                Q5_1 => (|w, x| unsafe { neon::$m::q5_1(w, x) }, |w, x, s| unsafe { neon::$m::q5_1_tile(w, x, s) }),
-                Q8_0 => (|w, x| unsafe { neon::$m::q8_0(w, x) }, |w, x, s| unsafe { neon::$m::q8_0_tile(w, x, s) }),
+                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile, None),
+                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile, None),
+                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile, None),
+                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile, None),
+                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile, None),
                 _ => return None,
             }
-        };
+        }};
     }
-    let (one, tile): (RowDot, RowDotTile) =
-        if allow_dotprod && dotprod_available() { pick!(sdot) } else { pick!(widen) };
-    Some(Kernel { one, tile, quad: None, shared_scale_one: None })
+    Some(if f.dotprod { pick!(sdot) } else { pick!(widen) })
 }
 
-/// The fastest kernel for `dtype` on this CPU.
-pub fn kernel(dtype: GgmlDType) -> Option<Kernel> {
+/// The fastest kernel for `dtype` that feature set `f` allows.
+pub fn kernel_for(dtype: GgmlDType, f: Features) -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(k) = x86_kernel(dtype, true) {
-        return Some(Kernel { quad: x86_quad_kernel(dtype), ..k });
+    if let Some(k) = x86_kernel(dtype, f) {
+        return Some(Kernel { quad: x86_quad_kernel(dtype, f), ..k });
     }
     #[cfg(target_arch = "aarch64")]
-    if let Some(k) = arm_kernel(dtype, true) {
+    if let Some(k) = arm_kernel(dtype, f) {
         return Some(k);
     }
+    let _ = f;
     scalar_kernel(dtype)
 }
 
-/// Name of the quantized-dot path in use, for `--verbose` and benchmark rows.
-pub fn simd_name() -> &'static str {
-    if cfg!(target_arch = "aarch64") {
-        return if dotprod_available() { "neon+dotprod" } else { "neon" };
-    }
-    if avx512_vnni_available() {
-        "avx512vnni"
-    } else if vnni_available() {
-        "avx2+vnni"
-    } else if avx2_available() {
-        "avx2"
-    } else {
-        "scalar"
-    }
+/// The fastest kernel for `dtype` on this thread's CPU features.
+pub fn kernel(dtype: GgmlDType) -> Option<Kernel> {
+    kernel_for(dtype, features::active())
 }
 
 #[cfg(test)]
@@ -339,6 +318,56 @@ mod tests {
         (x, q)
     }
 
+    /// Every SIMD form this CPU can run, by the feature set that selects it (one that
+    /// selects nothing new falls back to a form already listed, which is harmless).
+    fn simd_variants() -> [(&'static str, Features); 2] {
+        let detected = Features::detected();
+        let only = |f: Features| f.and(detected);
+        if cfg!(target_arch = "aarch64") {
+            [("neon", Features::PORTABLE), ("neon+dotprod", only(Features { dotprod: true, ..Features::PORTABLE }))]
+        } else {
+            [
+                ("avx2", only(Features { avx2: true, ..Features::PORTABLE })),
+                ("avx2+vnni", only(Features { avx2: true, vnni: true, ..Features::PORTABLE })),
+            ]
+        }
+    }
+
+    fn refused<R>(f: impl FnOnce() -> R) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+    }
+
+    /// Every form of every kernel, given a weight row and activations whose lengths
+    /// disagree, panics instead of reading past a buffer or truncating the sum.
+    #[test]
+    fn kernels_refuse_lengths_that_disagree() {
+        let mut rng = Rng::new(29);
+        let mut sets: Vec<Features> = simd_variants().iter().map(|v| v.1).collect();
+        sets.extend([Features::PORTABLE, Features::detected()]);
+        for dtype in TYPES {
+            let w = random_row(dtype, QUAD_ROWS * 512, &mut rng);
+            let rb = w.len() / QUAD_ROWS;
+            let (_, x) = activations(QUAD_TILE * 512, &mut rng);
+            let long_row = &w[..2 * rb];
+            let (short_x, long_x) = (&x[..8], &x[..32]);
+            for &f in &sets {
+                let k = kernel_for(dtype, f).unwrap();
+                assert!(refused(|| (k.one)(long_row, short_x)), "{dtype} {f:?}: one, short x");
+                assert!(refused(|| (k.one)(&w[..rb], long_x)), "{dtype} {f:?}: one, long x");
+                assert!(refused(|| (k.tile)(&w[..rb], &x[..16 * TILE - 1], 16)), "{dtype} {f:?}: tile");
+                if let Some(shared) = k.shared_scale_one {
+                    assert!(refused(|| shared(long_row, short_x)), "{dtype} {f:?}: shared");
+                }
+                if let Some(quad) = k.quad {
+                    assert!(refused(|| (quad.one)(&w[..3 * rb], rb, &x[..16])), "{dtype} {f:?}: quad rows");
+                    assert!(refused(|| (quad.one)(&w, rb, &x[..8])), "{dtype} {f:?}: quad x");
+                    let short_tile = &x[..16 * QUAD_TILE - 1];
+                    assert!(refused(|| (quad.tile)(&w, rb, short_tile, 16)), "{dtype} {f:?}: quad tile");
+                }
+            }
+        }
+    }
+
     #[test]
     fn scalar_kernels_equal_dequantized_products() {
         let mut rng = Rng::new(21);
@@ -360,20 +389,14 @@ mod tests {
     /// row, and their tile form bit for bit against their single-token form.
     #[test]
     fn quad_kernels_equal_scalar_kernels() {
-        #[cfg(target_arch = "x86_64")]
-        if !avx512_vnni_available() {
+        let detected = Features::detected();
+        if cfg!(target_arch = "x86_64") && !detected.avx512_vnni() {
             eprintln!("no AVX-512 VNNI here: four-row kernels not exercised");
             return;
         }
         let mut rng = Rng::new(17);
         for dtype in TYPES {
-            #[cfg(target_arch = "x86_64")]
-            let Some(quad) = x86_quad_kernel(dtype) else {
-                continue;
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let Some(quad): Option<QuadKernel> = None
-            else {
+            let Some(quad) = kernel_for(dtype, detected).and_then(|k| k.quad) else {
                 continue;
             };
             for n in [256, 512, 256 * 7] {
@@ -416,10 +439,7 @@ mod tests {
     fn shared_scale_kernels_equal_scalar_kernels() {
         let mut rng = Rng::new(23);
         for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
-            #[cfg(target_arch = "x86_64")]
-            let variants = [("avx2", x86_kernel(dtype, false)), ("vnni", x86_kernel(dtype, vnni_available()))];
-            #[cfg(not(target_arch = "x86_64"))]
-            let variants: [(&str, Option<Kernel>); 0] = [];
+            let variants = simd_variants().map(|(name, f)| (name, kernel_for(dtype, f)));
             for n in [256, 512, 256 * 7] {
                 let w = random_row(dtype, n, &mut rng);
                 let x: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 4.0).collect();
@@ -444,20 +464,8 @@ mod tests {
     #[test]
     fn simd_kernels_equal_scalar_kernels() {
         let mut rng = Rng::new(5);
-        type Variant = fn(GgmlDType) -> Option<Kernel>;
-        #[allow(unused_mut)]
-        let mut variants: Vec<(&str, Variant)> = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            variants.push(("avx2", |t| x86_kernel(t, false)));
-            variants.push(("vnni", |t| if vnni_available() { x86_kernel(t, true) } else { None }));
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            variants.push(("neon", |t| arm_kernel(t, false)));
-            variants.push(("neon+dotprod", |t| if dotprod_available() { arm_kernel(t, true) } else { None }));
-        }
-        variants.push(("scalar", scalar_kernel));
+        let mut variants: Vec<(&str, Features)> = simd_variants().to_vec();
+        variants.push(("portable", Features::PORTABLE));
         for dtype in TYPES {
             for n in [256, 512, 2048, 256 * 7] {
                 let w = random_row(dtype, n, &mut rng);
@@ -477,8 +485,8 @@ mod tests {
                 let tile_want: Vec<f32> = (0..TILE)
                     .map(|t| (scalar_kernel(dtype).unwrap().one)(&w, &tile_x[t * blocks..(t + 1) * blocks]))
                     .collect();
-                for (name, variant) in &variants {
-                    let Some(k) = variant(dtype) else { continue };
+                for &(name, f) in &variants {
+                    let Some(k) = kernel_for(dtype, f) else { continue };
                     let got = (k.one)(&w, &xq);
                     assert!((got - want).abs() <= 1e-5 * magnitude.max(1e-3), "{dtype} n={n} {name}: {got} vs {want}");
                     let tiled = (k.tile)(&w, &tile_x, blocks);

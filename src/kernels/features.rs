@@ -1,0 +1,163 @@
+//! What this CPU can run: the one place that asks it. Every kernel choice reads
+//! [`active`], which is the detected set unless the calling thread narrowed it with
+//! [`limited_to`] — how tests run the same code on the portable kernels to compare them
+//! with the SIMD ones. A set can only be narrowed, never widened past what was detected,
+//! so no override can select an instruction the CPU lacks.
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+/// The instruction-set extensions pupil's kernels are written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// x86-64 AVX2 with FMA and F16C (the three arrive together on every CPU that has one).
+    pub avx2: bool,
+    /// x86-64 AVX-512 VNNI with VL: `vpdpbusd` on 256-bit registers.
+    pub vnni: bool,
+    /// x86-64 AVX-512 F and BW: 512-bit registers.
+    pub avx512: bool,
+    /// aarch64 dot-product extension (`sdot`, Armv8.2); NEON itself is part of aarch64.
+    pub dotprod: bool,
+}
+
+impl Features {
+    /// Nothing beyond the base instruction set: the portable kernels everywhere.
+    pub const PORTABLE: Features = Features { avx2: false, vnni: false, avx512: false, dotprod: false };
+
+    /// The set this CPU has, detected once per process.
+    pub fn detected() -> Features {
+        static DETECTED: OnceLock<Features> = OnceLock::new();
+        *DETECTED.get_or_init(detect)
+    }
+
+    /// Both sets' common features; each kernel family also needs the ones below it (VNNI
+    /// and AVX-512 kernels are AVX2 code), so a set without AVX2 has neither.
+    pub fn and(self, other: Features) -> Features {
+        let avx2 = self.avx2 && other.avx2;
+        Features {
+            avx2,
+            vnni: avx2 && self.vnni && other.vnni,
+            avx512: avx2 && self.avx512 && other.avx512,
+            dotprod: self.dotprod && other.dotprod,
+        }
+    }
+
+    /// Whether the four-row AVX-512 VNNI kernels can run.
+    pub fn avx512_vnni(self) -> bool {
+        self.vnni && self.avx512
+    }
+
+    /// The quantized-dot path this set selects, for `--verbose` and benchmark rows.
+    pub fn kernel_name(self) -> &'static str {
+        if cfg!(target_arch = "aarch64") {
+            return if self.dotprod { "neon+dotprod" } else { "neon" };
+        }
+        match (self.avx2, self.vnni, self.avx512) {
+            (true, true, true) => "avx512vnni",
+            (true, true, false) => "avx2+vnni",
+            (true, false, _) => "avx2",
+            _ => "scalar",
+        }
+    }
+}
+
+fn detect() -> Features {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let raw = Features {
+            avx2: has!("avx2") && has!("fma") && has!("f16c"),
+            vnni: has!("avx512vnni") && has!("avx512vl"),
+            avx512: has!("avx512f") && has!("avx512bw"),
+            dotprod: false,
+        };
+        raw.and(raw)
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        Features { dotprod: std::arch::is_aarch64_feature_detected!("dotprod"), ..Features::PORTABLE }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        Features::PORTABLE
+    }
+}
+
+thread_local! {
+    /// A narrower set this thread runs under (see [`limited_to`]).
+    static LIMIT: Cell<Option<Features>> = const { Cell::new(None) };
+}
+
+/// The set kernels may use on this thread now.
+#[inline]
+pub fn active() -> Features {
+    let detected = Features::detected();
+    LIMIT.with(Cell::get).map_or(detected, |limit| detected.and(limit))
+}
+
+/// Runs `f` with this thread's kernels limited to `limit` (and to what the CPU has).
+/// Parallel regions inside `f` run their items on other threads at full speed, so callers
+/// that compare kernel paths run `f` without a thread pool.
+pub fn limited_to<R>(limit: Features, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Features>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LIMIT.with(|l| l.set(self.0));
+        }
+    }
+    let _restore = Restore(LIMIT.with(|l| l.replace(Some(limit))));
+    f()
+}
+
+/// Every extension the CPU reports that matters to LLM kernels (a superset of what
+/// pupil uses), for benchmark rows and reports.
+pub fn names() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut found = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! probe {
+            ($($f:tt),*) => {$(
+                if std::arch::is_x86_feature_detected!($f) {
+                    found.push($f);
+                }
+            )*};
+        }
+        probe!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni");
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        macro_rules! probe {
+            ($($f:tt),*) => {$(
+                if std::arch::is_aarch64_feature_detected!($f) {
+                    found.push($f);
+                }
+            )*};
+        }
+        probe!("neon", "dotprod", "i8mm", "fp16");
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_narrows_and_never_widens() {
+        let all = Features { avx2: true, vnni: true, avx512: true, dotprod: true };
+        assert_eq!(limited_to(all, active), Features::detected(), "a limit cannot add features");
+        assert_eq!(limited_to(Features::PORTABLE, active), Features::PORTABLE);
+        assert_eq!(limited_to(Features::PORTABLE, || active().kernel_name()), {
+            if cfg!(target_arch = "aarch64") {
+                "neon"
+            } else {
+                "scalar"
+            }
+        });
+        // VNNI and AVX-512 kernels are AVX2 code: without AVX2 they are off too.
+        let no_avx2 = Features { avx2: false, ..all };
+        assert_eq!(all.and(no_avx2), Features { dotprod: true, ..Features::PORTABLE });
+        assert_eq!(active(), Features::detected(), "the limit ends with the call");
+    }
+}
