@@ -75,7 +75,7 @@ fn bench_decode_step(c: &mut Criterion) {
         b.iter(|| {
             cache.truncate(64);
             let hidden = rt.pool.install(|| rt.model.forward(&[42], &mut cache)).unwrap();
-            rt.pool.install(|| rt.model.logits(&hidden)).unwrap()
+            rt.pool.install(|| rt.model.logits(hidden)).unwrap()
         })
     });
 }

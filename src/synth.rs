@@ -1,8 +1,8 @@
-//! Synthetic Llama-architecture GGUF files with random weights, written by pupil's own
-//! writer: tiny ones for tests of the loader, the forward and backward passes and error
-//! paths, and ones with the exact published shapes of real students (Llama 3.2 1B/3B) for
-//! speed and memory runs where the real weights cannot be downloaded — speed does not
-//! depend on the values. They are marked `general.synthetic = true`; their outputs mean
+//! Synthetic GGUF files with random weights, written by pupil's own writer: tiny ones of
+//! every family for tests of the loader, the forward and backward passes and error paths,
+//! and ones with the exact published shapes of real students (Llama 3.2 1B/3B) for speed
+//! and memory runs where the real weights cannot be downloaded — speed does not depend on
+//! the values. They are marked `general.synthetic = true`; their outputs mean
 //! nothing, and quality measurements refuse them.
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::gguf::{value::type_id, GgmlDType, GgufWriter, Value};
 use crate::kernels::quantize::{quantize, quantize_q8_0};
 use crate::kernels::QMatrix;
+use crate::model::{Family, Norm, Target};
 use crate::rng::Rng;
 
 /// How the synthetic weight matrices are stored.
@@ -60,7 +61,11 @@ fn use_more_bits(layer: usize, n_layer: usize) -> bool {
 
 /// Shape of a synthetic model.
 #[derive(Debug, Clone)]
-pub struct TinyLlama {
+pub struct SynthModel {
+    /// Architecture: the tensors and metadata its family's files have. Default llama.
+    pub family: Family,
+    /// `{arch}.attention.sliding_window` (gemma3 only). Default none.
+    pub sliding_window: Option<usize>,
     /// Vocabulary: 256 byte tokens, [`SPECIAL_TOKENS`], then filler tokens up to this
     /// size. Default 259 (no filler).
     pub n_vocab: usize,
@@ -86,9 +91,11 @@ pub struct TinyLlama {
     pub name: String,
 }
 
-impl Default for TinyLlama {
+impl Default for SynthModel {
     fn default() -> Self {
         Self {
+            family: Family::Llama,
+            sliding_window: None,
             n_vocab: 259,
             n_embd: 32,
             n_layer: 2,
@@ -107,7 +114,7 @@ impl Default for TinyLlama {
 /// Published shapes of real students, by name (`pupil synth --shape`).
 pub const SHAPES: &[&str] = &["llama-3.2-1b", "llama-3.2-3b", "smollm2-135m"];
 
-impl TinyLlama {
+impl SynthModel {
     /// The exact shape of a published model (see [`SHAPES`]), with random weights.
     pub fn shape(name: &str, quant: SynthQuant) -> Option<Self> {
         let base = Self { quant, name: format!("synthetic {name} ({})", quant.label()), ..Self::default() };
@@ -153,24 +160,32 @@ impl TinyLlama {
 /// Control tokens appended after the 256 byte tokens.
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
-impl TinyLlama {
+impl SynthModel {
     /// The GGUF metadata and tensors: a byte-level vocabulary of 256 byte tokens plus
     /// [`SPECIAL_TOKENS`], and random weights scaled like an initialised network.
     pub fn writer(&self) -> GgufWriter {
         let mut w = GgufWriter::new();
         let head_dim = self.n_embd / self.n_head;
         let u32v = |v: usize| Value::U32(v as u32);
-        w.add("general.architecture", Value::String("llama".into()))
+        let arch = match self.family {
+            Family::Llama => "llama",
+            Family::Gemma3 => "gemma3",
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        w.add("general.architecture", Value::String(arch.into()))
             .add("general.name", Value::String(self.name.clone()))
             .add("general.synthetic", Value::Bool(true))
-            .add("llama.context_length", u32v(self.n_ctx))
-            .add("llama.embedding_length", u32v(self.n_embd))
-            .add("llama.block_count", u32v(self.n_layer))
-            .add("llama.feed_forward_length", u32v(self.n_ff))
-            .add("llama.attention.head_count", u32v(self.n_head))
-            .add("llama.attention.head_count_kv", u32v(self.n_head_kv))
-            .add("llama.rope.freq_base", Value::F32(self.rope_base))
-            .add("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
+            .add(key("context_length"), u32v(self.n_ctx))
+            .add(key("embedding_length"), u32v(self.n_embd))
+            .add(key("block_count"), u32v(self.n_layer))
+            .add(key("feed_forward_length"), u32v(self.n_ff))
+            .add(key("attention.head_count"), u32v(self.n_head))
+            .add(key("attention.head_count_kv"), u32v(self.n_head_kv))
+            .add(key("rope.freq_base"), Value::F32(self.rope_base))
+            .add(key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5));
+        if let Some(window) = self.sliding_window {
+            w.add(key("attention.sliding_window"), u32v(window));
+        }
 
         let table = crate::tokenizer::from_gguf::byte_level_table();
         let mut tokens: Vec<Value> = table.iter().map(|c| Value::String(c.to_string())).collect();
@@ -205,20 +220,31 @@ impl TinyLlama {
         let (e, q, kv) = (self.n_embd, self.n_head * head_dim, self.n_head_kv * head_dim);
         // Tied: the embedding is also the output head, which the _M mixes widen.
         matrix(&mut w, "token_embd.weight", e, n_vocab, true);
+        // Llama's norms start at one; the extra norms of other families get values around
+        // one, so that a norm applied with the wrong weight shows.
+        let mut norm_rng = Rng::new(self.seed ^ 0x6e6f726d);
+        let mut norm = |w: &mut GgufWriter, name: String, n: usize, plain: bool| {
+            let values: Vec<f32> =
+                (0..n).map(|_| if plain { 1.0 } else { 0.75 + 0.5 * norm_rng.next_f64() as f32 }).collect();
+            w.add_f32(name, &[n as u64], &values);
+        };
+        let plain = self.family == Family::Llama;
         for i in 0..self.n_layer {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
-            w.add_f32(name("attn_norm"), &[e as u64], &vec![1.0; e]);
             let wide = use_more_bits(i, self.n_layer);
-            matrix(&mut w, &name("attn_q"), e, q, false);
-            matrix(&mut w, &name("attn_k"), e, kv, false);
-            matrix(&mut w, &name("attn_v"), e, kv, wide);
-            matrix(&mut w, &name("attn_output"), q, e, false);
-            w.add_f32(name("ffn_norm"), &[e as u64], &vec![1.0; e]);
-            matrix(&mut w, &name("ffn_gate"), e, self.n_ff, false);
-            matrix(&mut w, &name("ffn_up"), e, self.n_ff, false);
-            matrix(&mut w, &name("ffn_down"), self.n_ff, e, wide);
+            for t in Target::ALL {
+                let (n_out, n_in) = t.shape_of(e, q, kv, self.n_ff);
+                let more_bits = wide && matches!(t, Target::V | Target::Down);
+                matrix(&mut w, &name(t.tensor()), n_in, n_out, more_bits);
+            }
+            for n in Norm::ALL {
+                if self.family == Family::Gemma3 || matches!(n, Norm::Attn | Norm::Ffn) {
+                    let width = if matches!(n, Norm::Q | Norm::K) { head_dim } else { e };
+                    norm(&mut w, name(n.tensor()), width, plain);
+                }
+            }
         }
-        w.add_f32("output_norm.weight", &[e as u64], &vec![1.0; e]);
+        norm(&mut w, "output_norm.weight".into(), e, plain);
         w
     }
 }
@@ -229,13 +255,35 @@ fn random_weights(rng: &mut Rng, rows: usize, cols: usize) -> Vec<f32> {
     (0..rows * cols).map(|_| ((rng.next_f64() * 2.0 - 1.0) * scale * 1.7) as f32).collect()
 }
 
-/// A random `rows × cols` Q8_0 matrix in an anonymous map, for kernel tests.
+/// A random `rows × cols` Q8_0 matrix (quantized from layer-like weights), for tests.
 pub fn quantized_matrix(rows: usize, cols: usize, seed: u64) -> QMatrix {
-    let bytes = quantize_q8_0(&random_weights(&mut Rng::new(seed), rows, cols));
+    mapped(GgmlDType::Q8_0, rows, cols, &quantize_q8_0(&random_weights(&mut Rng::new(seed), rows, cols)))
+}
+
+/// `n` values' worth of random `dtype` blocks (or F16 values) whose f16 scales are small
+/// and finite (random bits would make NaNs), for kernel tests of every type.
+pub fn random_blocks(dtype: GgmlDType, n: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut w: Vec<u8> = (0..dtype.bytes_for(n as u64).expect("whole blocks")).map(|_| rng.next_u64() as u8).collect();
+    let scale_fields: &[usize] = match dtype {
+        GgmlDType::Q6K => &[208],
+        GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K => &[0, 2],
+        _ => &[0],
+    };
+    for b in w.chunks_exact_mut(dtype.type_size()) {
+        for &f in scale_fields {
+            let v = (rng.next_f64() as f32 - 0.5) / 64.0;
+            b[f..f + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+    }
+    w
+}
+
+/// `bytes` as a `rows × cols` weight of `dtype` in an anonymous map, as a model file's
+/// weights are.
+pub fn mapped(dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> QMatrix {
     let mut map = memmap2::MmapMut::map_anon(bytes.len()).expect("anonymous map");
-    map.copy_from_slice(&bytes);
-    let map = Arc::new(map.make_read_only().expect("read-only map"));
-    QMatrix::new(GgmlDType::Q8_0, rows, cols, map, 0..bytes.len())
+    map.copy_from_slice(bytes);
+    QMatrix::new(dtype, rows, cols, Arc::new(map.make_read_only().expect("read-only map")), 0..bytes.len())
 }
 
 #[cfg(test)]
@@ -248,7 +296,8 @@ mod tests {
         // of layers 0, 1, 4, 7, 10, 13, 14, 15 are Q6_K; everything else Q4_K.
         let wide: Vec<usize> = (0..16).filter(|&i| use_more_bits(i, 16)).collect();
         assert_eq!(wide, [0, 1, 4, 7, 10, 13, 14, 15]);
-        let shape = TinyLlama { n_embd: 256, n_ff: 512, n_layer: 16, quant: SynthQuant::Q4KM, ..TinyLlama::default() };
+        let shape =
+            SynthModel { n_embd: 256, n_ff: 512, n_layer: 16, quant: SynthQuant::Q4KM, ..SynthModel::default() };
         let dir = std::env::temp_dir().join(format!("pupil-synth-q4km-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("q4km.gguf");
@@ -262,16 +311,16 @@ mod tests {
         let model = crate::model::Model::load(&file).unwrap();
         let mut cache = model.new_cache(8).unwrap();
         let hidden = model.forward(&[1, 2, 3], &mut cache).unwrap();
-        assert!(model.logits(&hidden).unwrap().iter().all(|v| v.is_finite()));
+        assert!(model.logits(hidden).unwrap().iter().all(|v| v.is_finite()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn presets_have_the_published_shapes() {
-        let s = TinyLlama::shape("llama-3.2-1b", SynthQuant::Q4_0).unwrap();
+        let s = SynthModel::shape("llama-3.2-1b", SynthQuant::Q4_0).unwrap();
         assert_eq!((s.n_vocab, s.n_embd, s.n_layer, s.n_head, s.n_head_kv, s.n_ff), (128_256, 2048, 16, 32, 8, 8192));
-        let s = TinyLlama::shape("llama-3.2-3b", SynthQuant::Q8_0).unwrap();
+        let s = SynthModel::shape("llama-3.2-3b", SynthQuant::Q8_0).unwrap();
         assert_eq!((s.n_embd, s.n_layer, s.n_head, s.n_head_kv), (3072, 28, 24, 8));
-        assert!(TinyLlama::shape("gpt-5", SynthQuant::F32).is_none());
+        assert!(SynthModel::shape("gpt-5", SynthQuant::F32).is_none());
     }
 }

@@ -41,7 +41,7 @@ fn a_decode_step_allocates_per_call_not_per_layer() {
     rt.pool.install(|| rt.model.forward(&prompt, &mut cache)).unwrap();
     let step = |cache: &mut pupil::model::KvCache| {
         let hidden = rt.pool.install(|| rt.model.forward(&[42], cache)).unwrap();
-        rt.pool.install(|| rt.model.logits(&hidden)).unwrap()
+        rt.pool.install(|| rt.model.logits(hidden)).unwrap()
     };
     step(&mut cache); // the first step sizes the reusable buffers
     let before = ALLOCATIONS.load(Ordering::Relaxed);

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::scratch_dir;
 use pupil::gguf::{value::type_id, GgufWriter, Value};
-use pupil::synth::TinyLlama;
+use pupil::synth::SynthModel;
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
@@ -43,7 +43,7 @@ fn assert_refused(path: &Path, needle: &str) {
 }
 
 fn valid_model() -> Vec<u8> {
-    TinyLlama::default().writer().to_bytes()
+    SynthModel::default().writer().to_bytes()
 }
 
 /// A GGUF header by hand: version 3, the given counts, then `rest`.

@@ -71,7 +71,7 @@ fn quantized_products_match_the_dequantized_product_for_every_type() {
         let Some((cpu, dev)) = pair(name) else { return };
         let gpu = dev.model.gpu().expect("loaded on a GPU");
         let mut weights: Vec<(&pupil::kernels::QMatrix, &pupil::kernels::QMatrix)> = Vec::new();
-        for (bc, bd) in cpu.model.blocks().iter().zip(dev.model.blocks()) {
+        for (bc, bd) in cpu.model.weights().blocks.iter().zip(&dev.model.weights().blocks) {
             for t in Target::ALL {
                 if !weights.iter().any(|(w, _)| w.dtype == bc.weight(t).dtype) {
                     weights.push((bc.weight(t), bd.weight(t)));
@@ -119,10 +119,10 @@ fn incremental_decode_on_the_device_matches_its_batch() {
         let mut cache = dev.model.new_cache(64).unwrap();
         // A 25-token prefill, then one token at a time through the device KV cache.
         let hidden = dev.model.forward(&ids[..25], &mut cache).unwrap();
-        let mut rows = dev.model.logits(&hidden).unwrap();
+        let mut rows = dev.model.logits(hidden).unwrap();
         for &id in &ids[25..] {
             let h = dev.model.forward(&[id], &mut cache).unwrap();
-            rows.extend(dev.model.logits(&h).unwrap());
+            rows.extend(dev.model.logits(h).unwrap());
         }
         let stepped: Vec<Vec<f32>> = rows.chunks_exact(dev.model.cfg.n_vocab).map(<[f32]>::to_vec).collect();
         compare(&format!("{name} prefill + decode vs batch"), &batched, &stepped);
@@ -153,8 +153,9 @@ fn lora_at_inference_matches_cpu() {
 fn training_products_and_gradients_match_cpu() {
     let Some((cpu, dev)) = pair(SMOLLM2) else { return };
     let mut rng = Rng::new(3);
-    // The frozen products alone, on a wide weight and on the tied output head.
-    for w in [&cpu.model.blocks()[3].ffn_down, &cpu.model.blocks()[0].attn_q] {
+    // The frozen products alone, on a wide weight (ffn_down) and a narrow one (attn_q).
+    let blocks = &cpu.model.weights().blocks;
+    for w in [blocks[3].weight(Target::Down), blocks[0].weight(Target::Q)] {
         let n = 37;
         let x: Vec<f32> = (0..n * w.cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
         let dy: Vec<f32> = (0..n * w.rows).map(|_| rng.next_f64() as f32 - 0.5).collect();
@@ -205,7 +206,7 @@ fn training_products_and_gradients_match_cpu() {
 
 /// The device model's copy of the CPU model's weight `w` (same block, same target).
 fn w_on<'a>(dev: &'a Runtime, cpu: &Runtime, w: &pupil::kernels::QMatrix) -> &'a pupil::kernels::QMatrix {
-    for (bc, bd) in cpu.model.blocks().iter().zip(dev.model.blocks()) {
+    for (bc, bd) in cpu.model.weights().blocks.iter().zip(&dev.model.weights().blocks) {
         for t in Target::ALL {
             if std::ptr::eq(bc.weight(t), w) {
                 return bd.weight(t);

@@ -159,7 +159,7 @@ fn smollm2_batched_prefill_equals_token_by_token() {
     let mut cache = rt.model.new_cache(64).unwrap();
     for (i, &id) in ids.iter().enumerate() {
         let hidden = rt.pool.install(|| rt.model.forward(&[id], &mut cache)).unwrap();
-        let one = rt.pool.install(|| rt.model.logits(&hidden)).unwrap();
+        let one = rt.pool.install(|| rt.model.logits(hidden)).unwrap();
         if device().is_cpu() && !pupil::kernels::features::Features::detected().avx512_vnni() {
             // The one-row CPU kernels keep one accumulation order for 1 and for many tokens.
             let max_diff = one.iter().zip(&batched[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

@@ -52,7 +52,7 @@ fn kl_divergence_is_zero_against_itself_and_grows_with_a_perturbation() {
 fn quality_refuses_other_vocabularies_and_synthetic_models() {
     let dir = scratch_dir("quality");
     let synth = dir.join("synth.gguf");
-    pupil::synth::TinyLlama::default().writer().write(&synth).unwrap();
+    pupil::synth::SynthModel::default().writer().write(&synth).unwrap();
     let (ok, _, stderr) = pupil_cli(&["perplexity", "-m", synth.to_str().unwrap(), "-f", "targets/sample-corpus.txt"]);
     assert!(!ok && stderr.contains("synthetic"), "{stderr}");
     let (ok, _, stderr) = pupil_cli(&[

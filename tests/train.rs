@@ -10,23 +10,37 @@ use std::path::{Path, PathBuf};
 
 use common::scratch_dir;
 use pupil::generate::Runtime;
-use pupil::model::{Adapter, Target};
+use pupil::model::{Adapter, Family, Target};
 use pupil::rng::Rng;
-use pupil::synth::{SynthQuant, TinyLlama};
+use pupil::synth::{SynthModel, SynthQuant};
 use pupil::targets::format::round_logprob;
 use pupil::targets::*;
 use pupil::train::distill::{distill, DistillConfig, DistillJob};
 use pupil::train::loss::{position_loss, LossConfig};
 use pupil::train::{LoraParams, Student};
 
-fn tiny(dir: &Path, shape: TinyLlama) -> Runtime {
+fn tiny(dir: &Path, shape: SynthModel) -> Runtime {
     let path = dir.join("tiny.gguf");
     shape.writer().write(&path).unwrap();
     Runtime::load_path(&path, 2).unwrap()
 }
 
-fn q8_tiny() -> TinyLlama {
-    TinyLlama { quant: SynthQuant::Q8_0, ..TinyLlama::default() }
+fn q8_tiny() -> SynthModel {
+    SynthModel { quant: SynthQuant::Q8_0, ..SynthModel::default() }
+}
+
+/// A tiny gemma3: Q/K norms, post-norms, GELU gate, scaled embeddings, NeoX RoPE, and six
+/// layers of which five attend within a window of 3 positions (with their own RoPE base)
+/// and the sixth globally.
+fn q8_tiny_gemma() -> SynthModel {
+    SynthModel {
+        family: Family::Gemma3,
+        sliding_window: Some(3),
+        n_layer: 6,
+        rope_base: 1e6,
+        name: "tiny synthetic gemma3".into(),
+        ..q8_tiny()
+    }
 }
 
 /// A random top-k teacher distribution over `n_vocab` ids.
@@ -67,51 +81,58 @@ fn total_loss(rt: &Runtime, lora: &mut LoraParams, tokens: &[u32], dists: &[Dist
     losses.iter().sum()
 }
 
+/// The gradient of a whole model (every op's backward, in the graph's order) against
+/// finite differences of its loss, for every family: llama, and gemma3 with a window
+/// shorter than the sequence.
 #[test]
 fn gradients_reach_every_adapter_and_match_finite_differences() {
-    let dir = scratch_dir("grad");
-    let rt = tiny(&dir, q8_tiny());
-    let cfg = &rt.model.cfg;
-    let n_vocab = cfg.n_vocab as u32;
-    let mut rng = Rng::new(21);
-    let tokens: Vec<u32> = (0..9).map(|_| (rng.next_u64() % 256) as u32).collect();
-    let dists: Vec<Dist> = tokens.iter().map(|_| random_dist(&mut rng, n_vocab, 4)).collect();
-    let mut lora = LoraParams::for_model(cfg, 4, 8.0, &Target::ALL, 3);
-    // Non-zero B everywhere, as after the first update (at B = 0 A's gradient is 0).
-    for (_, _, _, b) in lora.tensors() {
-        for v in &mut lora.values[b] {
-            *v = (rng.next_f64() as f32 - 0.5) * 0.2;
+    for shape in [q8_tiny(), q8_tiny_gemma()] {
+        let dir = scratch_dir(&format!("grad-{:?}", shape.family));
+        let rt = tiny(&dir, shape);
+        let cfg = &rt.model.cfg;
+        assert!(cfg.sliding_window.is_none_or(|w| w < 9), "the window must bind");
+        let n_vocab = cfg.n_vocab as u32;
+        let mut rng = Rng::new(21);
+        let tokens: Vec<u32> = (0..9).map(|_| (rng.next_u64() % 256) as u32).collect();
+        let dists: Vec<Dist> = tokens.iter().map(|_| random_dist(&mut rng, n_vocab, 4)).collect();
+        let mut lora = LoraParams::for_model(cfg, 4, 8.0, &Target::ALL, 3);
+        // Non-zero B everywhere, as after the first update (at B = 0 A's gradient is 0).
+        for (_, _, _, b) in lora.tensors() {
+            for v in &mut lora.values[b] {
+                *v = (rng.next_f64() as f32 - 0.5) * 0.2;
+            }
         }
-    }
-    total_loss(&rt, &mut lora, &tokens, &dists, true);
-    let grads = lora.grads.clone();
-    for (layer, target, a, b) in lora.tensors() {
-        for (part, range) in [("A", a), ("B", b)] {
-            let norm: f64 = grads[range].iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt();
-            assert!(norm > 1e-6, "layer {layer} {target:?} {part}: zero gradient");
+        total_loss(&rt, &mut lora, &tokens, &dists, true);
+        let grads = lora.grads.clone();
+        for (layer, target, a, b) in lora.tensors() {
+            for (part, range) in [("A", a), ("B", b)] {
+                let norm: f64 = grads[range].iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt();
+                assert!(norm > 1e-6, "{:?} layer {layer} {target:?} {part}: zero gradient", cfg.family);
+            }
         }
-    }
-    // Whole-model finite differences on a sample of parameters, in f64 loss.
-    let h = 1e-2f32;
-    let mut checked = 0;
-    for (layer, target, a, b) in lora.tensors() {
-        for idx in [a.start + (layer * 7) % a.len(), b.start + (layer * 5 + 3) % b.len()] {
-            let old = lora.values[idx];
-            lora.values[idx] = old + h;
-            let up = total_loss(&rt, &mut lora, &tokens, &dists, false);
-            lora.values[idx] = old - h;
-            let down = total_loss(&rt, &mut lora, &tokens, &dists, false);
-            lora.values[idx] = old;
-            let numeric = (up - down) / (2.0 * h as f64);
-            let analytic = grads[idx] as f64;
-            assert!(
-                (analytic - numeric).abs() <= 0.03 * analytic.abs().max(numeric.abs()) + 2e-4,
-                "layer {layer} {target:?} param {idx}: analytic {analytic}, numeric {numeric}"
-            );
-            checked += 1;
+        // Whole-model finite differences on a sample of parameters, in f64 loss.
+        let h = 1e-2f32;
+        let mut checked = 0;
+        for (layer, target, a, b) in lora.tensors() {
+            for idx in [a.start + (layer * 7) % a.len(), b.start + (layer * 5 + 3) % b.len()] {
+                let old = lora.values[idx];
+                lora.values[idx] = old + h;
+                let up = total_loss(&rt, &mut lora, &tokens, &dists, false);
+                lora.values[idx] = old - h;
+                let down = total_loss(&rt, &mut lora, &tokens, &dists, false);
+                lora.values[idx] = old;
+                let numeric = (up - down) / (2.0 * h as f64);
+                let analytic = grads[idx] as f64;
+                assert!(
+                    (analytic - numeric).abs() <= 0.03 * analytic.abs().max(numeric.abs()) + 2e-4,
+                    "{:?} layer {layer} {target:?} param {idx}: analytic {analytic}, numeric {numeric}",
+                    cfg.family
+                );
+                checked += 1;
+            }
         }
+        assert_eq!(checked, 2 * 7 * cfg.n_layer);
     }
-    assert_eq!(checked, 2 * 7 * cfg.n_layer);
 }
 
 /// A target file over random token sequences for the tiny model.
@@ -229,7 +250,7 @@ fn adapters_round_trip_and_apply_at_inference_as_in_training() {
     assert!(diff(&adapted, &train_logits) < change / 10.0, "inference and training disagree");
 
     // Another model shape is refused.
-    let wide = tiny(&scratch_dir("wide"), TinyLlama { n_embd: 64, n_ff: 128, ..q8_tiny() });
+    let wide = tiny(&scratch_dir("wide"), SynthModel { n_embd: 64, n_ff: 128, ..q8_tiny() });
     let err = Adapter::load(&path, &wide.model.cfg).unwrap_err().to_string();
     assert!(err.contains("do not fit"), "{err}");
 }
@@ -240,7 +261,7 @@ fn merged_weights_equal_the_adapter_applied_at_inference() {
     let tokens: Vec<u32> = (0..7).map(|_| (rng.next_u64() % 256) as u32).collect();
     for quant in [SynthQuant::F32, SynthQuant::Q8_0] {
         let dir = scratch_dir(&format!("merge-{quant:?}"));
-        let mut rt = tiny(&dir, TinyLlama { quant, ..TinyLlama::default() });
+        let mut rt = tiny(&dir, SynthModel { quant, ..SynthModel::default() });
         let cfg = rt.model.cfg.clone();
         let mut lora = LoraParams::for_model(&cfg, 4, 8.0, &Target::ALL, 2);
         for (_, _, _, b) in lora.tensors() {

@@ -169,7 +169,7 @@ pub fn kl_divergence(
     let (mut sum, mut sum2, mut max, mut same, mut n) = (0f64, 0f64, 0f64, 0usize, 0usize);
     let hidden = |rt: &Runtime, batch: &[u32]| -> Result<Vec<f32>, GenerationError> {
         let mut cache = rt.model.new_cache(n_ctx)?;
-        Ok(rt.pool.install(|| rt.model.forward(batch, &mut cache))?)
+        Ok(rt.pool.install(|| rt.model.forward(batch, &mut cache).map(<[f32]>::to_vec))?)
     };
     for c in 0..chunks {
         let batch = ch.batch(c);

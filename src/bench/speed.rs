@@ -103,7 +103,7 @@ pub fn run(rt: &Runtime, test: SpeedTest, repetitions: usize, seed: u64) -> Resu
             }
             for &id in &steps {
                 let h = model.forward(&[id], cache)?;
-                std::hint::black_box(model.logits(&h)?);
+                std::hint::black_box(model.logits(h)?);
             }
             Ok(())
         })?;
@@ -125,7 +125,7 @@ pub fn load_to_first_token(
     let first = rt.tokenizer.bos().unwrap_or(0);
     let mut cache = rt.model.new_cache(8).map_err(crate::generate::LoadError::Model)?;
     let h = rt.pool.install(|| rt.model.forward(&[first], &mut cache)).map_err(crate::generate::LoadError::Model)?;
-    let logits = rt.pool.install(|| rt.model.logits(&h)).map_err(crate::generate::LoadError::Model)?;
+    let logits = rt.pool.install(|| rt.model.logits(h)).map_err(crate::generate::LoadError::Model)?;
     std::hint::black_box(crate::generate::sampler::argmax(&logits));
     Ok((start.elapsed().as_secs_f64() * 1000.0, rt))
 }

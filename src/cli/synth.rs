@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::synth::{SynthQuant, TinyLlama, SHAPES};
+use crate::synth::{SynthModel, SynthQuant, SHAPES};
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
@@ -22,7 +22,7 @@ pub struct SynthArgs {
 }
 
 pub fn synth(a: SynthArgs) -> anyhow::Result<()> {
-    let mut shape = TinyLlama::shape(&a.shape, a.quant)
+    let mut shape = SynthModel::shape(&a.shape, a.quant)
         .ok_or_else(|| anyhow::anyhow!("unknown shape {:?} (known: {})", a.shape, SHAPES.join(", ")))?;
     shape.seed = a.seed;
     eprintln!(

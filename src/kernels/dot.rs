@@ -453,6 +453,16 @@ unsafe fn dot4_avx2(q: *const f32, k: [*const f32; 4], d: usize) -> std::arch::x
     _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
 }
 
+/// Softmax in place, by the fastest form this CPU has (the one attention uses).
+pub fn softmax(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA detected.
+        return unsafe { softmax_avx2(x) };
+    }
+    softmax_scalar(x)
+}
+
 /// Portable softmax in place (max-subtracted, so any finite input is safe).
 pub fn softmax_scalar(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -547,6 +557,29 @@ pub fn gated(act: Gate, gate: &mut [f32], up: &[f32]) {
         Gate::GeluTanh => gelu_tanh,
     };
     gate.iter_mut().zip(up).for_each(|(g, u)| *g = f(*g) * u);
+}
+
+/// Backward of [`gated`] for `y = act(gate) · up`: `dgate += dy · up · act'(gate)` and
+/// `dup += dy · act(gate)`.
+pub fn gated_backward(act: Gate, gate: &[f32], up: &[f32], dy: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+    let n = gate.len();
+    assert!(up.len() == n && dy.len() == n && dgate.len() == n && dup.len() == n, "gated_backward: shapes");
+    for i in 0..n {
+        let (g, u) = (gate[i], up[i]);
+        let (a, da) = match act {
+            Gate::Silu => {
+                let sig = 1.0 / (1.0 + (-g).exp());
+                (g * sig, sig * (1.0 + g * (1.0 - sig)))
+            }
+            Gate::GeluTanh => {
+                const C: f32 = 0.797_884_6;
+                let t = (C * (g + 0.044_715 * g * g * g)).tanh();
+                (0.5 * g * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044_715 * g * g))
+            }
+        };
+        dgate[i] += dy[i] * u * da;
+        dup[i] += dy[i] * a;
+    }
 }
 
 /// Both gates as `x / (1 + e^z)`: SiLU with `z = −x`, and GELU-tanh with

@@ -165,6 +165,39 @@ unsafe fn nt_rows<const R: usize>(i0: usize, n: usize, k: usize, a: Mat, b: Mat,
     gemm_scalar(true, i0..i0 + R, n_main..n, k, a, b, c, ldc);
 }
 
+/// [`gemm_nn`] / [`gemm_nt`] with C's rows shared out over the current thread pool, in
+/// bands of a multiple of 4 rows; each band is computed exactly as the single-threaded
+/// call would, so the result does not depend on the thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn par_gemm(
+    transposed_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let f = if transposed_b { gemm_nt } else { gemm_nn };
+    let band = (m / (4 * crate::threads::current_num_threads())).next_multiple_of(4).max(8);
+    if m <= band || m * n * k < 1 << 16 {
+        return f(m, n, k, a, b, c, ldc, accumulate);
+    }
+    let len = c.len();
+    let shared = crate::threads::DisjointMut::new(c);
+    crate::threads::for_each_index(m.div_ceil(band), |i| {
+        let i0 = i * band;
+        let rows = band.min(m - i0);
+        let a = Mat { data: &a.data[i0 * a.ld..], ld: a.ld };
+        // SAFETY: this task alone owns rows i0..i0+rows of C, which end where the next
+        // band's begin.
+        let c = unsafe { shared.slice(i0 * ldc, (len - i0 * ldc).min(rows * ldc)) };
+        f(rows, n, k, a, b, c, ldc, accumulate);
+    });
+}
+
 /// `out[j, i] = x[i, j]` for a `rows × cols` matrix.
 pub fn transpose(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     assert!(x.len() >= rows * cols && out.len() >= rows * cols, "transpose: shapes");

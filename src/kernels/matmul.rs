@@ -327,30 +327,13 @@ fn matmul_f32(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::rng::Rng;
-
-    /// A weight of random blocks (with finite f16 scales) in an anonymous map.
-    fn random_weight(dtype: GgmlDType, rows: usize, cols: usize) -> QMatrix {
-        let n = dtype.bytes_for((rows * cols) as u64).unwrap() as usize;
-        let mut map = memmap2::MmapMut::map_anon(n).unwrap();
-        let mut rng = Rng::new(3);
-        map.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
-        for block in map.chunks_exact_mut(dtype.type_size()) {
-            block[1] = 0x20;
-            if dtype == GgmlDType::Q4_1 {
-                block[3] = 0x20;
-            }
-            if dtype == GgmlDType::F16 {
-                block[1] &= 0x3F;
-            }
-        }
-        QMatrix::new(dtype, rows, cols, Arc::new(map.make_read_only().unwrap()), 0..n)
-    }
+    use crate::synth::{mapped, random_blocks};
 
     #[test]
     fn batched_and_single_token_matmul_equal_the_naive_product() {
         let (rows, cols) = (37, 576); // rows not a multiple of ROW_BLOCK
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::F16] {
-            let w = random_weight(dtype, rows, cols);
+            let w = mapped(dtype, rows, cols, &random_blocks(dtype, rows * cols, &mut Rng::new(3)));
             let mut dense = vec![0f32; rows * cols];
             dequantize(dtype, w.bytes(), &mut dense);
             let mut rng = Rng::new(9);

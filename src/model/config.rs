@@ -2,6 +2,8 @@
 
 use super::ModelError;
 use crate::gguf::GgufFile;
+use crate::kernels::dot::Gate;
+use crate::kernels::rope::RopeStyle;
 
 /// How RoPE positions are stretched beyond the trained context.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +25,24 @@ pub enum Family {
     /// each head, and sliding-window attention on five of every six layers with their own
     /// RoPE base.
     Gemma3,
+}
+
+/// What a family's layers are made of, beyond the steps every family shares: the one place
+/// that says how the families differ. The layer graph (`graph.rs`) runs these steps; the
+/// weight loader reads the tensors they need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recipe {
+    /// Embeddings multiplied by this (Gemma: √n_embd).
+    pub embed_scale: Option<f32>,
+    /// How RoPE pairs each head's dimensions.
+    pub rope: RopeStyle,
+    /// An RMS-norm on every query and key head before RoPE (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// RMS-norms on the attention and MLP outputs before each residual add
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    /// The MLP's gate activation.
+    pub gate: Gate,
 }
 
 /// In Gemma 3 every sixth layer attends globally; the others use the sliding window.
@@ -158,6 +178,36 @@ impl Config {
             rms_norm_eps,
             architecture: arch,
         })
+    }
+
+    /// The family's layer recipe.
+    pub fn recipe(&self) -> Recipe {
+        match self.family {
+            Family::Llama => Recipe {
+                embed_scale: None,
+                rope: RopeStyle::Adjacent,
+                qk_norm: false,
+                post_norms: false,
+                gate: Gate::Silu,
+            },
+            Family::Gemma3 => Recipe {
+                embed_scale: Some((self.n_embd as f32).sqrt()),
+                rope: RopeStyle::NeoX,
+                qk_norm: true,
+                post_norms: true,
+                gate: Gate::GeluTanh,
+            },
+        }
+    }
+
+    /// How many positions `layer` attends over: the sliding window on its sliding layers,
+    /// everything before it elsewhere.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        if self.is_sliding(layer) {
+            self.sliding_window
+        } else {
+            None
+        }
     }
 
     /// Whether `layer` attends only within the sliding window.

@@ -73,29 +73,6 @@ impl std::str::FromStr for DeviceRequest {
     }
 }
 
-impl DeviceRequest {
-    /// The device to load on: an exact request is checked against this build (not yet
-    /// opened); `Auto` opens the first GPU the build supports and falls back to the CPU.
-    pub fn resolve(self) -> Result<Device, DeviceError> {
-        match self {
-            DeviceRequest::Exact(d) => {
-                d.check_built()?;
-                Ok(d)
-            }
-            DeviceRequest::Auto => Ok(Self::first_gpu().unwrap_or(Device::Cpu)),
-        }
-    }
-
-    fn first_gpu() -> Option<Device> {
-        #[cfg(feature = "gpu")]
-        return [Device::Cuda(0), Device::Metal(0)]
-            .into_iter()
-            .find(|&d| d.check_built().is_ok() && super::gpu::open(d).is_ok());
-        #[cfg(not(feature = "gpu"))]
-        None
-    }
-}
-
 impl Device {
     /// Whether this binary has the backend `self` needs.
     pub fn check_built(self) -> Result<(), DeviceError> {

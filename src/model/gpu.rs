@@ -1,7 +1,7 @@
 //! The forward pass on a GPU (features `cuda`, `metal`), built from candle's device ops.
 //!
-//! It mirrors [`super::decoder`] step for step, so both families run on it with the same
-//! results within float tolerance (tests compare it against the fixtures). Weights are
+//! It runs the same layer graph as the CPU (`model::graph`), so every family runs on it
+//! with the same results within float tolerance (tests compare it against the fixtures). Weights are
 //! copied once from the memory map straight into device memory (`QStorage::from_data` over
 //! the mapped bytes, no host copy in between) and multiplied by candle's quantized
 //! kernels; norms, RoPE and softmax use candle's fused device kernels; the KV cache lives
@@ -14,10 +14,13 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType as CandleDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Module, Tensor};
 
-use super::decoder::rope_tables;
 use super::device::{Device, DeviceError};
-use super::{Adapter, Config, Family, Model, Target};
+use super::graph::{self, Ops, Rope};
+use super::weights::{Norm, NormId, Weights};
+use super::{Adapter, Config, Target};
 use crate::gguf::GgmlDType;
+use crate::kernels::dot::Gate;
+use crate::kernels::rope::{rope_tables, RopeStyle};
 use crate::kernels::QMatrix;
 
 /// Opens `device` through candle.
@@ -40,18 +43,12 @@ fn failure(device: Device) -> impl Fn(candle_core::Error) -> DeviceError {
     move |e| DeviceError::Compute { device, reason: one_line(&e) }
 }
 
+/// A layer's weights on the device.
 struct Block {
-    attn_norm: Tensor,
-    attn_q: QMatMul,
-    attn_k: QMatMul,
-    attn_v: QMatMul,
-    attn_output: QMatMul,
-    ffn_norm: Tensor,
-    ffn_gate: QMatMul,
-    ffn_up: QMatMul,
-    ffn_down: QMatMul,
-    /// Gemma 3: Q norm, K norm, post-attention norm, post-MLP norm.
-    gemma: Option<[Tensor; 4]>,
+    /// By `Target as usize`.
+    linear: Vec<QMatMul>,
+    /// By `Norm as usize`; `None` where the family has no such norm.
+    norms: Vec<Option<Tensor>>,
 }
 
 /// One LoRA update on the device: `y += scale · (x · Aᵀ) · Bᵀ`.
@@ -61,7 +58,8 @@ struct DeviceLora {
     scale: f64,
 }
 
-pub struct GpuModel {
+/// A model's weights (and adapters) in device memory.
+pub struct GpuWeights {
     device: Device,
     dev: candle_core::Device,
     /// A readable name of the device (`NVIDIA H200`), for bench rows.
@@ -70,6 +68,8 @@ pub struct GpuModel {
     output: QMatMul,
     output_norm: Tensor,
     blocks: Vec<Block>,
+    /// RoPE frequencies of global and of sliding-window layers, as the host has them.
+    inv_freq: [Vec<f64>; 2],
     loras: HashMap<(usize, Target), Vec<DeviceLora>>,
     /// Each uploaded weight by the address of its mapped bytes, so that training can find
     /// the device copy of a host [`QMatrix`].
@@ -102,57 +102,44 @@ fn candle_dtype(t: GgmlDType) -> Option<CandleDType> {
     })
 }
 
-impl GpuModel {
-    /// Uploads every weight of `m` (already validated against the file) to `device`.
-    pub fn load(m: &Model, device: Device) -> Result<Self, DeviceError> {
+impl GpuWeights {
+    /// Uploads every weight of `w` (already validated against the file) to `device`.
+    pub fn upload(w: &Weights, device: Device) -> Result<Self, DeviceError> {
         let dev = open(device)?;
         let fail = failure(device);
         let mut by_address = HashMap::new();
-        let mut upload = |w: &QMatrix| -> Result<Arc<QTensor>, DeviceError> {
-            let dtype = candle_dtype(w.dtype).ok_or_else(|| DeviceError::Compute {
+        let mut upload = |m: &QMatrix| -> Result<Arc<QTensor>, DeviceError> {
+            let q = upload_matrix(m, &dev).map_err(&fail)?.ok_or_else(|| DeviceError::Compute {
                 device,
-                reason: format!("candle has no {device} kernels for {} weights", w.dtype),
+                reason: format!("candle has no {device} kernels for {} weights", m.dtype),
             })?;
-            let storage = QStorage::from_data(Cow::Borrowed(w.bytes()), &dev, dtype).map_err(&fail)?;
-            let q = Arc::new(QTensor::new(storage, (w.rows, w.cols)).map_err(&fail)?);
-            by_address.insert(w.bytes().as_ptr() as usize, q.clone());
+            by_address.insert(m.bytes().as_ptr() as usize, q.clone());
             Ok(q)
         };
         let linear = |q: Arc<QTensor>| QMatMul::from_arc(q).map_err(&fail);
         let vector = |v: &[f32]| Tensor::from_slice(v, v.len(), &dev).map_err(&fail);
 
-        let token_embd = upload(&m.token_embd)?;
+        let token_embd = upload(&w.token_embd)?;
         // A tied head is the same mapped bytes: upload them once.
-        let output = if m.output.bytes().as_ptr() == m.token_embd.bytes().as_ptr() {
+        let output = if w.output.bytes().as_ptr() == w.token_embd.bytes().as_ptr() {
             token_embd.clone()
         } else {
-            upload(&m.output)?
+            upload(&w.output)?
         };
-        let mut blocks = Vec::with_capacity(m.blocks.len());
-        for b in &m.blocks {
-            blocks.push(Block {
-                attn_norm: vector(&b.attn_norm)?,
-                attn_q: linear(upload(&b.attn_q)?)?,
-                attn_k: linear(upload(&b.attn_k)?)?,
-                attn_v: linear(upload(&b.attn_v)?)?,
-                attn_output: linear(upload(&b.attn_output)?)?,
-                ffn_norm: vector(&b.ffn_norm)?,
-                ffn_gate: linear(upload(&b.ffn_gate)?)?,
-                ffn_up: linear(upload(&b.ffn_up)?)?,
-                ffn_down: linear(upload(&b.ffn_down)?)?,
-                gemma: match b.gemma_norms() {
-                    Some([q, k, pa, pf]) => Some([vector(q)?, vector(k)?, vector(pa)?, vector(pf)?]),
-                    None => None,
-                },
-            });
+        let mut blocks = Vec::with_capacity(w.blocks.len());
+        for b in &w.blocks {
+            let linear = Target::ALL.iter().map(|&t| linear(upload(b.weight(t))?)).collect::<Result<_, _>>()?;
+            let norms = Norm::ALL.iter().map(|&n| b.norm(n).map(vector).transpose()).collect::<Result<_, _>>()?;
+            blocks.push(Block { linear, norms });
         }
         Ok(Self {
             device,
             name: device_name(device),
             output: linear(output)?,
             token_embd,
-            output_norm: vector(&m.output_norm)?,
+            output_norm: vector(&w.output_norm)?,
             blocks,
+            inv_freq: [w.inv_freq(false).to_vec(), w.inv_freq(true).to_vec()],
             loras: HashMap::new(),
             by_address,
             dev,
@@ -186,43 +173,14 @@ impl GpuModel {
         Ok(())
     }
 
-    /// `x · Wᵀ` for the rows of `x` (2-D).
-    ///
-    /// candle's kernels multiply 8-bit activations. For Q4_1 and Q5_1 weights (SmolLM2's
-    /// type) they were measured on an H200 to be off: with several rows (MMVQ for 2–8,
-    /// MMQ above) by far more than that rounding (logit errors of 2, a 0.2 KL to
-    /// llama.cpp), and with one row twice as noisy as for the other types (7.7e-3
-    /// relative, decode against prefill at a 0.12 KL). Those weights are dequantized on
-    /// the device per product (the kernel the training test checks against the CPU to
-    /// 1e-7) and multiplied in f32 with cuBLAS: decode costs one extra pass over the
-    /// weights, which a launch-bound step hardly notices.
-    fn product(&self, w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
-        match w {
-            QMatMul::QTensor(q) if matches!(q.dtype(), CandleDType::Q4_1 | CandleDType::Q5_1) => {
-                x.matmul(&q.dequantize(&self.dev)?.t()?)
-            }
-            _ => w.forward(x),
-        }
-    }
-
     /// The device product of the uploaded weight `w` with `n` rows `x`, by the path the
     /// forward pass takes (for the backend tests).
     pub fn product_of(&self, w: &QMatrix, x: &[f32], n: usize) -> Result<Vec<f32>, DeviceError> {
         let run = || -> candle_core::Result<Vec<f32>> {
             let x = Tensor::from_slice(&x[..n * w.cols], (n, w.cols), &self.dev)?;
-            self.product(&QMatMul::from_arc(self.uploaded(w)?.clone())?, &x)?.flatten_all()?.to_vec1::<f32>()
+            product(&QMatMul::from_arc(self.uploaded(w)?.clone())?, &x)?.flatten_all()?.to_vec1::<f32>()
         };
         run().map_err(failure(self.device))
-    }
-
-    /// `w · x` plus the adapters' updates of (`layer`, `target`).
-    fn linear(&self, w: &QMatMul, layer: usize, target: Target, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut y = self.product(w, x)?;
-        for l in self.loras.get(&(layer, target)).into_iter().flatten() {
-            let u = (x.matmul(&l.a.t()?)? * l.scale)?;
-            y = (y + u.matmul(&l.b.t()?)?)?;
-        }
-        Ok(y)
     }
 
     /// An empty cache for `n_ctx` positions.
@@ -234,101 +192,30 @@ impl GpuModel {
 
     /// Runs `tokens` at positions `pos0..` and returns the final normed hidden state of
     /// every position (`tokens.len() × n_embd`, on the host).
-    pub fn forward(&self, m: &Model, tokens: &[u32], kv: &mut DeviceKv, pos0: usize) -> Result<Vec<f32>, DeviceError> {
-        let x = self.forward_device(m, tokens, kv, pos0).map_err(failure(self.device))?;
-        x.flatten_all().and_then(|x| x.to_vec1::<f32>()).map_err(failure(self.device))
-    }
-
-    fn forward_device(&self, m: &Model, tokens: &[u32], kv: &mut DeviceKv, pos0: usize) -> candle_core::Result<Tensor> {
-        use candle_nn::ops::{rms_norm, softmax_last_dim};
-        let cfg = &m.cfg;
-        let n = tokens.len();
-        let (e, d, nh, nkv) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
-        let group = nh / nkv;
-        let eps = cfg.rms_norm_eps;
-        let gemma = cfg.family == Family::Gemma3;
-
-        let ids = Tensor::from_slice(tokens, n, &self.dev)?;
-        let mut x = self.token_embd.embedding(&ids)?;
-        if gemma {
-            x = (x * (e as f32).sqrt() as f64)?;
-        }
-        let tables = |inv_freq: &[f64]| -> candle_core::Result<(Tensor, Tensor)> {
-            let (c, s) = rope_tables(inv_freq, pos0, n);
-            let half = inv_freq.len();
-            Ok((Tensor::from_vec(c, (n, half), &self.dev)?, Tensor::from_vec(s, (n, half), &self.dev)?))
-        };
-        let global = tables(&m.inv_freq)?;
-        let local = if cfg.sliding_window.is_some() { tables(m.inv_freq_swa())? } else { global.clone() };
-        let rotate = |t: &Tensor, (cos, sin): &(Tensor, Tensor)| -> candle_core::Result<Tensor> {
-            // `t` is [1, heads, n, head_dim]; only the first n_rot dimensions turn.
-            let turn = |t: &Tensor| {
-                if gemma {
-                    candle_nn::rotary_emb::rope(t, cos, sin)
-                } else {
-                    candle_nn::rotary_emb::rope_i(t, cos, sin)
-                }
+    pub fn forward(
+        &self,
+        cfg: &Config,
+        tokens: &[u32],
+        kv: &mut DeviceKv,
+        pos0: usize,
+    ) -> Result<Vec<f32>, DeviceError> {
+        let mut run = || -> candle_core::Result<Vec<f32>> {
+            let n = tokens.len();
+            let tables = |sliding: bool| -> candle_core::Result<(Tensor, Tensor)> {
+                let inv_freq = &self.inv_freq[sliding as usize];
+                let (mut c, mut s) = (Vec::new(), Vec::new());
+                rope_tables(inv_freq, pos0, n, &mut c, &mut s);
+                let half = inv_freq.len();
+                Ok((Tensor::from_vec(c, (n, half), &self.dev)?, Tensor::from_vec(s, (n, half), &self.dev)?))
             };
-            if cfg.n_rot == d {
-                turn(t)
-            } else {
-                let head = turn(&t.narrow(3, 0, cfg.n_rot)?.contiguous()?)?;
-                Tensor::cat(&[head, t.narrow(3, cfg.n_rot, d - cfg.n_rot)?], 3)?.contiguous()
-            }
+            let global = tables(false)?;
+            let local = if cfg.sliding_window.is_some() { tables(true)? } else { global.clone() };
+            let full_mask = attention_mask(pos0, n, None, &self.dev)?;
+            let window_mask = cfg.sliding_window.map(|w| attention_mask(pos0, n, Some(w), &self.dev)).transpose()?;
+            let mut pass = GpuPass { g: self, cfg, tokens, kv, pos0, rope: [global, local], full_mask, window_mask };
+            graph::forward(cfg, &mut pass)?.flatten_all()?.to_vec1::<f32>()
         };
-        let full_mask = attention_mask(pos0, n, None, &self.dev)?;
-        let window_mask = match cfg.sliding_window {
-            Some(w) => Some(attention_mask(pos0, n, Some(w), &self.dev)?),
-            None => None,
-        };
-        let scale = 1.0 / (d as f64).sqrt();
-
-        for (layer, b) in self.blocks.iter().enumerate() {
-            let h = rms_norm(&x, &b.attn_norm, eps)?;
-            let mut q = self.linear(&b.attn_q, layer, Target::Q, &h)?.reshape((n, nh, d))?;
-            let mut k = self.linear(&b.attn_k, layer, Target::K, &h)?.reshape((n, nkv, d))?;
-            let v = self.linear(&b.attn_v, layer, Target::V, &h)?.reshape((n, nkv, d))?;
-            if let Some([qn, kn, _, _]) = &b.gemma {
-                q = rms_norm(&q.contiguous()?, qn, eps)?;
-                k = rms_norm(&k.contiguous()?, kn, eps)?;
-            }
-            let sliding = cfg.is_sliding(layer);
-            let table = if sliding { &local } else { &global };
-            let q = rotate(&q.transpose(0, 1)?.contiguous()?.unsqueeze(0)?, table)?;
-            let k = rotate(&k.transpose(0, 1)?.contiguous()?.unsqueeze(0)?, table)?;
-            kv.k[layer].slice_set(&k.squeeze(0)?, 1, pos0)?;
-            kv.v[layer].slice_set(&v.transpose(0, 1)?.contiguous()?, 1, pos0)?;
-
-            let (mask, start) = match (&window_mask, sliding) {
-                (Some(mask), true) => mask,
-                _ => &full_mask,
-            };
-            let len = pos0 + n - start;
-            let keys = kv.k[layer].narrow(1, *start, len)?.contiguous()?;
-            let values = kv.v[layer].narrow(1, *start, len)?.contiguous()?;
-            // Query heads sharing a KV head go in one batch: [n_head_kv, group · n, head_dim].
-            let q = q.reshape((nkv, group * n, d))?;
-            let scores = (q.matmul(&keys.t()?)? * scale)?.reshape((nkv, group, n, len))?;
-            let scores = scores.broadcast_add(mask)?;
-            let probs = softmax_last_dim(&scores)?.reshape((nkv, group * n, len))?;
-            let att = probs.matmul(&values)?.reshape((nh, n, d))?.transpose(0, 1)?.reshape((n, nh * d))?;
-            let mut proj = self.linear(&b.attn_output, layer, Target::O, &att)?;
-            if let Some([_, _, post, _]) = &b.gemma {
-                proj = rms_norm(&proj, post, eps)?;
-            }
-            x = (x + proj)?;
-
-            let h = rms_norm(&x, &b.ffn_norm, eps)?;
-            let gate = self.linear(&b.ffn_gate, layer, Target::Gate, &h)?;
-            let up = self.linear(&b.ffn_up, layer, Target::Up, &h)?;
-            let act = if gemma { gate.gelu()? } else { gate.silu()? };
-            let mut proj = self.linear(&b.ffn_down, layer, Target::Down, &(act * up)?)?;
-            if let Some([_, _, _, post]) = &b.gemma {
-                proj = rms_norm(&proj, post, eps)?;
-            }
-            x = (x + proj)?;
-        }
-        rms_norm(&x, &self.output_norm, eps)
+        run().map_err(failure(self.device))
     }
 
     /// The device copy of the host weight `w` (found by the address of its mapped bytes).
@@ -371,16 +258,213 @@ impl GpuModel {
         let rows = hidden.len() / n_embd;
         let run = || -> candle_core::Result<Vec<f32>> {
             let h = Tensor::from_slice(hidden, (rows, n_embd), &self.dev)?;
-            self.product(&self.output, &h)?.flatten_all()?.to_vec1::<f32>()
+            product(&self.output, &h)?.flatten_all()?.to_vec1::<f32>()
         };
         run().map_err(failure(self.device))
     }
 }
 
+/// One forward call on the device: the layer graph's ops on candle tensors. Activations
+/// are `[n, width]`, except that RoPE hands attention its queries and keys as
+/// `[1, heads, n, head_dim]`, the layout attention multiplies in.
+struct GpuPass<'a> {
+    g: &'a GpuWeights,
+    cfg: &'a Config,
+    tokens: &'a [u32],
+    kv: &'a mut DeviceKv,
+    pos0: usize,
+    /// cos and sin tables of global and of sliding-window layers.
+    rope: [(Tensor, Tensor); 2],
+    /// The additive masks (and the first key position each covers) of global and of
+    /// sliding-window layers.
+    full_mask: (Tensor, usize),
+    window_mask: Option<(Tensor, usize)>,
+}
+
+impl GpuPass<'_> {
+    fn norm_weight(&self, id: NormId) -> &Tensor {
+        match id {
+            NormId::Layer(layer, norm) => self.g.blocks[layer].norms[norm as usize]
+                .as_ref()
+                .expect("the recipe that uses a norm is the one that uploaded it"),
+            NormId::Output => &self.g.output_norm,
+        }
+    }
+}
+
+impl Ops for GpuPass<'_> {
+    type Act = Tensor;
+    type Error = candle_core::Error;
+
+    fn embed(&mut self) -> candle_core::Result<Tensor> {
+        let ids = Tensor::from_slice(self.tokens, self.tokens.len(), &self.g.dev)?;
+        self.g.token_embd.embedding(&ids)
+    }
+
+    fn scale(&mut self, x: Tensor, by: f32) -> candle_core::Result<Tensor> {
+        x * by as f64
+    }
+
+    fn rms_norm(&mut self, x: &Tensor, id: NormId) -> candle_core::Result<Tensor> {
+        rms_norm(x, self.norm_weight(id), self.cfg.rms_norm_eps)
+    }
+
+    fn rms_norm_owned(&mut self, x: Tensor, id: NormId) -> candle_core::Result<Tensor> {
+        self.rms_norm(&x, id)
+    }
+
+    fn linear<const N: usize>(
+        &mut self,
+        x: Tensor,
+        layer: usize,
+        targets: [Target; N],
+    ) -> candle_core::Result<[Tensor; N]> {
+        let mut outs = Vec::with_capacity(N);
+        for t in targets {
+            let mut y = product(&self.g.blocks[layer].linear[t as usize], &x)?;
+            for l in self.g.loras.get(&(layer, t)).into_iter().flatten() {
+                y = (y + lora_update(&x, &l.a, &l.b, l.scale)?)?;
+            }
+            outs.push(y);
+        }
+        Ok(outs.try_into().expect("one output per target"))
+    }
+
+    fn rope(&mut self, x: Tensor, r: Rope) -> candle_core::Result<Tensor> {
+        let (cos, sin) = &self.rope[r.sliding as usize];
+        rope(&x, cos, sin, r.style, self.cfg.head_dim, self.cfg.n_rot)
+    }
+
+    fn attention(
+        &mut self,
+        layer: usize,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        window: Option<usize>,
+    ) -> candle_core::Result<Tensor> {
+        let (nkv, d) = (self.cfg.n_head_kv, self.cfg.head_dim);
+        let n = self.tokens.len();
+        self.kv.k[layer].slice_set(&k.squeeze(0)?, 1, self.pos0)?;
+        self.kv.v[layer].slice_set(&v.reshape((n, nkv, d))?.transpose(0, 1)?.contiguous()?, 1, self.pos0)?;
+        let (mask, start) = match (&self.window_mask, window) {
+            (Some(masked), Some(_)) => masked,
+            _ => &self.full_mask,
+        };
+        let len = self.pos0 + n - start;
+        let keys = self.kv.k[layer].narrow(1, *start, len)?.contiguous()?;
+        let values = self.kv.v[layer].narrow(1, *start, len)?.contiguous()?;
+        attend(&q, &keys, &values, mask)
+    }
+
+    fn gate(&mut self, act: Gate, gate: Tensor, up: Tensor) -> candle_core::Result<Tensor> {
+        gated(act, &gate, &up)
+    }
+
+    fn add(&mut self, x: Tensor, y: Tensor) -> candle_core::Result<Tensor> {
+        x + y
+    }
+}
+
+// The ops of the device pass, each a free function so that the op table
+// (`tests/op_table.rs`) runs exactly what the pass runs.
+
+/// Copies `m`'s blocks from the map to `dev`; `None` for a type candle has no kernels for.
+pub fn upload_matrix(m: &QMatrix, dev: &candle_core::Device) -> candle_core::Result<Option<Arc<QTensor>>> {
+    let Some(dtype) = candle_dtype(m.dtype) else { return Ok(None) };
+    let storage = QStorage::from_data(Cow::Borrowed(m.bytes()), dev, dtype)?;
+    Ok(Some(Arc::new(QTensor::new(storage, (m.rows, m.cols))?)))
+}
+
+/// `x · Wᵀ` for the rows of `x` (2-D).
+///
+/// candle's kernels multiply 8-bit activations. For Q4_1 and Q5_1 weights (SmolLM2's
+/// type) they were measured on an H200 to be off: with several rows (MMVQ for 2–8,
+/// MMQ above) by far more than that rounding (logit errors of 2, a 0.2 KL to
+/// llama.cpp), and with one row twice as noisy as for the other types (7.7e-3
+/// relative, decode against prefill at a 0.12 KL). Those weights are dequantized on
+/// the device per product (the kernel the training test checks against the CPU to
+/// 1e-7) and multiplied in f32 with cuBLAS: decode costs one extra pass over the
+/// weights, which a launch-bound step hardly notices.
+pub fn product(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    match w {
+        QMatMul::QTensor(q) if matches!(q.dtype(), CandleDType::Q4_1 | CandleDType::Q5_1) => {
+            x.matmul(&q.dequantize(x.device())?.t()?)
+        }
+        _ => w.forward(x),
+    }
+}
+
+/// RMS-norm of every `w`-wide part of each row of `x` (`[rows, width]`): whole rows, or
+/// heads.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    let (rows, width) = x.dims2()?;
+    let part = w.dim(0)?;
+    if part == width {
+        candle_nn::ops::rms_norm(x, w, eps)
+    } else {
+        // Per head: normalize `[rows, heads, head_dim]` over its last dimension.
+        candle_nn::ops::rms_norm(&x.reshape((rows, width / part, part))?, w, eps)?.reshape((rows, width))
+    }
+}
+
+/// `[n, heads · head_dim]` → `[1, heads, n, head_dim]`, the first `n_rot` dimensions of
+/// each head turned by the `[n, n_rot/2]` tables.
+pub fn rope(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    style: RopeStyle,
+    head_dim: usize,
+    n_rot: usize,
+) -> candle_core::Result<Tensor> {
+    let (n, width) = x.dims2()?;
+    let heads = x.reshape((n, width / head_dim, head_dim))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+    let turn = |t: &Tensor| match style {
+        RopeStyle::NeoX => candle_nn::rotary_emb::rope(t, cos, sin),
+        RopeStyle::Adjacent => candle_nn::rotary_emb::rope_i(t, cos, sin),
+    };
+    if n_rot == head_dim {
+        turn(&heads)
+    } else {
+        let turned = turn(&heads.narrow(3, 0, n_rot)?.contiguous()?)?;
+        Tensor::cat(&[turned, heads.narrow(3, n_rot, head_dim - n_rot)?], 3)?.contiguous()
+    }
+}
+
+/// Attention of queries `[1, n_head, n, d]` over `keys`/`values` `[n_head_kv, len, d]`
+/// with an additive `[n, len]` mask: `[n, n_head · d]`. The query heads sharing a KV head
+/// go in one batch (`[n_head_kv, group · n, d]`), so grouped-query attention needs no
+/// copies of the keys and values.
+pub fn attend(q: &Tensor, keys: &Tensor, values: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, nh, n, d) = q.dims4()?;
+    let (nkv, len, _) = keys.dims3()?;
+    let group = nh / nkv;
+    let q = q.reshape((nkv, group * n, d))?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let scores = (q.matmul(&keys.t()?)? * scale)?.reshape((nkv, group, n, len))?.broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((nkv, group * n, len))?;
+    probs.matmul(values)?.reshape((nh, n, d))?.transpose(0, 1)?.reshape((n, nh * d))
+}
+
+/// `act(gate) · up` (candle's `gelu` is the tanh form).
+pub fn gated(act: Gate, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    let activated = match act {
+        Gate::Silu => gate.silu()?,
+        Gate::GeluTanh => gate.gelu()?,
+    };
+    activated * up
+}
+
+/// One LoRA update of the rows `x`: `scale · (x · Aᵀ) · Bᵀ`.
+pub fn lora_update(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    (x.matmul(&a.t()?)? * scale)?.matmul(&b.t()?)
+}
+
 /// The additive mask of `n` queries at `pos0..` over the keys they can see, and the first
 /// key position it covers: causal, and with a `window` only the last `window` positions
 /// (the query's own included), as the CPU path's attention.
-fn attention_mask(
+pub fn attention_mask(
     pos0: usize,
     n: usize,
     window: Option<usize>,

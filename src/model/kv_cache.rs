@@ -1,4 +1,6 @@
-//! The key/value cache: preallocated once for the whole context, written in place.
+//! The key/value cache: preallocated once for the whole context, written in place. It
+//! also carries the forward pass's scratch arena, so that everything one session's
+//! forward calls need is allocated once, with the session (llama2.c's `RunState`).
 //!
 //! Layout per layer: `[n_ctx][n_head_kv · head_dim]` f32, for keys and for values. The
 //! buffers are anonymous memory maps, which the OS backs with zero pages on first touch,
@@ -7,6 +9,7 @@
 
 use memmap2::MmapMut;
 
+use super::cpu::Scratch;
 use super::Config;
 
 /// A lazily committed, zero-initialised f32 buffer.
@@ -39,6 +42,8 @@ pub struct KvCache {
     len: usize,
     k: Vec<LazyBuffer>,
     v: Vec<LazyBuffer>,
+    /// Working memory of the CPU forward pass.
+    scratch: Scratch,
     /// The cache of a model that runs on a GPU (the host buffers are then empty).
     #[cfg(feature = "gpu")]
     device: Option<super::gpu::DeviceKv>,
@@ -56,6 +61,7 @@ impl KvCache {
             len: 0,
             k: layers()?,
             v: layers()?,
+            scratch: Scratch::default(),
             #[cfg(feature = "gpu")]
             device: None,
         })
@@ -71,6 +77,7 @@ impl KvCache {
             len: 0,
             k: Vec::new(),
             v: Vec::new(),
+            scratch: Scratch::default(),
             device: Some(kv),
         }
     }
@@ -114,13 +121,26 @@ impl KvCache {
         self.k.len() == self.n_layer
     }
 
-    /// Keys and values of `layer` (all `n_ctx` positions, mutable for writing new ones).
-    pub(crate) fn layer_mut(&mut self, layer: usize) -> (&mut [f32], &mut [f32]) {
-        (self.k[layer].as_mut_slice(), self.v[layer].as_mut_slice())
+    /// The host keys and values, and the scratch arena, to run a forward pass on.
+    pub(super) fn parts(&mut self) -> (KvLayers<'_>, &mut Scratch) {
+        (KvLayers { k: &mut self.k, v: &mut self.v }, &mut self.scratch)
     }
 
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
         debug_assert!(self.len <= self.n_ctx);
+    }
+}
+
+/// Every layer's keys and values on the host, borrowed for one forward pass.
+pub(super) struct KvLayers<'a> {
+    k: &'a mut [LazyBuffer],
+    v: &'a mut [LazyBuffer],
+}
+
+impl KvLayers<'_> {
+    /// Keys and values of `layer` (all `n_ctx` positions, mutable for writing new ones).
+    pub fn layer_mut(&mut self, layer: usize) -> (&mut [f32], &mut [f32]) {
+        (self.k[layer].as_mut_slice(), self.v[layer].as_mut_slice())
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::{Config, ModelError};
 use crate::gguf::{GgmlDType, GgufFile, GgufWriter, Value};
-use crate::kernels::dot::dot;
+use crate::kernels::gemm::{par_gemm, transpose, Mat};
 
 /// A linear layer of a transformer block that an adapter can modify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -76,7 +76,12 @@ impl Target {
 
     /// `(n_out, n_in)` of this weight in a model of `cfg`.
     pub fn shape(self, cfg: &Config) -> (usize, usize) {
-        let (e, q, kv, ff) = (cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.kv_dim(), cfg.n_ff);
+        self.shape_of(cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.kv_dim(), cfg.n_ff)
+    }
+
+    /// `(n_out, n_in)` of this weight given the residual width `e`, the widths of all
+    /// query heads `q` and of all key (or value) heads `kv`, and the MLP width `ff`.
+    pub fn shape_of(self, e: usize, q: usize, kv: usize, ff: usize) -> (usize, usize) {
         match self {
             Target::Q => (q, e),
             Target::K | Target::V => (kv, e),
@@ -113,23 +118,6 @@ impl Adapter {
 
     pub fn pair(&self, layer: usize, target: Target) -> Option<&LoraPair> {
         self.layers.get(layer).and_then(|l| l[target as usize].as_ref())
-    }
-
-    /// `out[t] += scale · B · (A · x[t])` for every row `t` of `x`.
-    pub fn apply(&self, layer: usize, target: Target, x: &[f32], out: &mut [f32], scale: f32) {
-        let Some(p) = self.pair(layer, target) else { return };
-        let r = self.rank;
-        let n_in = p.a.len() / r;
-        let n_out = p.b.len() / r;
-        let mut u = vec![0f32; r];
-        for (xr, or) in x.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
-            for (j, uj) in u.iter_mut().enumerate() {
-                *uj = dot(&p.a[j * n_in..(j + 1) * n_in], xr) * scale;
-            }
-            for (o, v) in or.iter_mut().enumerate() {
-                *v += dot(&p.b[o * r..(o + 1) * r], &u);
-            }
-        }
     }
 
     /// Writes the adapter as a GGUF LoRA file for a base model of `architecture`.
@@ -220,6 +208,57 @@ impl Adapter {
     }
 }
 
+/// One low-rank update of `n` rows `x`, the same at inference and in training:
+/// `u = scale · x · Aᵀ` (`n × r`, kept for the backward pass) and `y += u · Bᵀ`, with
+/// `A` `r × n_in` and `B` `n_out × r`. Runs on the current thread pool.
+pub fn lora_forward(a: &[f32], b: &[f32], scale: f32, x: &[f32], n: usize, y: &mut [f32], u: &mut Vec<f32>) {
+    let n_in = x.len() / n.max(1);
+    let r = a.len() / n_in.max(1);
+    let n_out = b.len() / r.max(1);
+    assert!(
+        n > 0 && x.len() == n * n_in && a.len() == r * n_in && b.len() == n_out * r && y.len() == n * n_out,
+        "lora: shapes"
+    );
+    u.clear();
+    u.resize(n * r, 0.0);
+    par_gemm(true, n, r, n_in, Mat { data: x, ld: n_in }, Mat { data: a, ld: n_in }, u, r, false);
+    u.iter_mut().for_each(|v| *v *= scale);
+    par_gemm(true, n, n_out, r, Mat { data: u, ld: r }, Mat { data: b, ld: r }, y, n_out, true);
+}
+
+/// Backward of [`lora_forward`] given its `u`: `dx += du · A` with `du = scale · dy · B`,
+/// and the adapter's gradients `dA += duᵀ · x`, `dB += dyᵀ · u`.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_backward(
+    (a, b): (&[f32], &[f32]),
+    (grad_a, grad_b): (&mut [f32], &mut [f32]),
+    scale: f32,
+    x: &[f32],
+    u: &[f32],
+    dy: &[f32],
+    n: usize,
+    dx: &mut [f32],
+) {
+    let n_in = x.len() / n.max(1);
+    let r = a.len() / n_in.max(1);
+    let n_out = b.len() / r.max(1);
+    assert!(
+        n > 0 && x.len() == n * n_in && u.len() == n * r && dy.len() == n * n_out && dx.len() == x.len(),
+        "lora backward: shapes"
+    );
+    assert!(grad_a.len() == a.len() && grad_b.len() == b.len(), "lora backward: gradient shapes");
+    let mut du = vec![0f32; n * r];
+    par_gemm(false, n, r, n_out, Mat { data: dy, ld: n_out }, Mat { data: b, ld: r }, &mut du, r, false);
+    du.iter_mut().for_each(|v| *v *= scale);
+    let mut dyt = vec![0f32; n_out * n];
+    transpose(dy, n, n_out, &mut dyt);
+    par_gemm(false, n_out, r, n, Mat { data: &dyt, ld: n }, Mat { data: u, ld: r }, grad_b, r, true);
+    let mut dut = vec![0f32; r * n];
+    transpose(&du, n, r, &mut dut);
+    par_gemm(false, r, n_in, n, Mat { data: &dut, ld: n }, Mat { data: x, ld: n_in }, grad_a, n_in, true);
+    par_gemm(false, n, n_in, r, Mat { data: &du, ld: r }, Mat { data: a, ld: n_in }, dx, n_in, true);
+}
+
 /// `blk.N.<tensor>.weight` → (N, target).
 fn parse_base(base: &str, n_layer: usize) -> Option<(usize, Target)> {
     let rest = base.strip_prefix("blk.")?.strip_suffix(".weight")?;
@@ -239,7 +278,7 @@ pub fn merge(
     adapters: &[(Adapter, f32)],
     quant: Option<GgmlDType>,
 ) -> Result<GgufWriter, ModelError> {
-    use crate::kernels::gemm::{gemm_nn, Mat};
+    use crate::kernels::gemm::gemm_nn;
     use crate::kernels::quantize::quantize;
     let mut w = GgufWriter::new();
     for (key, value) in file.metadata() {

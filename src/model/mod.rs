@@ -1,29 +1,34 @@
 //! Model architectures owned by pupil, built from a validated GGUF file.
 //!
-//! The forward pass reads weights straight from the memory map (`kernels::QMatrix`) and
-//! keeps activations in f32. It returns hidden states for every position of a batch so
-//! that generation (last position), perplexity and distillation (all positions) share it.
+//! [`graph`] describes the decoder once; [`weights`] reads what it needs from the map;
+//! the CPU ([`cpu`]) and GPU (`gpu`, features `cuda`/`metal`) passes run the graph's ops;
+//! [`Model`] ties a file's weights to the device they run on. The forward pass returns
+//! hidden states for every position of a batch so that generation (last position),
+//! perplexity and distillation (all positions) share it.
 
 pub mod config;
-pub mod decoder;
+pub mod cpu;
 pub mod device;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod graph;
 pub mod kv_cache;
 pub mod lora;
+pub mod weights;
 
-pub use config::{Config, Family, RopeScaling};
-pub use decoder::Model;
+pub use config::{Config, Family, Recipe, RopeScaling};
+pub use device::{Device, DeviceError, DeviceRequest};
+pub use kv_cache::KvCache;
+pub use lora::{Adapter, LoraPair, Target};
+pub use weights::{Block, Norm, NormId, Weights};
+
+use crate::gguf::{GgmlDType, GgufError, GgufFile};
+use crate::kernels::matmul;
 
 /// Rows of logits a caller that needs many (perplexity, teacher targets) computes at
 /// once: bounds the transient rows × n_vocab f32 buffer (6 MiB for a 49k vocabulary,
 /// 32 MiB for Gemma's 262k).
 pub const LOGIT_ROWS: usize = 32;
-pub use device::{Device, DeviceError, DeviceRequest};
-pub use kv_cache::KvCache;
-pub use lora::{Adapter, LoraPair, Target};
-
-use crate::gguf::{GgmlDType, GgufError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -49,4 +54,180 @@ pub enum ModelError {
     Device(#[from] DeviceError),
     #[error("context is full: {needed} positions needed, the context holds {n_ctx} (raise --ctx-size)")]
     ContextFull { needed: usize, n_ctx: usize },
+}
+
+// Resolving a request probes the GPU backends, so it lives here, above both `device` (a
+// leaf every layer may use) and `gpu`.
+impl DeviceRequest {
+    /// The device to load on: an exact request is checked against this build (not yet
+    /// opened); `Auto` opens the first GPU the build supports and falls back to the CPU.
+    pub fn resolve(self) -> Result<Device, DeviceError> {
+        match self {
+            DeviceRequest::Exact(d) => {
+                d.check_built()?;
+                Ok(d)
+            }
+            DeviceRequest::Auto => Ok(first_gpu().unwrap_or(Device::Cpu)),
+        }
+    }
+}
+
+fn first_gpu() -> Option<Device> {
+    #[cfg(feature = "gpu")]
+    return [Device::Cuda(0), Device::Metal(0)].into_iter().find(|&d| d.check_built().is_ok() && gpu::open(d).is_ok());
+    #[cfg(not(feature = "gpu"))]
+    None
+}
+
+/// A model ready to run: its hyperparameters, the weights in the map, the adapters applied
+/// on top, and — when it runs on a GPU — the device's copy of the weights.
+pub struct Model {
+    pub cfg: Config,
+    weights: Weights,
+    /// LoRA adapters applied on top of the frozen weights, each with its user scale.
+    adapters: Vec<(Adapter, f32)>,
+    /// The weights uploaded to a GPU, which then runs the forward pass.
+    #[cfg(feature = "gpu")]
+    gpu: Option<gpu::GpuWeights>,
+}
+
+impl Model {
+    /// Reads the hyperparameters and lays out every weight as a view of the mapped file.
+    pub fn load(file: &GgufFile) -> Result<Self, ModelError> {
+        let cfg = Config::from_gguf(file)?;
+        let weights = Weights::load(file, &cfg)?;
+        Ok(Self {
+            cfg,
+            weights,
+            adapters: Vec::new(),
+            #[cfg(feature = "gpu")]
+            gpu: None,
+        })
+    }
+
+    /// [`Model::load`], then runs on `device`: for a GPU the weights are uploaded once from
+    /// the map and every later forward pass runs there.
+    pub fn load_on(file: &GgufFile, device: Device) -> Result<Self, ModelError> {
+        device.check_built()?;
+        #[allow(unused_mut)]
+        let mut model = Self::load(file)?;
+        #[cfg(feature = "gpu")]
+        if !device.is_cpu() {
+            model.gpu = Some(gpu::GpuWeights::upload(&model.weights, device)?);
+        }
+        Ok(model)
+    }
+
+    /// Where the forward pass runs.
+    pub fn device(&self) -> Device {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return g.device();
+        }
+        Device::Cpu
+    }
+
+    /// The weights as the file holds them.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// The GPU's name (`NVIDIA H200`), or `None` on the CPU.
+    pub fn gpu_name(&self) -> Option<&str> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return Some(g.name());
+        }
+        None
+    }
+
+    /// The GPU copy of the weights, when the model runs on one.
+    #[cfg(feature = "gpu")]
+    pub fn gpu(&self) -> Option<&gpu::GpuWeights> {
+        self.gpu.as_ref()
+    }
+
+    /// Applies `adapter` (already checked against this model's shapes by
+    /// [`Adapter::load`]) on top of the frozen weights, its update scaled by `scale`.
+    pub fn add_adapter(&mut self, adapter: Adapter, scale: f32) -> Result<(), ModelError> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &mut self.gpu {
+            g.add_adapter(&adapter, adapter.scale() * scale)?;
+        }
+        self.adapters.push((adapter, scale));
+        Ok(())
+    }
+
+    /// The adapters applied, with their user scales.
+    pub fn adapters(&self) -> &[(Adapter, f32)] {
+        &self.adapters
+    }
+
+    /// A KV cache for `n_ctx` positions (clamped to the trained context), on the model's
+    /// device.
+    pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache, ModelError> {
+        let n_ctx = n_ctx.clamp(1, self.cfg.n_ctx_train);
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return Ok(KvCache::on_device(&self.cfg, n_ctx, g.new_cache(&self.cfg, n_ctx)?));
+        }
+        KvCache::new(&self.cfg, n_ctx).map_err(ModelError::KvCache)
+    }
+
+    /// Runs `tokens` at the next positions of `cache` and returns the final (normed)
+    /// hidden state of every position, `tokens.len() × n_embd`, held in the cache's scratch
+    /// until the next call. Feed rows of it to [`Model::logits`]. Runs on the current
+    /// thread pool (see `threads`).
+    pub fn forward<'c>(&self, tokens: &[u32], cache: &'c mut KvCache) -> Result<&'c [f32], ModelError> {
+        let n = tokens.len();
+        if n == 0 {
+            return Ok(&[]);
+        }
+        let pos0 = cache.len();
+        if pos0 + n > cache.n_ctx() {
+            return Err(ModelError::ContextFull { needed: pos0 + n, n_ctx: cache.n_ctx() });
+        }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= self.cfg.n_vocab) {
+            return Err(ModelError::TokenOutOfRange { id, n_vocab: self.cfg.n_vocab });
+        }
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            let hidden = g.forward(&self.cfg, tokens, cache.device_mut()?, pos0)?;
+            cache.advance(n);
+            return Ok(cache.parts().1.finish(hidden));
+        }
+        if !cache.is_on_host() {
+            return Err(ModelError::BadConfig("this KV cache was made for a GPU, the model runs on the CPU".into()));
+        }
+        let (kv, scratch) = cache.parts();
+        let pass = cpu::CpuPass {
+            cfg: &self.cfg,
+            weights: &self.weights,
+            adapters: &self.adapters,
+            tokens,
+            pos0,
+            kv,
+            scratch,
+        };
+        let hidden = pass.run();
+        cache.advance(n);
+        Ok(cache.parts().1.finish(hidden))
+    }
+
+    /// Logits (`rows × n_vocab`) for `rows` hidden states returned by [`Model::forward`].
+    pub fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>, ModelError> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return Ok(g.logits(hidden, self.cfg.n_embd)?);
+        }
+        let rows = hidden.len() / self.cfg.n_embd;
+        let mut out = vec![0f32; rows * self.cfg.n_vocab];
+        matmul(&self.weights.output, hidden, rows, &mut out);
+        Ok(out)
+    }
+
+    /// Total bytes of the weights this model reads, by how they are stored.
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
 }

@@ -22,7 +22,7 @@ use crate::threads::{for_each_mut, DisjointMut};
 #[derive(Clone, Copy)]
 pub struct Frozen<'m> {
     #[cfg(feature = "gpu")]
-    gpu: Option<&'m crate::model::gpu::GpuModel>,
+    gpu: Option<&'m crate::model::gpu::GpuWeights>,
     #[cfg(not(feature = "gpu"))]
     model: std::marker::PhantomData<&'m Model>,
 }

@@ -110,6 +110,6 @@ pub fn targets_header(
 pub fn all_logits(rt: &Runtime, ids: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = rt.model.new_cache(ids.len()).unwrap();
     let hidden = rt.pool.install(|| rt.model.forward(ids, &mut cache)).unwrap();
-    let logits = rt.pool.install(|| rt.model.logits(&hidden)).unwrap();
+    let logits = rt.pool.install(|| rt.model.logits(hidden)).unwrap();
     logits.chunks_exact(rt.model.cfg.n_vocab).map(<[f32]>::to_vec).collect()
 }

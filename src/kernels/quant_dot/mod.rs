@@ -61,10 +61,21 @@ pub struct Kernel {
     pub shared_scale_one: Option<RowDot>,
 }
 
-/// Weight types with an 8-bit-activation kernel.
+/// The weight types with an 8-bit-activation kernel.
+pub const TYPES: [GgmlDType; 8] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// Whether `dtype` has an 8-bit-activation kernel.
 pub fn has_kernel(dtype: GgmlDType) -> bool {
-    use GgmlDType::*;
-    matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4K | Q5K | Q6K)
+    TYPES.contains(&dtype)
 }
 
 /// Panics unless `w` holds exactly the weights that `blocks` activation blocks multiply.
@@ -282,34 +293,7 @@ mod tests {
     use crate::kernels::dequantize;
     use crate::kernels::q8::{dequantize_row, quantize_row};
     use crate::rng::Rng;
-
-    const TYPES: [GgmlDType; 8] = [
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-    ];
-
-    /// Random blocks with finite f16 scales (random bits would make NaNs).
-    pub(crate) fn random_row(dtype: GgmlDType, n: usize, rng: &mut Rng) -> Vec<u8> {
-        let mut w: Vec<u8> = (0..dtype.bytes_for(n as u64).unwrap()).map(|_| rng.next_u64() as u8).collect();
-        let scale_fields: &[usize] = match dtype {
-            GgmlDType::Q6K => &[208],
-            GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K => &[0, 2],
-            _ => &[0],
-        };
-        for b in w.chunks_exact_mut(dtype.type_size()) {
-            for &f in scale_fields {
-                let v = (rng.next_f64() as f32 - 0.5) / 64.0;
-                b[f..f + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-            }
-        }
-        w
-    }
+    use crate::synth::random_blocks;
 
     fn activations(n: usize, rng: &mut Rng) -> (Vec<f32>, Vec<Q8Block>) {
         let x: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 4.0).collect();
@@ -345,7 +329,7 @@ mod tests {
         let mut sets: Vec<Features> = simd_variants().iter().map(|v| v.1).collect();
         sets.extend([Features::PORTABLE, Features::detected()]);
         for dtype in TYPES {
-            let w = random_row(dtype, QUAD_ROWS * 512, &mut rng);
+            let w = random_blocks(dtype, QUAD_ROWS * 512, &mut rng);
             let rb = w.len() / QUAD_ROWS;
             let (_, x) = activations(QUAD_TILE * 512, &mut rng);
             let long_row = &w[..2 * rb];
@@ -373,7 +357,7 @@ mod tests {
         let mut rng = Rng::new(21);
         for dtype in TYPES {
             let n = 512;
-            let w = random_row(dtype, n, &mut rng);
+            let w = random_blocks(dtype, n, &mut rng);
             let (_, xq) = activations(n, &mut rng);
             let (mut wf, mut xf) = (vec![0f32; n], vec![0f32; n]);
             dequantize(dtype, &w, &mut wf);
@@ -400,7 +384,7 @@ mod tests {
                 continue;
             };
             for n in [256, 512, 256 * 7] {
-                let w = random_row(dtype, QUAD_ROWS * n, &mut rng);
+                let w = random_blocks(dtype, QUAD_ROWS * n, &mut rng);
                 let rb = w.len() / QUAD_ROWS;
                 let blocks = n / 32;
                 let (xf, _) = activations(QUAD_TILE * n, &mut rng);
@@ -441,7 +425,7 @@ mod tests {
         for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
             let variants = simd_variants().map(|(name, f)| (name, kernel_for(dtype, f)));
             for n in [256, 512, 256 * 7] {
-                let w = random_row(dtype, n, &mut rng);
+                let w = random_blocks(dtype, n, &mut rng);
                 let x: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 4.0).collect();
                 let mut xq = vec![Q8Block::ZERO; n / 32];
                 crate::kernels::q8::quantize_row_shared(&x, &mut xq);
@@ -468,7 +452,7 @@ mod tests {
         variants.push(("portable", Features::PORTABLE));
         for dtype in TYPES {
             for n in [256, 512, 2048, 256 * 7] {
-                let w = random_row(dtype, n, &mut rng);
+                let w = random_blocks(dtype, n, &mut rng);
                 let (_, xq) = activations(n, &mut rng);
                 let want = (scalar_kernel(dtype).unwrap().one)(&w, &xq);
                 // Rounding scales with the terms, not with their (possibly cancelling) sum.

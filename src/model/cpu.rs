@@ -1,0 +1,217 @@
+//! The layer graph's ops on the CPU, for inference: pupil's kernels over weights read in
+//! place from the memory map (quantized products on 8-bit activations), keys and values
+//! written into the KV cache, and every buffer taken from the cache's [`Scratch`] arena,
+//! so that a decode step allocates nothing.
+
+use std::convert::Infallible;
+
+use super::config::Config;
+use super::graph::{Ops, Rope};
+use super::kv_cache::KvLayers;
+use super::lora::{lora_forward, Adapter, Target};
+use super::weights::{NormId, Weights};
+use crate::kernels::attention::{self, Heads};
+use crate::kernels::dot::{gated, Gate};
+use crate::kernels::matmul_many;
+use crate::kernels::norm::{rms_norm, rms_norm_in_place};
+use crate::kernels::rope::{rope, rope_tables};
+use crate::threads::DisjointMut;
+
+/// A buffer larger than this many values (4 MiB) goes back to the allocator after the
+/// call that needed it (a long prompt's), instead of staying in the arena.
+const KEEP_VALUES: usize = 1 << 20;
+
+/// The forward pass's working memory, one per KV cache (one per session): activation
+/// buffers are taken from it and given back as the graph consumes them, and it keeps
+/// them from call to call.
+#[derive(Default)]
+pub struct Scratch {
+    /// Buffers not in use.
+    free: Vec<Vec<f32>>,
+    /// cos and sin of this call's positions: for global layers, then for sliding ones.
+    rope: [(Vec<f32>, Vec<f32>); 2],
+    /// The `x · Aᵀ` rows of the adapter being applied.
+    lora_u: Vec<f32>,
+    /// The last call's final hidden states, which it returned.
+    pub(super) hidden: Vec<f32>,
+}
+
+impl Scratch {
+    /// A zeroed buffer of `len` values.
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        let mut v = self.free.pop().unwrap_or_default();
+        v.clear();
+        v.resize(len, 0.0);
+        v
+    }
+
+    fn give(&mut self, v: Vec<f32>) {
+        self.free.push(v);
+    }
+
+    /// Makes `out` the call's result (returning the previous one to the arena) and
+    /// frees what a large call grew.
+    pub(super) fn finish(&mut self, out: Vec<f32>) -> &[f32] {
+        let previous = std::mem::replace(&mut self.hidden, out);
+        self.give(previous);
+        self.free.retain(|b| b.capacity() <= KEEP_VALUES);
+        if self.lora_u.capacity() > KEEP_VALUES {
+            self.lora_u = Vec::new();
+        }
+        &self.hidden
+    }
+}
+
+/// One forward call on the CPU: `tokens` at positions `pos0..` of the cache.
+pub(super) struct CpuPass<'a> {
+    pub cfg: &'a Config,
+    pub weights: &'a Weights,
+    pub adapters: &'a [(Adapter, f32)],
+    pub tokens: &'a [u32],
+    pub pos0: usize,
+    pub kv: KvLayers<'a>,
+    pub scratch: &'a mut Scratch,
+}
+
+impl<'a> CpuPass<'a> {
+    /// Fills the RoPE tables for this call's positions, then runs the graph.
+    pub fn run(mut self) -> Vec<f32> {
+        let n = self.tokens.len();
+        for (sliding, (cos, sin)) in self.scratch.rope.iter_mut().enumerate() {
+            if sliding == 0 || self.cfg.sliding_window.is_some() {
+                rope_tables(self.weights.inv_freq(sliding == 1), self.pos0, n, cos, sin);
+            }
+        }
+        let Ok(hidden) = super::graph::forward(self.cfg, &mut self);
+        hidden
+    }
+
+    fn rows(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+impl Ops for CpuPass<'_> {
+    type Act = Vec<f32>;
+    type Error = Infallible;
+
+    fn embed(&mut self) -> Result<Vec<f32>, Infallible> {
+        let e = self.cfg.n_embd;
+        let mut x = self.scratch.take(self.rows() * e);
+        for (row, &id) in x.chunks_exact_mut(e).zip(self.tokens) {
+            self.weights.token_embd.dequantize_row(id as usize, row);
+        }
+        Ok(x)
+    }
+
+    fn scale(&mut self, mut x: Vec<f32>, by: f32) -> Result<Vec<f32>, Infallible> {
+        x.iter_mut().for_each(|v| *v *= by);
+        Ok(x)
+    }
+
+    fn rms_norm(&mut self, x: &Vec<f32>, w: NormId) -> Result<Vec<f32>, Infallible> {
+        let mut out = self.scratch.take(x.len());
+        let (w, eps, row) = (self.weights.norm(w), self.cfg.rms_norm_eps, x.len() / self.rows());
+        by_rows(&mut out, row, |rows, o| rms_norm(&x[rows.start * row..rows.end * row], w, eps, o, None));
+        Ok(out)
+    }
+
+    fn rms_norm_owned(&mut self, mut x: Vec<f32>, w: NormId) -> Result<Vec<f32>, Infallible> {
+        let (w, eps, row) = (self.weights.norm(w), self.cfg.rms_norm_eps, x.len() / self.rows());
+        by_rows(&mut x, row, |_, o| rms_norm_in_place(o, w, eps));
+        Ok(x)
+    }
+
+    fn linear<const N: usize>(
+        &mut self,
+        x: Vec<f32>,
+        layer: usize,
+        targets: [Target; N],
+    ) -> Result<[Vec<f32>; N], Infallible> {
+        let n = self.rows();
+        let block = &self.weights.blocks[layer];
+        let mut outs = targets.map(|t| self.scratch.take(n * block.weight(t).rows));
+        let mut next = targets.iter();
+        let mut jobs =
+            outs.each_mut().map(|o| (block.weight(*next.next().expect("one target per output")), &mut o[..]));
+        matmul_many(&mut jobs, &x, n);
+        for (&t, y) in targets.iter().zip(&mut outs) {
+            for (adapter, user_scale) in self.adapters {
+                if let Some(p) = adapter.pair(layer, t) {
+                    lora_forward(&p.a, &p.b, adapter.scale() * user_scale, &x, n, y, &mut self.scratch.lora_u);
+                }
+            }
+        }
+        self.scratch.give(x);
+        Ok(outs)
+    }
+
+    fn rope(&mut self, mut x: Vec<f32>, r: Rope) -> Result<Vec<f32>, Infallible> {
+        let (cos, sin) = &self.scratch.rope[r.sliding as usize];
+        let (d, n_rot, row) = (self.cfg.head_dim, self.cfg.n_rot, x.len() / self.rows());
+        let half = n_rot / 2;
+        by_rows(&mut x, row, |rows, o| {
+            let tables = rows.start * half..rows.end * half;
+            rope(o, d, n_rot, &cos[tables.clone()], &sin[tables], r.style, false)
+        });
+        Ok(x)
+    }
+
+    fn attention(
+        &mut self,
+        layer: usize,
+        q: Vec<f32>,
+        k: Vec<f32>,
+        v: Vec<f32>,
+        window: Option<usize>,
+    ) -> Result<Vec<f32>, Infallible> {
+        let cfg = self.cfg;
+        let kv_dim = cfg.kv_dim();
+        let new = self.pos0 * kv_dim..(self.pos0 + self.rows()) * kv_dim;
+        let (k_cache, v_cache) = self.kv.layer_mut(layer);
+        k_cache[new.clone()].copy_from_slice(&k);
+        v_cache[new].copy_from_slice(&v);
+        let mut out = self.scratch.take(q.len());
+        let heads = Heads { n_head: cfg.n_head, n_head_kv: cfg.n_head_kv, head_dim: cfg.head_dim };
+        attention::causal(&q, k_cache, v_cache, self.pos0, heads, window, &mut out, None);
+        for used in [q, k, v] {
+            self.scratch.give(used);
+        }
+        Ok(out)
+    }
+
+    fn gate(&mut self, act: Gate, mut g: Vec<f32>, up: Vec<f32>) -> Result<Vec<f32>, Infallible> {
+        let row = g.len() / self.rows();
+        by_rows(&mut g, row, |rows, o| gated(act, o, &up[rows.start * row..rows.end * row]));
+        self.scratch.give(up);
+        Ok(g)
+    }
+
+    fn add(&mut self, mut x: Vec<f32>, y: Vec<f32>) -> Result<Vec<f32>, Infallible> {
+        x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+        self.scratch.give(y);
+        Ok(x)
+    }
+}
+
+/// Prompt rows per task of the per-layer elementwise steps (norms, RoPE, the gate).
+const GLUE_ROWS: usize = 16;
+
+/// Calls `f(rows, out_rows)` on consecutive groups of up to [`GLUE_ROWS`] rows of `out`
+/// (`row_len` values each), on the thread pool when there are several: a prompt's norms,
+/// RoPE and gate would otherwise run on one thread while the others wait (Amdahl's share
+/// of two-thread prefill).
+fn by_rows(out: &mut [f32], row_len: usize, f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) {
+    let n_rows = out.len() / row_len.max(1);
+    let groups = n_rows.div_ceil(GLUE_ROWS);
+    if groups <= 1 {
+        return f(0..n_rows, out);
+    }
+    let outs = DisjointMut::new(out);
+    crate::threads::for_each_index(groups, |g| {
+        let rows = g * GLUE_ROWS..((g + 1) * GLUE_ROWS).min(n_rows);
+        // SAFETY: group `g` alone owns rows `rows`.
+        let o = unsafe { outs.slice(rows.start * row_len, rows.len() * row_len) };
+        f(rows, o)
+    });
+}
