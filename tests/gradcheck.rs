@@ -138,7 +138,7 @@ fn gate_backward_matches_finite_differences() {
 
 #[test]
 fn frozen_quantized_linear_with_lora_matches_finite_differences() {
-    use pupil::train::frozen;
+    use pupil::kernels::matmul::{matmul_f32, matmul_f32_backward};
     let mut rng = Rng::new(4);
     let (n, n_in, n_out, r) = (3, 64, 40, 4);
     let w = pupil::synth::quantized_matrix(n_out, n_in, 9);
@@ -149,7 +149,7 @@ fn frozen_quantized_linear_with_lora_matches_finite_differences() {
     let s = 2.0;
     let f = |x: &[f32], a: &[f32], b: &[f32]| {
         let mut y = vec![0f32; n * n_out];
-        frozen::forward(&w, x, n, &mut y);
+        matmul_f32(&w, x, n, &mut y);
         lora_forward(a, b, s, x, n, &mut y, &mut Vec::new());
         weighted(&y, &g)
     };
@@ -157,7 +157,7 @@ fn frozen_quantized_linear_with_lora_matches_finite_differences() {
     let mut y = vec![0f32; n * n_out];
     lora_forward(&a, &b, s, &x, n, &mut y, &mut u);
     let mut dx = vec![0f32; x.len()];
-    frozen::backward(&w, &g, n, &mut dx);
+    matmul_f32_backward(&w, &g, n, &mut dx);
     let (mut da, mut db) = (vec![0f32; a.len()], vec![0f32; b.len()]);
     lora_backward((&a, &b), (&mut da, &mut db), s, &x, &u, &g, n, &mut dx);
     let (x0, a0, b0) = (x.clone(), a.clone(), b.clone());

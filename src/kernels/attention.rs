@@ -110,8 +110,8 @@ thread_local! {
 }
 
 /// Backward of [`causal`] over a whole sequence (`pos0 = 0`) from its kept weights:
-/// `dq` is overwritten, `dk` and `dv` accumulate (the heads of a KV group share them, so
-/// one task owns a whole group).
+/// adds to `dq`, `dk` and `dv` (the heads of a KV group share `dk` and `dv`, so one task
+/// owns a whole group).
 #[allow(clippy::too_many_arguments)]
 pub fn causal_backward(
     q: &[f32],
@@ -158,7 +158,6 @@ pub fn causal_backward(
                 let pdp: f32 = p.iter().zip(dp).map(|(a, b)| a * b).sum();
                 // SAFETY: head h (in group g) alone writes dq[t][h·d..(h+1)·d].
                 let dqt = unsafe { dqp.slice(t * qd + h * d, d) };
-                dqt.fill(0.0);
                 let qh = &q[t * qd + h * d..t * qd + (h + 1) * d];
                 for ((j, &pj), &dpj) in seen.zip(p).zip(dp) {
                     let ds = pj * (dpj - pdp) * scale;

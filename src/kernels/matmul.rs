@@ -6,7 +6,8 @@
 //!
 //! Quantized weights use integer kernels: the activations are quantized to 8 bits once
 //! per call ([`Q8Block`]) and every row is dotted in its packed form. Float weights (F32,
-//! F16, BF16) are dequantized a few rows at a time and dotted in f32.
+//! F16, BF16) are dequantized a band of rows at a time and multiplied in f32
+//! ([`matmul_f32`]), the product training uses for every weight.
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use super::dequant::dequantize;
-use super::dot::dot;
+use super::gemm::{gemm_nn, gemm_nt, Mat};
 use super::q8::{quantize_row, quantize_row_shared, Q8Block};
 use super::quant_dot::{self, Kernel, QuadKernel, QUAD_ROWS, QUAD_TILE, TILE};
 use crate::gguf::GgmlDType;
@@ -277,50 +278,63 @@ impl Batch<'_> {
     }
 }
 
-/// `out[t·rows + r] = out_t[r·n_tokens + t]`.
-fn transpose_into(out_t: &[f32], rows: usize, n_tokens: usize, out: &mut [f32]) {
-    for (r, row) in out_t.chunks_exact(n_tokens).enumerate() {
-        for (t, &v) in row.iter().enumerate() {
-            out[t * rows + r] = v;
+/// Rows of `W` per band: a band of 1,536-wide rows dequantized is 384 KiB.
+const BAND: usize = 64;
+/// Bands summed by one backward task; fixed (not per thread) for reproducible sums.
+const BACKWARD_TASKS: usize = 8;
+
+/// `y[t, o] = Σ_i W[o, i] · x[t, i]` for `t < n` (`y` is overwritten), in f32: each task
+/// dequantizes a band of rows of `W` into its own scratch (never the whole matrix:
+/// memory stays a few hundred KiB per thread) and multiplies it right away. Float weights
+/// at inference, and every weight in training, whose gradients must be exact for the
+/// weights as stored.
+pub fn matmul_f32(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
+    let (n_out, n_in) = (w.rows, w.cols);
+    assert!(x.len() >= n * n_in && y.len() >= n * n_out, "matmul_f32: shapes");
+    let out = DisjointMut::new(y);
+    let mut bands: Vec<usize> = (0..n_out).step_by(BAND).collect();
+    for_each_mut(&mut bands, |&mut r0| {
+        let rows = BAND.min(n_out - r0);
+        let mut wb = vec![0f32; rows * n_in];
+        for r in 0..rows {
+            w.dequantize_row(r0 + r, &mut wb[r * n_in..(r + 1) * n_in]);
         }
-    }
-}
-
-fn matmul_f32(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
-    let (rows, cols) = (w.rows, w.cols);
-    let rb = w.row_bytes();
-    let bytes = w.bytes();
-
-    if n_tokens == 1 {
-        let mut blocks: Vec<(usize, &mut [f32])> = out.chunks_mut(ROW_BLOCK).enumerate().collect();
-        for_each_mut(&mut blocks, |(blk, out_blk)| {
-            let mut row_buf = vec![0f32; cols];
-            for (i, o) in out_blk.iter_mut().enumerate() {
-                let r = *blk * ROW_BLOCK + i;
-                dequantize(w.dtype, &bytes[r * rb..(r + 1) * rb], &mut row_buf);
-                *o = dot(&row_buf, x);
-            }
-        });
-        return;
-    }
-
-    // Batch: compute the transposed product (row-major by weight row) so each task owns
-    // a contiguous slice, then transpose into token-major order.
-    let mut out_t = vec![0f32; rows * n_tokens];
-    let mut blocks: Vec<(usize, &mut [f32])> = out_t.chunks_mut(ROW_BLOCK * n_tokens).enumerate().collect();
-    for_each_mut(&mut blocks, |(blk, out_blk)| {
-        let r0 = *blk * ROW_BLOCK;
-        let n_rows = out_blk.len() / n_tokens;
-        let mut scratch = vec![0f32; n_rows * cols];
-        dequantize(w.dtype, &bytes[r0 * rb..(r0 + n_rows) * rb], &mut scratch);
-        for t in 0..n_tokens {
-            let xt = &x[t * cols..(t + 1) * cols];
-            for i in 0..n_rows {
-                out_blk[i * n_tokens + t] = dot(&scratch[i * cols..(i + 1) * cols], xt);
-            }
+        // The band's columns of every output row are computed apart and copied in row by
+        // row: each task's writes are then slices no other task's overlap.
+        let mut yb = vec![0f32; n * rows];
+        gemm_nt(n, rows, n_in, Mat { data: x, ld: n_in }, Mat { data: &wb, ld: n_in }, &mut yb, rows, false);
+        for (t, row) in yb.chunks_exact(rows).enumerate() {
+            // SAFETY: this task alone owns columns r0..r0+rows of the output rows.
+            unsafe { out.slice(t * n_out + r0, rows) }.copy_from_slice(row);
         }
     });
-    transpose_into(&out_t, rows, n_tokens, out);
+}
+
+/// `dx[t, i] += Σ_o dy[t, o] · W[o, i]` for `t < n`, in f32 on dequantized bands like
+/// [`matmul_f32`]. Partial sums are kept per task and added in task order, so the result
+/// does not depend on the thread count or scheduling (a resumed training run repeats an
+/// uninterrupted one exactly).
+pub fn matmul_f32_backward(w: &QMatrix, dy: &[f32], n: usize, dx: &mut [f32]) {
+    let (n_out, n_in) = (w.rows, w.cols);
+    assert!(dy.len() >= n * n_out && dx.len() >= n * n_in, "matmul_f32_backward: shapes");
+    let per_task = n_out.div_ceil(BACKWARD_TASKS).next_multiple_of(BAND.min(n_out).max(1));
+    let mut tasks: Vec<(usize, Vec<f32>)> = (0..n_out).step_by(per_task).map(|r0| (r0, Vec::new())).collect();
+    for_each_mut(&mut tasks, |(r0, partial)| {
+        let end = (*r0 + per_task).min(n_out);
+        partial.resize(n * n_in, 0.0);
+        let mut wb = vec![0f32; BAND * n_in];
+        for b0 in (*r0..end).step_by(BAND) {
+            let rows = BAND.min(end - b0);
+            for r in 0..rows {
+                w.dequantize_row(b0 + r, &mut wb[r * n_in..(r + 1) * n_in]);
+            }
+            let a = Mat { data: &dy[b0..], ld: n_out };
+            gemm_nn(n, n_in, rows, a, Mat { data: &wb, ld: n_in }, partial, n_in, true);
+        }
+    });
+    for (_, partial) in &tasks {
+        dx[..n * n_in].iter_mut().zip(partial).for_each(|(d, p)| *d += p);
+    }
 }
 
 #[cfg(test)]
@@ -358,6 +372,34 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_products_forward_and_backward_match_a_dense_reference() {
+        let mut rng = Rng::new(11);
+        let (n_out, n_in, n) = (150, 64, 5);
+        let w = crate::synth::quantized_matrix(n_out, n_in, 3);
+        let mut dense = vec![0f32; n_out * n_in];
+        for r in 0..n_out {
+            w.dequantize_row(r, &mut dense[r * n_in..(r + 1) * n_in]);
+        }
+        let x: Vec<f32> = (0..n * n_in).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let dy: Vec<f32> = (0..n * n_out).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let pool = crate::threads::Pool::new(2);
+        let mut y = vec![0f32; n * n_out];
+        pool.install(|| matmul_f32(&w, &x, n, &mut y));
+        let mut dx = vec![1f32; n * n_in];
+        pool.install(|| matmul_f32_backward(&w, &dy, n, &mut dx));
+        for t in 0..n {
+            for o in 0..n_out {
+                let e: f32 = (0..n_in).map(|i| dense[o * n_in + i] * x[t * n_in + i]).sum();
+                assert!((y[t * n_out + o] - e).abs() < 1e-4 * (1.0 + e.abs()));
+            }
+            for i in 0..n_in {
+                let e: f32 = 1.0 + (0..n_out).map(|o| dense[o * n_in + i] * dy[t * n_out + o]).sum::<f32>();
+                assert!((dx[t * n_in + i] - e).abs() < 1e-4 * (1.0 + e.abs()));
             }
         }
     }

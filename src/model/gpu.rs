@@ -173,16 +173,6 @@ impl GpuWeights {
         Ok(())
     }
 
-    /// The device product of the uploaded weight `w` with `n` rows `x`, by the path the
-    /// forward pass takes (for the backend tests).
-    pub fn product_of(&self, w: &QMatrix, x: &[f32], n: usize) -> Result<Vec<f32>, DeviceError> {
-        let run = || -> candle_core::Result<Vec<f32>> {
-            let x = Tensor::from_slice(&x[..n * w.cols], (n, w.cols), &self.dev)?;
-            product(&QMatMul::from_arc(self.uploaded(w)?.clone())?, &x)?.flatten_all()?.to_vec1::<f32>()
-        };
-        run().map_err(failure(self.device))
-    }
-
     /// An empty cache for `n_ctx` positions.
     pub fn new_cache(&self, cfg: &Config, n_ctx: usize) -> Result<DeviceKv, DeviceError> {
         let layer = || Tensor::zeros((cfg.n_head_kv, n_ctx, cfg.head_dim), DType::F32, &self.dev);

@@ -39,19 +39,12 @@ impl Totals {
     }
 }
 
-/// Where one sequence record lives.
-#[derive(Debug, Clone, Copy)]
-struct RecordRef {
-    offset: usize,
-    n_tokens: u32,
-    n_targets: u32,
-}
-
 /// What a pass over the chunks found: the valid prefix, and what stopped it if anything.
 pub(super) struct Scan {
     pub header: Header,
     pub layout: Layout,
-    records: Vec<RecordRef>,
+    /// Where each sequence record starts.
+    records: Vec<usize>,
     pub chunks: usize,
     /// Totals over the valid chunks.
     pub totals: Totals,
@@ -164,11 +157,7 @@ pub(super) fn scan(bytes: &[u8]) -> Result<Scan, TargetsError> {
             for i in 0..n_sequences {
                 match split_record(&s.layout, &payload[at..]) {
                     Ok((view, size)) => {
-                        found.push(RecordRef {
-                            offset: payload_start + at,
-                            n_tokens: view.n_tokens as u32,
-                            n_targets: view.n_targets as u32,
-                        });
+                        found.push(payload_start + at);
                         totals.add(view.n_tokens, view.n_targets);
                         at += size;
                     }
@@ -204,7 +193,8 @@ pub struct TargetFile {
     map: Mmap,
     header: Header,
     layout: Layout,
-    records: Vec<RecordRef>,
+    /// Where each sequence record starts in the map.
+    records: Vec<usize>,
     chunks: usize,
     totals: Totals,
 }
@@ -269,19 +259,14 @@ impl TargetFile {
         self.records.is_empty()
     }
 
-    /// Tokens and target count of sequence `i` without decoding it.
-    pub fn sequence_shape(&self, i: usize) -> Option<(usize, usize)> {
-        self.records.get(i).map(|r| (r.n_tokens as usize, r.n_targets as usize))
-    }
-
     /// Decodes sequence `i`, checking every id against the vocabulary.
     pub fn sequence(&self, i: usize) -> Result<SequenceRecord, TargetsError> {
-        let r = self.records.get(i).ok_or_else(|| TargetsError::BadRecord {
+        let &offset = self.records.get(i).ok_or_else(|| TargetsError::BadRecord {
             sequence: i,
             what: format!("out of range ({} sequences)", self.records.len()),
         })?;
         let bad = |what| TargetsError::BadRecord { sequence: i, what };
-        let (view, _) = split_record(&self.layout, &self.map[r.offset..]).map_err(bad)?;
+        let (view, _) = split_record(&self.layout, &self.map[offset..]).map_err(bad)?;
         view.decode(&self.layout).map_err(bad)
     }
 }

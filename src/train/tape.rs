@@ -177,77 +177,86 @@ impl Tape {
     ) -> Result<Vec<f32>, TrainError> {
         let cfg = seq.cfg();
         let n = seq.rows();
-        let mut grads: Vec<Option<Vec<f32>>> = (0..self.ops.len()).map(|_| None).collect();
-        grads[out.0] = Some(dout);
-        let lens = &self.lens;
-        // The gradient at `id`, created as zeros on first use.
-        let grad = |grads: &mut Vec<Option<Vec<f32>>>, id: Id| -> Vec<f32> {
-            grads[id.0].take().unwrap_or_else(|| vec![0.0; lens[id.0]])
-        };
+        let mut grads = Grads { grads: self.lens.iter().map(|_| None).collect(), lens: &self.lens };
+        grads.add(out, dout);
         for (i, op) in self.ops.iter().enumerate().rev() {
             // A leaf's gradient stays for the caller.
             if matches!(op, Op::Leaf) {
                 continue;
             }
-            let Some(dy) = grads[i].take() else { continue };
+            let Some(mut dy) = grads.grads[i].take() else { continue };
             match op {
                 Op::Leaf => unreachable!("leaves are skipped above"),
                 Op::Scale { x, by } => {
-                    let mut dx = grad(&mut grads, *x);
-                    dx.iter_mut().zip(&dy).for_each(|(d, g)| *d += by * g);
-                    grads[x.0] = Some(dx);
+                    dy.iter_mut().for_each(|g| *g *= by);
+                    grads.add(*x, dy);
                 }
                 Op::RmsNorm { x, w, rstd } => {
-                    let mut dx = grad(&mut grads, *x);
+                    let mut dx = grads.take(*x);
                     rms_norm_backward(self.value(*x), seq.model.weights().norm(*w), rstd, &dy, &mut dx);
-                    grads[x.0] = Some(dx);
+                    grads.put(*x, dx);
                 }
                 Op::Linear { x, layer, target, u } => {
-                    let mut dx = grad(&mut grads, *x);
-                    let w = seq.model.weights().blocks[*layer].weight(*target);
-                    seq.frozen.backward(w, &dy, n, &mut dx)?;
+                    let mut dx = grads.take(*x);
+                    seq.frozen.backward(seq.model.weights().blocks[*layer].weight(*target), &dy, n, &mut dx)?;
                     let scale = lora.scale();
                     if let Some((pair, grads_of_pair)) = lora.pair_and_grads(*layer, *target) {
                         lora_backward(pair, grads_of_pair, scale, self.value(*x), u, &dy, n, &mut dx);
                     }
-                    grads[x.0] = Some(dx);
+                    grads.put(*x, dx);
                 }
                 Op::Rope { x, rope: r } => {
                     // A rotation: its backward turns the gradient back.
-                    let mut d = dy;
                     let (cos, sin) = &seq.rope[r.sliding as usize];
-                    rope(&mut d, cfg.head_dim, cfg.n_rot, cos, sin, r.style, true);
-                    let mut dx = grad(&mut grads, *x);
-                    dx.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
-                    grads[x.0] = Some(dx);
+                    rope(&mut dy, cfg.head_dim, cfg.n_rot, cos, sin, r.style, true);
+                    grads.add(*x, dy);
                 }
                 Op::Attention { q, k, v, probs, window } => {
-                    let (mut dq, mut dk, mut dv) = (vec![0.0; lens[q.0]], grad(&mut grads, *k), grad(&mut grads, *v));
+                    let (mut dq, mut dk, mut dv) = (grads.take(*q), grads.take(*k), grads.take(*v));
                     let (qv, kv, vv) = (self.value(*q), self.value(*k), self.value(*v));
                     attention::causal_backward(qv, kv, vv, probs, &dy, seq.heads(), *window, &mut dq, &mut dk, &mut dv);
-                    let mut dq_total = grad(&mut grads, *q);
-                    dq_total.iter_mut().zip(&dq).for_each(|(a, b)| *a += b);
-                    grads[q.0] = Some(dq_total);
-                    grads[k.0] = Some(dk);
-                    grads[v.0] = Some(dv);
+                    grads.put(*q, dq);
+                    grads.put(*k, dk);
+                    grads.put(*v, dv);
                 }
                 Op::Gate { act, gate, up } => {
-                    let (mut dg, mut du) = (grad(&mut grads, *gate), grad(&mut grads, *up));
+                    let (mut dg, mut du) = (grads.take(*gate), grads.take(*up));
                     gated_backward(*act, self.value(*gate), self.value(*up), &dy, &mut dg, &mut du);
-                    grads[gate.0] = Some(dg);
-                    grads[up.0] = Some(du);
+                    grads.put(*gate, dg);
+                    grads.put(*up, du);
                 }
                 Op::Add { x, y } => {
-                    let mut dx = grad(&mut grads, *x);
-                    dx.iter_mut().zip(&dy).for_each(|(a, b)| *a += b);
-                    grads[x.0] = Some(dx);
-                    let mut d = grad(&mut grads, *y);
-                    d.iter_mut().zip(&dy).for_each(|(a, b)| *a += b);
-                    grads[y.0] = Some(d);
+                    grads.add(*y, dy.clone());
+                    grads.add(*x, dy);
                 }
             }
         }
-        Ok(grad(&mut grads, wrt))
+        Ok(grads.take(wrt))
+    }
+}
+
+/// The gradients of a tape's tensors during its backward pass.
+struct Grads<'a> {
+    grads: Vec<Option<Vec<f32>>>,
+    lens: &'a [usize],
+}
+
+impl Grads<'_> {
+    /// The gradient at `id` so far (zeros if none), to add to and [`Grads::put`] back.
+    fn take(&mut self, id: Id) -> Vec<f32> {
+        self.grads[id.0].take().unwrap_or_else(|| vec![0.0; self.lens[id.0]])
+    }
+
+    fn put(&mut self, id: Id, g: Vec<f32>) {
+        self.grads[id.0] = Some(g);
+    }
+
+    /// Adds `g` to the gradient at `id`.
+    fn add(&mut self, id: Id, g: Vec<f32>) {
+        match &mut self.grads[id.0] {
+            Some(sum) => sum.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+            none => *none = Some(g),
+        }
     }
 }
 
