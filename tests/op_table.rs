@@ -13,7 +13,7 @@ use pupil::gguf::GgmlDType;
 use pupil::kernels::dequantize;
 use pupil::kernels::features::{self, Features};
 use pupil::rng::Rng;
-use pupil::synth::{mapped, random_blocks};
+use pupil::synth::{random_blocks, weight_from};
 
 /// Where an op runs.
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ fn error(got: &[f32], reference: &[f64]) -> f64 {
 /// The product of `n` random rows with a random weight of `dtype`.
 fn matmul_case(dtype: GgmlDType, n: usize, rng: &mut Rng) -> Case {
     let (rows, cols) = (48, 512);
-    let w = mapped(dtype, rows, cols, &random_blocks(dtype, rows * cols, rng));
+    let w = weight_from(dtype, rows, cols, &random_blocks(dtype, rows * cols, rng));
     let x = random(n * cols, rng);
     let mut dense = vec![0f32; rows * cols];
     dequantize(dtype, w.bytes(), &mut dense);

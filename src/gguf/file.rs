@@ -448,6 +448,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri does not support file-backed memory maps")]
     fn writer_and_reader_agree() {
         let mut w = GgufWriter::new();
         w.add("general.architecture", Value::String("llama".into()))
@@ -483,6 +484,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri does not support file-backed memory maps")]
     fn duplicate_keys_and_bad_alignment_are_refused() {
         let mut w = GgufWriter::new();
         w.add("k", Value::U8(1)).add("k", Value::U8(2));

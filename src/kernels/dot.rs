@@ -5,6 +5,7 @@
 //! The AVX2+FMA forms are picked at run time; release builds do not assume the CPU has
 //! them. Each has a portable form it is tested against.
 
+#[cfg(target_arch = "x86_64")]
 use super::features::active;
 
 /// Portable dot product with four independent accumulators (so the compiler can keep
@@ -538,9 +539,12 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// GELU with the tanh approximation, `½x(1 + tanh y)` with `y = √(2/π)(x + 0.044715x³)`,
+/// computed as `x / (1 + e^(−2y))` (the same value): the `1 + tanh y` form cancels to
+/// rounding noise for large negative `x`.
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+    x / (1.0 + (-2.0 * SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).exp())
 }
 
 /// `gate[i] = act(gate[i]) · up[i]`: the feed-forward's elementwise step, which with
