@@ -2,6 +2,7 @@
 
 use super::ModelError;
 use crate::gguf::GgufFile;
+use crate::kernels::attention::Heads;
 use crate::kernels::dot::Gate;
 use crate::kernels::rope::RopeStyle;
 
@@ -215,6 +216,11 @@ impl Config {
         self.sliding_window.is_some()
             && self.family == Family::Gemma3
             && !(layer + 1).is_multiple_of(GEMMA3_GLOBAL_EVERY)
+    }
+
+    /// The attention layers' head layout.
+    pub fn heads(&self) -> Heads {
+        Heads { n_head: self.n_head, n_head_kv: self.n_head_kv, head_dim: self.head_dim }
     }
 
     /// Width of one position's keys (or values) across all KV heads.

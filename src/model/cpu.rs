@@ -10,7 +10,7 @@ use super::graph::{Ops, Rope};
 use super::kv_cache::KvLayers;
 use super::lora::{lora_forward, Adapter, Target};
 use super::weights::{NormId, Weights};
-use crate::kernels::attention::{self, Heads};
+use crate::kernels::attention;
 use crate::kernels::dot::{gated, Gate};
 use crate::kernels::matmul_many;
 use crate::kernels::norm::{rms_norm, rms_norm_in_place};
@@ -172,8 +172,7 @@ impl Ops for CpuPass<'_> {
         k_cache[new.clone()].copy_from_slice(&k);
         v_cache[new].copy_from_slice(&v);
         let mut out = self.scratch.take(q.len());
-        let heads = Heads { n_head: cfg.n_head, n_head_kv: cfg.n_head_kv, head_dim: cfg.head_dim };
-        attention::causal(&q, k_cache, v_cache, self.pos0, heads, window, &mut out, None);
+        attention::causal(&q, k_cache, v_cache, self.pos0, cfg.heads(), window, &mut out, None);
         for used in [q, k, v] {
             self.scratch.give(used);
         }

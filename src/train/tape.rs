@@ -15,7 +15,7 @@
 use super::frozen::Frozen;
 use super::student::LoraParams;
 use super::TrainError;
-use crate::kernels::attention::{self, Heads};
+use crate::kernels::attention;
 use crate::kernels::dot::{gated, gated_backward, Gate};
 use crate::kernels::norm::{rms_norm, rms_norm_backward};
 use crate::kernels::rope::{rope, rope_tables};
@@ -48,11 +48,6 @@ impl<'a> Sequence<'a> {
 
     fn rows(&self) -> usize {
         self.tokens.len()
-    }
-
-    fn heads(&self) -> Heads {
-        let cfg = self.cfg();
-        Heads { n_head: cfg.n_head, n_head_kv: cfg.n_head_kv, head_dim: cfg.head_dim }
     }
 }
 
@@ -214,7 +209,7 @@ impl Tape {
                 Op::Attention { q, k, v, probs, window } => {
                     let (mut dq, mut dk, mut dv) = (grads.take(*q), grads.take(*k), grads.take(*v));
                     let (qv, kv, vv) = (self.value(*q), self.value(*k), self.value(*v));
-                    attention::causal_backward(qv, kv, vv, probs, &dy, seq.heads(), *window, &mut dq, &mut dk, &mut dv);
+                    attention::causal_backward(qv, kv, vv, probs, &dy, cfg.heads(), *window, &mut dq, &mut dk, &mut dv);
                     grads.put(*q, dq);
                     grads.put(*k, dk);
                     grads.put(*v, dv);
@@ -326,7 +321,7 @@ impl Ops for Recorder<'_> {
     }
 
     fn attention(&mut self, _layer: usize, q: Id, k: Id, v: Id, window: Option<usize>) -> Result<Id, TrainError> {
-        let heads = self.seq.heads();
+        let heads = self.seq.cfg().heads();
         let n = self.seq.rows();
         for id in [q, k, v] {
             self.tape.save(id);
