@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side speed: pupil bench and llama.cpp's llama-bench on the same files, same
-# threads, alternating A/B rounds; prints the median t/s of each and the ratio.
+# threads, alternating A/B rounds; prints the median t/s of each and the ratio. With
+# BASELINE=<another pupil binary> (say, a build of the commit before a change) that binary
+# runs in every round too, and the table adds its column and pupil's ratio to it.
 #
 #   benches/compare.sh [ROUNDS] [FILE...]
 #
@@ -37,10 +39,13 @@ for f in "${FILES[@]}"; do
 for l in sys.stdin:
     d=json.loads(l); t="pp%d"%d["n_prompt"] if d["n_prompt"] else "tg%d"%d["n_gen"]
     print(sys.argv[1], "llama.cpp", t, d["avg_ts"])' "$f" >>"$RESULTS"
-    "$PUPIL" bench -m "$f" -p 512 -n 128 -r "$REPS" -t "$THREADS" -o jsonl 2>/dev/null |
-      python3 -c 'import json,sys
+    for tool in pupil ${BASELINE:+baseline}; do
+      bin=$PUPIL; [ "$tool" = baseline ] && bin=$BASELINE
+      "$bin" bench -m "$f" -p 512 -n 128 -r "$REPS" -t "$THREADS" -o jsonl 2>/dev/null |
+        python3 -c 'import json,sys
 for l in sys.stdin:
-    d=json.loads(l); print(sys.argv[1], "pupil", d["test"], d["avg_ts"])' "$f" >>"$RESULTS"
+    d=json.loads(l); print(sys.argv[1], sys.argv[2], d["test"], d["avg_ts"])' "$f" "$tool" >>"$RESULTS"
+    done
   done
 done
 python3 - "$RESULTS" "$THREADS" "$ROUNDS" <<'PY'
@@ -50,10 +55,18 @@ for line in open(sys.argv[1]):
     f, tool, test, ts = line.split()
     rows[(f, test, tool)].append(float(ts))
 print(f"threads {sys.argv[2]}, {sys.argv[3]} alternating rounds, median of round means (t/s)\n")
-print("| file | test | llama.cpp | pupil | pupil / llama.cpp |")
-print("| --- | --- | ---: | ---: | ---: |")
+base = any(k[2] == "baseline" for k in rows)
+print("| file | test | llama.cpp |" + (" baseline | baseline / llama.cpp |" if base else "") + " pupil | pupil / llama.cpp |" + (" pupil / baseline |" if base else ""))
+print("| --- | --- | ---: |" + (" ---: | ---: |" if base else "") + " ---: | ---: |" + (" ---: |" if base else ""))
 for (f, test) in sorted({(k[0], k[1]) for k in rows}):
     a = statistics.median(rows[(f, test, "llama.cpp")]); b = statistics.median(rows[(f, test, "pupil")])
-    print(f"| {os.path.basename(f)} | {test} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+    line = f"| {os.path.basename(f)} | {test} | {a:.1f} |"
+    if base:
+        c = statistics.median(rows[(f, test, "baseline")])
+        line += f" {c:.1f} | {c / a:.2f}x |"
+    line += f" {b:.1f} | {b / a:.2f}x |"
+    if base:
+        line += f" {b / c:.2f}x |"
+    print(line)
 PY
 rm -f "$RESULTS"
