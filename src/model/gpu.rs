@@ -243,7 +243,7 @@ impl GpuWeights {
         Ok(())
     }
 
-    /// Logits (`rows × n_vocab`, on the host) of hidden states from [`GpuModel::forward`].
+    /// Logits (`rows × n_vocab`, on the host) of hidden states from [`GpuWeights::forward`].
     pub fn logits(&self, hidden: &[f32], n_embd: usize) -> Result<Vec<f32>, DeviceError> {
         let rows = hidden.len() / n_embd;
         let run = || -> candle_core::Result<Vec<f32>> {
