@@ -141,15 +141,15 @@ fn lora_at_inference_matches_cpu() {
     let Some((mut cpu, mut dev)) = pair(SMOLLM2) else { return };
     let mut lora = LoraParams::for_model(&cpu.model.cfg, 8, 16.0, &Target::ALL, 4);
     let mut rng = Rng::new(9);
-    for (_, _, _, b) in lora.tensors() {
-        for v in &mut lora.values[b] {
+    for (_, _, _, b) in lora.adapter.tensors() {
+        for v in &mut lora.adapter.values[b] {
             *v = (rng.next_f64() as f32 - 0.5) * 0.05;
         }
     }
     let ids = gpl_ids(&cpu, 64);
     let base = all_logits(&dev, &ids);
-    cpu.model.add_adapter(lora.to_adapter(), 1.0).unwrap();
-    dev.model.add_adapter(lora.to_adapter(), 1.0).unwrap();
+    cpu.model.add_adapter(lora.adapter.clone(), 1.0).unwrap();
+    dev.model.add_adapter(lora.adapter.clone(), 1.0).unwrap();
     let (c, d) = (all_logits(&cpu, &ids), all_logits(&dev, &ids));
     compare("smollm2 with a LoRA adapter", &c, &d);
     let moved: f64 = base.iter().zip(&d).map(|(a, b)| full_kl(a, b)).sum::<f64>() / ids.len() as f64;
@@ -182,8 +182,8 @@ fn training_products_and_gradients_match_cpu() {
     let grads = |rt: &Runtime| {
         let mut lora = LoraParams::for_model(&rt.model.cfg, 4, 8.0, &Target::ALL, 7);
         let mut rng = Rng::new(5);
-        for (_, _, _, b) in lora.tensors() {
-            for v in &mut lora.values[b] {
+        for (_, _, _, b) in lora.adapter.tensors() {
+            for v in &mut lora.adapter.values[b] {
                 *v = (rng.next_f64() as f32 - 0.5) * 0.1;
             }
         }

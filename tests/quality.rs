@@ -23,10 +23,10 @@ fn kl_divergence_is_zero_against_itself_and_grows_with_a_perturbation() {
 
     let mut perturbed = Runtime::load_path(&path, 2).unwrap();
     let mut lora = LoraParams::for_model(&perturbed.model.cfg, 4, 8.0, &[Target::V, Target::Down], 1);
-    for (_, _, _, b) in lora.tensors() {
-        lora.values[b].iter_mut().enumerate().for_each(|(i, v)| *v = ((i % 7) as f32 - 3.0) * 0.01);
+    for (_, _, _, b) in lora.adapter.tensors() {
+        lora.adapter.values[b].iter_mut().enumerate().for_each(|(i, v)| *v = ((i % 7) as f32 - 3.0) * 0.01);
     }
-    perturbed.model.add_adapter(lora.to_adapter(), 1.0).unwrap();
+    perturbed.model.add_adapter(lora.adapter.clone(), 1.0).unwrap();
     let k = kl_divergence(&perturbed, &base, &text(), 128, Some(2), |_, _, _| {}).unwrap();
     assert!(k.mean_kld > 1e-3 && k.mean_kld < 5.0 && k.max_kld >= k.mean_kld, "{k:?}");
     assert!(k.same_top < 1.0 && k.same_top > 0.3, "{k:?}");

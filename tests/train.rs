@@ -97,14 +97,14 @@ fn gradients_reach_every_adapter_and_match_finite_differences() {
         let dists: Vec<Dist> = tokens.iter().map(|_| random_dist(&mut rng, n_vocab, 4)).collect();
         let mut lora = LoraParams::for_model(cfg, 4, 8.0, &Target::ALL, 3);
         // Non-zero B everywhere, as after the first update (at B = 0 A's gradient is 0).
-        for (_, _, _, b) in lora.tensors() {
-            for v in &mut lora.values[b] {
+        for (_, _, _, b) in lora.adapter.tensors() {
+            for v in &mut lora.adapter.values[b] {
                 *v = (rng.next_f64() as f32 - 0.5) * 0.2;
             }
         }
         total_loss(&rt, &mut lora, &tokens, &dists, true);
         let grads = lora.grads.clone();
-        for (layer, target, a, b) in lora.tensors() {
+        for (layer, target, a, b) in lora.adapter.tensors() {
             for (part, range) in [("A", a), ("B", b)] {
                 let norm: f64 = grads[range].iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt();
                 assert!(norm > 1e-6, "{:?} layer {layer} {target:?} {part}: zero gradient", cfg.family);
@@ -113,14 +113,14 @@ fn gradients_reach_every_adapter_and_match_finite_differences() {
         // Whole-model finite differences on a sample of parameters, in f64 loss.
         let h = 1e-2f32;
         let mut checked = 0;
-        for (layer, target, a, b) in lora.tensors() {
+        for (layer, target, a, b) in lora.adapter.tensors() {
             for idx in [a.start + (layer * 7) % a.len(), b.start + (layer * 5 + 3) % b.len()] {
-                let old = lora.values[idx];
-                lora.values[idx] = old + h;
+                let old = lora.adapter.values[idx];
+                lora.adapter.values[idx] = old + h;
                 let up = total_loss(&rt, &mut lora, &tokens, &dists, false);
-                lora.values[idx] = old - h;
+                lora.adapter.values[idx] = old - h;
                 let down = total_loss(&rt, &mut lora, &tokens, &dists, false);
-                lora.values[idx] = old;
+                lora.adapter.values[idx] = old;
                 let numeric = (up - down) / (2.0 * h as f64);
                 let analytic = grads[idx] as f64;
                 assert!(
@@ -184,7 +184,7 @@ fn training_lowers_the_loss_and_a_resumed_run_is_bit_identical() {
     let mut recompute = job(&rt, &targets, dir.join("r.ckpt"), None);
     recompute.recompute = true;
     let again = rt.pool.install(|| distill(&recompute, false, |_| {})).unwrap();
-    assert_eq!(again.lora.values, whole.lora.values, "recompute is bit-identical");
+    assert_eq!(again.lora.adapter.values, whole.lora.adapter.values, "recompute is bit-identical");
 
     // Stop after 3 steps (the last checkpoint is at step 2), then resume twice.
     let ck = dir.join("b.ckpt");
@@ -194,7 +194,7 @@ fn training_lowers_the_loss_and_a_resumed_run_is_bit_identical() {
     assert!(!part.finished);
     let resumed = rt.pool.install(|| distill(&job(&rt, &targets, ck.clone(), None), true, |_| {})).unwrap();
     assert!(resumed.finished);
-    assert_eq!(resumed.lora.values, whole.lora.values, "bit-for-bit equal adapters");
+    assert_eq!(resumed.lora.adapter.values, whole.lora.adapter.values, "bit-for-bit equal adapters");
     let strip = |c: &[pupil::train::checkpoint::CurvePoint]| {
         c.iter().map(|p| (p.step, p.loss.map(f64::to_bits), p.eval_kl.map(f64::to_bits))).collect::<Vec<_>>()
     };
@@ -219,14 +219,15 @@ fn adapters_round_trip_and_apply_at_inference_as_in_training() {
     let dir = scratch_dir("adapter");
     let mut rt = tiny(&dir, q8_tiny());
     let cfg = rt.model.cfg.clone();
-    let mut lora = LoraParams::for_model(&cfg, 4, 8.0, &[Target::Q, Target::V, Target::Down], 5);
+    // Not in file order: the loaded adapter stores its tensors in another order.
+    let mut lora = LoraParams::for_model(&cfg, 4, 8.0, &[Target::Down, Target::Q, Target::V], 5);
     let mut rng = Rng::new(6);
-    for (_, _, _, b) in lora.tensors() {
-        for v in &mut lora.values[b] {
+    for (_, _, _, b) in lora.adapter.tensors() {
+        for v in &mut lora.adapter.values[b] {
             *v = (rng.next_f64() as f32 - 0.5) * 0.5;
         }
     }
-    let adapter = lora.to_adapter();
+    let adapter = lora.adapter.clone();
     let path = dir.join("a.gguf");
     adapter.to_gguf("llama", "test").write(&path).unwrap();
     let back = Adapter::load(&path, &cfg).unwrap();
@@ -264,13 +265,13 @@ fn merged_weights_equal_the_adapter_applied_at_inference() {
         let mut rt = tiny(&dir, SynthModel { quant, ..SynthModel::default() });
         let cfg = rt.model.cfg.clone();
         let mut lora = LoraParams::for_model(&cfg, 4, 8.0, &Target::ALL, 2);
-        for (_, _, _, b) in lora.tensors() {
-            for v in &mut lora.values[b] {
+        for (_, _, _, b) in lora.adapter.tensors() {
+            for v in &mut lora.adapter.values[b] {
                 *v = (rng.next_f64() as f32 - 0.5) * 0.5;
             }
         }
         let base = infer_last(&rt, &tokens);
-        rt.model.add_adapter(lora.to_adapter(), 0.5).unwrap();
+        rt.model.add_adapter(lora.adapter.clone(), 0.5).unwrap();
         let adapted = infer_last(&rt, &tokens);
         let merged_path = dir.join("merged.gguf");
         pupil::model::lora::merge(&rt.file, &cfg, rt.model.adapters(), None).unwrap().write(&merged_path).unwrap();

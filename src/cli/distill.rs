@@ -179,7 +179,7 @@ pub fn distill(a: DistillArgs, exec: super::Exec) -> anyhow::Result<()> {
     let name = a.output.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     outcome
         .lora
-        .to_adapter()
+        .adapter
         .to_gguf(&rt.model.cfg.architecture, &name)
         .write(&a.output)
         .with_context(|| format!("writing {}", a.output.display()))?;

@@ -137,8 +137,8 @@ impl Ops for CpuPass<'_> {
         matmul_many(&mut jobs, &x, n);
         for (&t, y) in targets.iter().zip(&mut outs) {
             for (adapter, user_scale) in self.adapters {
-                if let Some(p) = adapter.pair(layer, t) {
-                    lora_forward(&p.a, &p.b, adapter.scale() * user_scale, &x, n, y, &mut self.scratch.lora_u);
+                if let Some((a, b)) = adapter.pair(layer, t) {
+                    lora_forward(a, b, adapter.scale() * user_scale, &x, n, y, &mut self.scratch.lora_u);
                 }
             }
         }

@@ -158,14 +158,12 @@ impl GpuWeights {
     pub fn add_adapter(&mut self, adapter: &Adapter, scale: f32) -> Result<(), DeviceError> {
         let fail = failure(self.device);
         let mut added = Vec::new();
-        for (layer, pairs) in adapter.layers.iter().enumerate() {
-            for target in Target::ALL {
-                let Some(p) = &pairs[target as usize] else { continue };
-                let r = adapter.rank;
-                let a = Tensor::from_slice(&p.a, (r, p.a.len() / r), &self.dev).map_err(&fail)?;
-                let b = Tensor::from_slice(&p.b, (p.b.len() / r, r), &self.dev).map_err(&fail)?;
-                added.push(((layer, target), DeviceLora { a, b, scale: scale as f64 }));
-            }
+        let r = adapter.rank;
+        for (layer, target, a, b) in adapter.tensors() {
+            let (a, b) = (&adapter.values[a], &adapter.values[b]);
+            let a = Tensor::from_slice(a, (r, a.len() / r), &self.dev).map_err(&fail)?;
+            let b = Tensor::from_slice(b, (b.len() / r, r), &self.dev).map_err(&fail)?;
+            added.push(((layer, target), DeviceLora { a, b, scale: scale as f64 }));
         }
         for (key, lora) in added {
             self.loras.entry(key).or_default().push(lora);

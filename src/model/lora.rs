@@ -8,11 +8,13 @@
 //! `.lora_b` with dims `[r, n_out]` (B, n_out rows of r), as llama.cpp's
 //! `convert_lora_to_gguf.py` writes them.
 
+use std::ops::Range;
 use std::path::Path;
 
 use super::{Config, ModelError};
 use crate::gguf::{GgmlDType, GgufFile, GgufWriter, Value};
 use crate::kernels::gemm::{par_gemm, transpose, Mat};
+use crate::rng::Rng;
 
 /// A linear layer of a transformer block that an adapter can modify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -92,32 +94,84 @@ impl Target {
     }
 }
 
-/// One low-rank update of an `n_out × n_in` weight.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoraPair {
-    /// `rank × n_in`, row-major.
-    pub a: Vec<f32>,
-    /// `n_out × rank`, row-major.
-    pub b: Vec<f32>,
-}
-
-/// An adapter: updates for some (layer, target) weights, one rank and alpha for all.
-#[derive(Debug, Clone, PartialEq)]
+/// An adapter: low-rank updates of some (layer, target) weights, one rank and alpha for
+/// all. Every A (`rank × n_in`, row-major) and B (`n_out × rank`) lives in one flat
+/// `values` vector, so inference reads the same storage that training's optimizer and
+/// checkpoints step over as one slice.
+#[derive(Debug, Clone)]
 pub struct Adapter {
     pub rank: usize,
     pub alpha: f32,
-    /// Indexed by layer, then by `Target as usize`.
-    pub layers: Vec<[Option<LoraPair>; 7]>,
+    /// Offsets of (A, B) in `values`, by layer and `Target as usize`.
+    slots: Vec<[Option<(usize, usize)>; 7]>,
+    /// (n_out, n_in) by `Target as usize`.
+    shapes: [(usize, usize); 7],
+    pub values: Vec<f32>,
+}
+
+/// Equal when they update the same weights by the same values, in whatever order their
+/// `values` hold them (a file's tensor order, or the order training chose).
+impl PartialEq for Adapter {
+    fn eq(&self, other: &Self) -> bool {
+        let same_updates =
+            || (0..self.slots.len()).all(|l| Target::ALL.iter().all(|&t| self.pair(l, t) == other.pair(l, t)));
+        self.rank == other.rank && self.alpha == other.alpha && self.slots.len() == other.slots.len() && same_updates()
+    }
 }
 
 impl Adapter {
+    /// An adapter of `rank` for a model of `cfg` with no weight adapted yet.
+    fn empty(cfg: &Config, rank: usize, alpha: f32) -> Self {
+        let shapes = Target::ALL.map(|t| t.shape(cfg));
+        Self { rank, alpha, slots: vec![[None; 7]; cfg.n_layer], shapes, values: Vec::new() }
+    }
+
+    /// Fresh updates of `targets` in every layer, as PEFT initialises them: A uniform in
+    /// ±1/√n_in, B zero, so the model starts exactly as the base model.
+    pub fn init(cfg: &Config, rank: usize, alpha: f32, targets: &[Target], seed: u64) -> Self {
+        let mut adapter = Self::empty(cfg, rank, alpha);
+        let mut rng = Rng::new(seed);
+        for layer in 0..cfg.n_layer {
+            for &t in targets {
+                let (n_out, n_in) = adapter.shapes[t as usize];
+                let bound = 1.0 / (n_in as f64).sqrt();
+                let a: Vec<f32> = (0..rank * n_in).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+                adapter.add(layer, t, &a, &vec![0.0; n_out * rank]);
+            }
+        }
+        adapter
+    }
+
+    /// Appends the update (A, B) of `target` in `layer`.
+    fn add(&mut self, layer: usize, target: Target, a: &[f32], b: &[f32]) {
+        let a0 = self.values.len();
+        self.values.extend_from_slice(a);
+        self.values.extend_from_slice(b);
+        self.slots[layer][target as usize] = Some((a0, a0 + a.len()));
+    }
+
     /// `α / r`, the factor llama.cpp and PEFT apply to `B · A`.
     pub fn scale(&self) -> f32 {
         self.alpha / self.rank as f32
     }
 
-    pub fn pair(&self, layer: usize, target: Target) -> Option<&LoraPair> {
-        self.layers.get(layer).and_then(|l| l[target as usize].as_ref())
+    /// Where A and B of `target` in `layer` sit in `values`, if that weight is adapted.
+    pub fn ranges(&self, layer: usize, target: Target) -> Option<(Range<usize>, Range<usize>)> {
+        let (a0, b0) = self.slots.get(layer)?[target as usize]?;
+        let (n_out, n_in) = self.shapes[target as usize];
+        Some((a0..a0 + self.rank * n_in, b0..b0 + n_out * self.rank))
+    }
+
+    /// (A, B) of `target` in `layer`, if adapted.
+    pub fn pair(&self, layer: usize, target: Target) -> Option<(&[f32], &[f32])> {
+        let (a, b) = self.ranges(layer, target)?;
+        Some((&self.values[a], &self.values[b]))
+    }
+
+    /// Every adapted (layer, target) with the ranges of its A and B in `values`.
+    pub fn tensors(&self) -> Vec<(usize, Target, Range<usize>, Range<usize>)> {
+        let all = (0..self.slots.len()).flat_map(|l| Target::ALL.map(|t| (l, t)));
+        all.filter_map(|(l, t)| self.ranges(l, t).map(|(a, b)| (l, t, a, b))).collect()
     }
 
     /// Writes the adapter as a GGUF LoRA file for a base model of `architecture`.
@@ -128,15 +182,11 @@ impl Adapter {
         w.add("general.name", Value::String(name.into()));
         w.add("adapter.type", Value::String("lora".into()));
         w.add("adapter.lora.alpha", Value::F32(self.alpha));
-        for (layer, pairs) in self.layers.iter().enumerate() {
-            for t in Target::ALL {
-                if let Some(p) = &pairs[t as usize] {
-                    let (n_in, n_out) = (p.a.len() / self.rank, p.b.len() / self.rank);
-                    let base = format!("blk.{layer}.{}.weight", t.tensor());
-                    w.add_f32(format!("{base}.lora_a"), &[n_in as u64, self.rank as u64], &p.a);
-                    w.add_f32(format!("{base}.lora_b"), &[self.rank as u64, n_out as u64], &p.b);
-                }
-            }
+        for (layer, t, a, b) in self.tensors() {
+            let (n_out, n_in) = self.shapes[t as usize];
+            let base = format!("blk.{layer}.{}.weight", t.tensor());
+            w.add_f32(format!("{base}.lora_a"), &[n_in as u64, self.rank as u64], &self.values[a]);
+            w.add_f32(format!("{base}.lora_b"), &[self.rank as u64, n_out as u64], &self.values[b]);
         }
         w
     }
@@ -154,7 +204,7 @@ impl Adapter {
             return Err(bad(format!("made for a {arch} model, this model is {}", cfg.architecture)));
         }
         let alpha = file.get_f64("adapter.lora.alpha")?.unwrap_or(0.0) as f32;
-        let mut layers: Vec<[Option<LoraPair>; 7]> = (0..cfg.n_layer).map(|_| Default::default()).collect();
+        let mut adapter = Self::empty(cfg, 0, alpha);
         let mut rank = None;
         for info in file.tensors() {
             let Some((base, part)) = info.name.rsplit_once(".lora_") else {
@@ -198,13 +248,14 @@ impl Adapter {
                 }
                 Ok(v)
             };
-            let pair = LoraPair { a: read(info, r * n_in)?, b: read(b_info, n_out * r)? };
-            layers[layer][target as usize] = Some(pair);
+            adapter.add(layer, target, &read(info, r * n_in)?, &read(b_info, n_out * r)?);
         }
-        let rank = rank.ok_or_else(|| bad("holds no LoRA tensors".into()))?;
+        adapter.rank = rank.ok_or_else(|| bad("holds no LoRA tensors".into()))?;
         // llama.cpp treats alpha 0 as "scale 1".
-        let alpha = if alpha == 0.0 { rank as f32 } else { alpha };
-        Ok(Self { rank, alpha, layers })
+        if alpha == 0.0 {
+            adapter.alpha = adapter.rank as f32;
+        }
+        Ok(adapter)
     }
 }
 
@@ -288,7 +339,7 @@ pub fn merge(
     }
     for info in file.tensors() {
         let base = info.name.strip_suffix(".weight").and_then(|b| parse_base(&format!("{b}.weight"), cfg.n_layer));
-        let pairs: Vec<(&LoraPair, f32, usize)> = match base {
+        let pairs: Vec<_> = match base {
             Some((layer, t)) => {
                 adapters.iter().filter_map(|(a, s)| a.pair(layer, t).map(|p| (p, a.scale() * s, a.rank))).collect()
             }
@@ -301,9 +352,9 @@ pub fn merge(
         let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
         let mut weight = vec![0f32; n_in * n_out];
         crate::kernels::dequantize(info.dtype, file.tensor_bytes(info), &mut weight);
-        for (p, scale, r) in pairs {
-            let b: Vec<f32> = p.b.iter().map(|v| v * scale).collect();
-            gemm_nn(n_out, n_in, r, Mat { data: &b, ld: r }, Mat { data: &p.a, ld: n_in }, &mut weight, n_in, true);
+        for ((a, b), scale, r) in pairs {
+            let b: Vec<f32> = b.iter().map(|v| v * scale).collect();
+            gemm_nn(n_out, n_in, r, Mat { data: &b, ld: r }, Mat { data: a, ld: n_in }, &mut weight, n_in, true);
         }
         let (dtype, bytes) = match quant {
             Some(q) => (q, quantize(q, &weight)),

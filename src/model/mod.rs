@@ -19,7 +19,7 @@ pub mod weights;
 pub use config::{Config, Family, Recipe, RopeScaling};
 pub use device::{Device, DeviceError, DeviceRequest};
 pub use kv_cache::KvCache;
-pub use lora::{Adapter, LoraPair, Target};
+pub use lora::{Adapter, Target};
 pub use weights::{Block, Norm, NormId, Weights};
 
 use crate::gguf::{GgmlDType, GgufError, GgufFile};

@@ -275,7 +275,7 @@ pub fn distill(
     let identity = job_identity(job);
 
     let mut lora = LoraParams::for_model(student.cfg(), cfg.rank, cfg.alpha, &cfg.layers, cfg.seed);
-    let mut optim = AdamW::new(lora.values.len());
+    let mut optim = AdamW::new(lora.adapter.values.len());
     let mut state =
         CheckpointState { job: identity.clone(), step: 0, curve: Vec::new(), train_seconds: 0.0, tokens: 0 };
     if resume {
@@ -287,16 +287,17 @@ pub fn distill(
                 job.checkpoint.display()
             )));
         }
-        if ck.params.len() != lora.values.len() {
+        if ck.params.len() != lora.adapter.values.len() {
             return Err(TrainError::Invalid("checkpoint parameters do not fit these adapters".into()));
         }
-        lora.values = ck.params;
+        lora.adapter.values = ck.params;
         optim = ck.optim;
         state = ck.state;
     }
 
     let save = |lora: &LoraParams, optim: &AdamW, state: &CheckpointState| {
-        Checkpoint { state: state.clone(), params: lora.values.clone(), optim: optim.clone() }.save(&job.checkpoint)
+        Checkpoint { state: state.clone(), params: lora.adapter.values.clone(), optim: optim.clone() }
+            .save(&job.checkpoint)
     };
     let eval_now = |lora: &mut LoraParams| -> Result<Option<EvalResult>, TrainError> {
         job.eval.map(|f| evaluate(&student, lora, f, cfg)).transpose()
@@ -322,8 +323,7 @@ pub fn distill(
             tokens += w.len;
         }
         let lr = learning_rate(&cfg.optim, state.step, total);
-        let LoraParams { values, grads, .. } = &mut lora;
-        optim.step(&cfg.optim, lr, values, grads);
+        optim.step(&cfg.optim, lr, &mut lora.adapter.values, &mut lora.grads);
         state.step += 1;
         ran += 1;
         state.train_seconds += t0.elapsed().as_secs_f64();

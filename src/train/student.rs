@@ -8,67 +8,24 @@
 use super::frozen::Frozen;
 use super::tape::{Id, Sequence, Tape};
 use super::TrainError;
-use crate::model::{graph, Adapter, Config, LoraPair, Model, Target};
-use crate::rng::Rng;
+use crate::model::{graph, Adapter, Config, Model, Target};
 use crate::threads::for_each_mut;
 
-/// The trainable parameters: A and B of every adapted weight, flat, with their gradients.
+/// The trainable parameters: an adapter (its A and B already one flat vector) and the
+/// gradient of every value.
 #[derive(Debug, Clone)]
 pub struct LoraParams {
-    pub rank: usize,
-    pub alpha: f32,
-    pub targets: Vec<Target>,
-    /// Offsets of (A, B) in `values` per layer and `Target as usize`.
-    slots: Vec<[Option<(usize, usize)>; 7]>,
-    /// (n_out, n_in) per `Target as usize`.
-    shapes: [(usize, usize); 7],
-    pub values: Vec<f32>,
+    pub adapter: Adapter,
+    /// By the adapter's `values`.
     pub grads: Vec<f32>,
 }
 
 impl LoraParams {
-    /// Fresh adapters for every layer of a model of `cfg`.
+    /// Fresh adapters for `targets` in every layer of a model of `cfg` (see
+    /// [`Adapter::init`]), with zero gradients.
     pub fn for_model(cfg: &Config, rank: usize, alpha: f32, targets: &[Target], seed: u64) -> Self {
-        Self::new(cfg.n_layer, Target::ALL.map(|t| t.shape(cfg)), rank, alpha, targets, seed)
-    }
-
-    /// Fresh adapters as PEFT initialises them: A uniform in ±1/√n_in, B zero (so the
-    /// student starts exactly as the base model). `shapes` are (n_out, n_in) per target.
-    pub fn new(
-        n_layer: usize,
-        shapes: [(usize, usize); 7],
-        rank: usize,
-        alpha: f32,
-        targets: &[Target],
-        seed: u64,
-    ) -> Self {
-        let mut slots = vec![[None; 7]; n_layer];
-        let mut values = Vec::new();
-        let mut rng = Rng::new(seed);
-        for layer_slots in slots.iter_mut() {
-            for &t in targets {
-                let (n_out, n_in) = shapes[t as usize];
-                let a0 = values.len();
-                let bound = 1.0 / (n_in as f64).sqrt();
-                values.extend((0..rank * n_in).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32));
-                let b0 = values.len();
-                values.resize(b0 + n_out * rank, 0.0);
-                layer_slots[t as usize] = Some((a0, b0));
-            }
-        }
-        let grads = vec![0.0; values.len()];
-        Self { rank, alpha, targets: targets.to_vec(), slots, shapes, values, grads }
-    }
-
-    pub fn scale(&self) -> f32 {
-        self.alpha / self.rank as f32
-    }
-
-    /// (A, B) of `target` in `layer`, if adapted.
-    pub fn pair(&self, layer: usize, target: Target) -> Option<(&[f32], &[f32])> {
-        let (a0, b0) = self.slots[layer][target as usize]?;
-        let (n_out, n_in) = self.shapes[target as usize];
-        Some((&self.values[a0..a0 + self.rank * n_in], &self.values[b0..b0 + n_out * self.rank]))
+        let adapter = Adapter::init(cfg, rank, alpha, targets, seed);
+        Self { grads: vec![0.0; adapter.values.len()], adapter }
     }
 
     /// (A, B) of `target` in `layer` and their gradients, if adapted.
@@ -78,38 +35,10 @@ impl LoraParams {
         layer: usize,
         target: Target,
     ) -> Option<((&[f32], &[f32]), (&mut [f32], &mut [f32]))> {
-        let (a, b) = self.grad_ranges(layer, target)?;
+        let (a, b) = self.adapter.ranges(layer, target)?;
         assert_eq!(a.end, b.start, "B follows its A");
         let (grad_a, grad_b) = self.grads[a.start..b.end].split_at_mut(a.len());
-        Some(((&self.values[a], &self.values[b]), (grad_a, grad_b)))
-    }
-
-    fn grad_ranges(&self, layer: usize, target: Target) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
-        let (a0, b0) = self.slots[layer][target as usize]?;
-        let (n_out, n_in) = self.shapes[target as usize];
-        Some((a0..a0 + self.rank * n_in, b0..b0 + n_out * self.rank))
-    }
-
-    /// The adapter these parameters describe.
-    pub fn to_adapter(&self) -> Adapter {
-        let layers = (0..self.slots.len())
-            .map(|l| Target::ALL.map(|t| self.pair(l, t).map(|(a, b)| LoraPair { a: a.to_vec(), b: b.to_vec() })))
-            .collect();
-        Adapter { rank: self.rank, alpha: self.alpha, layers }
-    }
-
-    /// Which (layer, target) each stretch of `values` belongs to, in order (for tests and
-    /// reports).
-    pub fn tensors(&self) -> Vec<(usize, Target, std::ops::Range<usize>, std::ops::Range<usize>)> {
-        let mut out = Vec::new();
-        for l in 0..self.slots.len() {
-            for t in Target::ALL {
-                if let Some((a, b)) = self.grad_ranges(l, t) {
-                    out.push((l, t, a, b));
-                }
-            }
-        }
-        out
+        Some(((&self.adapter.values[a], &self.adapter.values[b]), (grad_a, grad_b)))
     }
 }
 

@@ -194,7 +194,7 @@ impl Tape {
                 Op::Linear { x, layer, target, u } => {
                     let mut dx = grads.take(*x);
                     seq.frozen.backward(seq.model.weights().blocks[*layer].weight(*target), &dy, n, &mut dx)?;
-                    let scale = lora.scale();
+                    let scale = lora.adapter.scale();
                     if let Some((pair, grads_of_pair)) = lora.pair_and_grads(*layer, *target) {
                         lora_backward(pair, grads_of_pair, scale, self.value(*x), u, &dy, n, &mut dx);
                     }
@@ -304,8 +304,8 @@ impl Ops for Recorder<'_> {
             let mut y = vec![0f32; n * w.rows];
             self.seq.frozen.forward(w, xv, n, &mut y)?;
             let mut u = Vec::new();
-            if let Some((a, b)) = self.lora.pair(layer, target) {
-                lora_forward(a, b, self.lora.scale(), xv, n, &mut y, &mut u);
+            if let Some((a, b)) = self.lora.adapter.pair(layer, target) {
+                lora_forward(a, b, self.lora.adapter.scale(), xv, n, &mut y, &mut u);
             }
             outs.push(self.tape.push(Op::Linear { x, layer, target, u }, y));
         }
