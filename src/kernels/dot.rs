@@ -120,13 +120,13 @@ pub fn attend(
     let last = positions.end.saturating_sub(1) * stride + offset + d;
     assert!(out.len() == d && keys.len() >= last && values.len() >= last, "attend: shapes");
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if active().avx512 {
         // SAFETY: AVX-512F, AVX2 and FMA detected; every slice taken is in bounds (checked
         // above for the last position, and positions are increasing).
         return unsafe { attend_avx512(q, keys, values, positions, stride, offset, scale, scores, out) };
     }
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if active().avx2 {
         // SAFETY: AVX2 and FMA detected; bounds as above.
         return unsafe { attend_avx2(q, keys, values, positions, stride, offset, scale, scores, out) };
     }
@@ -171,7 +171,7 @@ pub fn attend_group(
         "attend_group: shapes"
     );
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() && head_dim.is_multiple_of(V_CHUNK) {
+    if active().avx512 && head_dim.is_multiple_of(V_CHUNK) {
         // SAFETY: AVX-512F, AVX2 and FMA detected; every row read is in bounds (checked
         // above for the last position, and positions are increasing).
         let args = (q, head_dim, keys, values, positions.clone(), stride, offset, scale);
@@ -457,7 +457,7 @@ unsafe fn dot4_avx2(q: *const f32, k: [*const f32; 4], d: usize) -> std::arch::x
 /// Softmax in place, by the fastest form this CPU has (the one attention uses).
 pub fn softmax(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if active().avx2 {
         // SAFETY: AVX2 and FMA detected.
         return unsafe { softmax_avx2(x) };
     }
@@ -535,16 +535,29 @@ pub enum Gate {
     GeluTanh,
 }
 
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+/// √(2/π), of GELU's tanh approximation.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// Both gates are `x · σ(z)`: SiLU with `z = x`, GELU-tanh with `z = 2y`,
+/// `y = √(2/π)(x + 0.044715x³)`, since `½(1 + tanh y) = σ(2y)`. Returns `z` and `dz/dx`.
+/// Written with σ, not tanh: `1 + tanh y` cancels to rounding noise for large negative `x`.
+#[inline]
+fn sigmoid_argument(act: Gate, x: f32) -> (f32, f32) {
+    match act {
+        Gate::Silu => (x, 1.0),
+        Gate::GeluTanh => {
+            (2.0 * SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x), 2.0 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * x * x))
+        }
+    }
 }
 
-/// GELU with the tanh approximation, `½x(1 + tanh y)` with `y = √(2/π)(x + 0.044715x³)`,
-/// computed as `x / (1 + e^(−2y))` (the same value): the `1 + tanh y` form cancels to
-/// rounding noise for large negative `x`.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-sigmoid_argument(Gate::Silu, x).0).exp())
+}
+
+/// GELU with the tanh approximation, `½x(1 + tanh y)` (see [`sigmoid_argument`]).
 pub fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    x / (1.0 + (-2.0 * SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).exp())
+    x / (1.0 + (-sigmoid_argument(Gate::GeluTanh, x).0).exp())
 }
 
 /// `gate[i] = act(gate[i]) · up[i]`: the feed-forward's elementwise step, which with
@@ -552,7 +565,7 @@ pub fn gelu_tanh(x: f32) -> f32 {
 pub fn gated(act: Gate, gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "gated: shapes");
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if active().avx2 {
         // SAFETY: AVX2 and FMA detected; lengths checked.
         return unsafe { gated_avx2(act, gate, up) };
     }
@@ -564,30 +577,21 @@ pub fn gated(act: Gate, gate: &mut [f32], up: &[f32]) {
 }
 
 /// Backward of [`gated`] for `y = act(gate) · up`: `dgate += dy · up · act'(gate)` and
-/// `dup += dy · act(gate)`.
+/// `dup += dy · act(gate)`, with `act(x) = x · σ(z)` and so
+/// `act'(x) = σ(z) + x · σ(z)(1 − σ(z)) · dz/dx`.
 pub fn gated_backward(act: Gate, gate: &[f32], up: &[f32], dy: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
     let n = gate.len();
     assert!(up.len() == n && dy.len() == n && dgate.len() == n && dup.len() == n, "gated_backward: shapes");
     for i in 0..n {
         let (g, u) = (gate[i], up[i]);
-        let (a, da) = match act {
-            Gate::Silu => {
-                let sig = 1.0 / (1.0 + (-g).exp());
-                (g * sig, sig * (1.0 + g * (1.0 - sig)))
-            }
-            Gate::GeluTanh => {
-                const C: f32 = 0.797_884_6;
-                let t = (C * (g + 0.044_715 * g * g * g)).tanh();
-                (0.5 * g * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044_715 * g * g))
-            }
-        };
-        dgate[i] += dy[i] * u * da;
-        dup[i] += dy[i] * a;
+        let (z, dz) = sigmoid_argument(act, g);
+        let s = 1.0 / (1.0 + (-z).exp());
+        dgate[i] += dy[i] * u * (s + g * s * (1.0 - s) * dz);
+        dup[i] += dy[i] * g * s;
     }
 }
 
-/// Both gates as `x / (1 + e^z)`: SiLU with `z = −x`, and GELU-tanh with
-/// `z = −2·√(2/π)·(x + 0.044715·x³)`, since `½(1 + tanh y) = 1 / (1 + e^(−2y))`.
+/// Both gates as `x / (1 + e^(−z))` with [`sigmoid_argument`]'s `z`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gated_avx2(act: Gate, gate: &mut [f32], up: &[f32]) {
@@ -601,7 +605,7 @@ unsafe fn gated_avx2(act: Gate, gate: &mut [f32], up: &[f32]) {
             Gate::GeluTanh => {
                 let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
                 let inner = _mm256_fmadd_ps(_mm256_set1_ps(0.044_715), x3, x);
-                _mm256_mul_ps(_mm256_set1_ps(-2.0 * 0.797_884_6), inner)
+                _mm256_mul_ps(_mm256_set1_ps(-2.0 * SQRT_2_OVER_PI), inner)
             }
         };
         let act_x = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), exp8(z)));
@@ -614,17 +618,6 @@ unsafe fn gated_avx2(act: Gate, gate: &mut [f32], up: &[f32]) {
     gate[n..].iter_mut().zip(&up[n..]).for_each(|(g, u)| *g = f(*g) * u);
 }
 
-/// Whether the 512-bit attention kernels can run (AVX-512 F, with AVX2 and FMA).
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    active().avx512
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    active().avx2
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,7 +627,7 @@ mod tests {
     fn simd_axpy_and_softmax_match_scalar() {
         for n in [1, 7, 8, 64, 129] {
             let x: Vec<f32> = (0..n).map(|i| ((i * 29 % 53) as f32 - 26.0) / 3.0).collect();
-            if !has_avx2() {
+            if !active().avx2 {
                 continue;
             }
             let (mut a, mut b) = (vec![0.5f32; n], vec![0.5f32; n]);
@@ -682,9 +675,9 @@ mod tests {
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "attend d=64: {a} vs {b}");
         }
-        if has_avx512() {
+        if active().avx512 {
             // The dispatcher took the 512-bit form: check the 256-bit one too.
-            // SAFETY: AVX2 and FMA detected (implied by has_avx512); shapes as above.
+            // SAFETY: AVX2 and FMA detected (implied by AVX-512 in a feature set); shapes as above.
             unsafe { attend_avx2(&q, &kv, &kv[1..], 3..38, stride, offset, 0.125, &mut scores, &mut out) };
             for (a, b) in out.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "attend_avx2 d=64: {a} vs {b}");
@@ -715,7 +708,7 @@ mod tests {
         }
         // Extreme spreads underflow to zero instead of producing NaN.
         let mut wide = vec![0.0, -200.0, 50.0, -1e30, 3.0, 2.0, 1.0, 0.5, 0.25];
-        if has_avx2() {
+        if active().avx2 {
             // SAFETY: AVX2 and FMA detected.
             unsafe { softmax_avx2(&mut wide) };
         } else {
