@@ -123,7 +123,17 @@ fn check_quad(dtype: GgmlDType, w: &[u8], row_bytes: usize, x: &[Q8Block], strid
 /// features were found in the [`Features`] set the caller passes, which is never wider
 /// than what the CPU has ([`features::active`]); the lengths are checked first.
 macro_rules! checked_kernel {
-    ($dtype:ident, $one:path, $tile:path, $shared:expr) => {
+    ($dtype:ident, $one:path, $tile:path) => {
+        checked_kernel!(@ $dtype, $one, $tile, None)
+    };
+    // With a single-token form for shared-scale activations (the K-quants).
+    ($dtype:ident, $one:path, $tile:path, $shared:path) => {
+        checked_kernel!(@ $dtype, $one, $tile, Some(|w, x| {
+            check_row(GgmlDType::$dtype, w, x.len());
+            unsafe { $shared(w, x) }
+        }))
+    };
+    (@ $dtype:ident, $one:path, $tile:path, $shared:expr) => {
         Kernel {
             one: |w, x| {
                 check_row(GgmlDType::$dtype, w, x.len());
@@ -181,41 +191,14 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
         ($m:ident) => {{
             use avx2::$m as k;
             match dtype {
-                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile, None),
-                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile, None),
-                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile, None),
-                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile, None),
-                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile, None),
-                GgmlDType::Q4K => checked_kernel!(
-                    Q4K,
-                    k::q4_k,
-                    k::q4_k_tile,
-                    Some(|w, x| {
-                        check_row(GgmlDType::Q4K, w, x.len());
-                        // SAFETY: as in `checked_kernel`.
-                        unsafe { k::q4_k_shared(w, x) }
-                    })
-                ),
-                GgmlDType::Q5K => checked_kernel!(
-                    Q5K,
-                    k::q5_k,
-                    k::q5_k_tile,
-                    Some(|w, x| {
-                        check_row(GgmlDType::Q5K, w, x.len());
-                        // SAFETY: as in `checked_kernel`.
-                        unsafe { k::q5_k_shared(w, x) }
-                    })
-                ),
-                GgmlDType::Q6K => checked_kernel!(
-                    Q6K,
-                    k::q6_k,
-                    k::q6_k_tile,
-                    Some(|w, x| {
-                        check_row(GgmlDType::Q6K, w, x.len());
-                        // SAFETY: as in `checked_kernel`.
-                        unsafe { k::q6_k_shared(w, x) }
-                    })
-                ),
+                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile),
+                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile),
+                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile),
+                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile),
+                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile),
+                GgmlDType::Q4K => checked_kernel!(Q4K, k::q4_k, k::q4_k_tile, k::q4_k_shared),
+                GgmlDType::Q5K => checked_kernel!(Q5K, k::q5_k, k::q5_k_tile, k::q5_k_shared),
+                GgmlDType::Q6K => checked_kernel!(Q6K, k::q6_k, k::q6_k_tile, k::q6_k_shared),
                 _ => return None,
             }
         }};
@@ -267,11 +250,11 @@ fn arm_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
         ($m:ident) => {{
             use neon::$m as k;
             match dtype {
-                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile, None),
-                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile, None),
-                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile, None),
-                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile, None),
-                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile, None),
+                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile),
+                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile),
+                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile),
+                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile),
+                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile),
                 _ => return None,
             }
         }};
