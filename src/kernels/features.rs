@@ -112,31 +112,23 @@ pub fn limited_to<R>(limit: Features, f: impl FnOnce() -> R) -> R {
 /// Every extension the CPU reports that matters to LLM kernels (a superset of what
 /// pupil uses), for benchmark rows and reports.
 pub fn names() -> Vec<&'static str> {
-    #[allow(unused_mut)]
-    let mut found = Vec::new();
+    // `has!` is the architecture's detection macro, imported under that name below.
+    #[allow(unused_macros)]
+    macro_rules! present {
+        ($($f:tt),*) => { [$(($f, has!($f))),*].into_iter().filter(|&(_, on)| on).map(|(f, _)| f).collect() };
+    }
     #[cfg(target_arch = "x86_64")]
     {
-        macro_rules! probe {
-            ($($f:tt),*) => {$(
-                if std::arch::is_x86_feature_detected!($f) {
-                    found.push($f);
-                }
-            )*};
-        }
-        probe!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni");
+        use std::arch::is_x86_feature_detected as has;
+        present!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni")
     }
     #[cfg(target_arch = "aarch64")]
     {
-        macro_rules! probe {
-            ($($f:tt),*) => {$(
-                if std::arch::is_aarch64_feature_detected!($f) {
-                    found.push($f);
-                }
-            )*};
-        }
-        probe!("neon", "dotprod", "i8mm", "fp16");
+        use std::arch::is_aarch64_feature_detected as has;
+        present!("neon", "dotprod", "i8mm", "fp16")
     }
-    found
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    Vec::new()
 }
 
 #[cfg(test)]
