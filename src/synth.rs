@@ -167,10 +167,7 @@ impl SynthModel {
         let mut w = GgufWriter::new();
         let head_dim = self.n_embd / self.n_head;
         let u32v = |v: usize| Value::U32(v as u32);
-        let arch = match self.family {
-            Family::Llama => "llama",
-            Family::Gemma3 => "gemma3",
-        };
+        let arch = self.family.architecture();
         let key = |k: &str| format!("{arch}.{k}");
         w.add("general.architecture", Value::String(arch.into()))
             .add("general.name", Value::String(self.name.clone()))

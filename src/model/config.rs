@@ -28,6 +28,18 @@ pub enum Family {
     Gemma3,
 }
 
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Llama, Family::Gemma3];
+
+    /// `general.architecture` of the family's files.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Gemma3 => "gemma3",
+        }
+    }
+}
+
 /// What a family's layers are made of, beyond the steps every family shares: the one place
 /// that says how the families differ. The layer graph (`graph.rs`) runs these steps; the
 /// weight loader reads the tensors they need.
@@ -94,10 +106,8 @@ const MAX_DIM: u64 = 1 << 20;
 impl Config {
     pub fn from_gguf(file: &GgufFile) -> Result<Self, ModelError> {
         let arch = file.require_str("general.architecture")?.to_string();
-        let family = match arch.as_str() {
-            "llama" => Family::Llama,
-            "gemma3" => Family::Gemma3,
-            _ => return Err(ModelError::UnsupportedArchitecture(arch)),
+        let Some(family) = Family::ALL.into_iter().find(|f| f.architecture() == arch) else {
+            return Err(ModelError::UnsupportedArchitecture(arch));
         };
         let key = |k: &str| format!("{arch}.{k}");
         let dim = |k: &str| -> Result<usize, ModelError> {
