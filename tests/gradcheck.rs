@@ -97,7 +97,7 @@ fn attention_backward_matches_finite_differences() {
         let run = |q: &[f32], k: &[f32], v: &[f32]| {
             let mut probs = vec![0f32; heads.n_head * t_len * t_len];
             let mut out = vec![0f32; q.len()];
-            causal(q, k, v, 0, heads, window, &mut out, Some(&mut probs));
+            causal(q, k, v, 0, heads, window, &mut out, Some(&mut probs), pupil::kernels::Batching::Tiled);
             (probs, out)
         };
         let (probs, _) = run(&q, &k, &v);

@@ -170,6 +170,7 @@ fn f32_cases(rng: &mut Rng) -> Vec<Case> {
     use pupil::kernels::dot::{gated, softmax, Gate};
     use pupil::kernels::norm::rms_norm;
     use pupil::kernels::rope::{rope, rope_tables, RopeStyle};
+    use pupil::kernels::Batching;
 
     let mut cases = Vec::new();
     let eps = 1e-5f32;
@@ -269,7 +270,7 @@ fn f32_cases(rng: &mut Rng) -> Vec<Case> {
             bound,
             cpu: Box::new(move || {
                 let mut out = vec![0f32; q.len()];
-                causal(&q, &k, &v, pos0, h, window, &mut out, None);
+                causal(&q, &k, &v, pos0, h, window, &mut out, None, Batching::Tiled);
                 out
             }),
             #[cfg(feature = "gpu")]

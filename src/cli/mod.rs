@@ -145,6 +145,11 @@ pub struct SamplingArgs {
     /// Context size in tokens (clamped to the model's trained context).
     #[arg(short = 'c', long, default_value_t = 4096)]
     pub ctx_size: usize,
+    /// Speculative decoding by prompt lookup: draft up to N tokens per step from text that
+    /// already occurred (0: off). The output is the same as without; tasks that repeat
+    /// their context (rewriting, editing code) decode faster.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub lookup: usize,
 }
 
 impl SamplingArgs {

@@ -175,6 +175,9 @@ pub struct CompleteArgs {
     /// Treat special-token text in the prompt as plain text.
     #[arg(long)]
     pub no_special: bool,
+    /// Send the prompt as one user message, rendered with the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
     /// Print one JSON object {prompt_ids, ids, text, stop, timings} instead of streaming.
     #[arg(long)]
     pub json: bool,
@@ -200,8 +203,10 @@ pub fn complete(a: CompleteArgs, exec: super::Exec) -> anyhow::Result<()> {
     if a.verbose {
         report_load(&rt);
     }
-    let prompt_ids = rt.tokenizer.encode_prompt(&prompt, !a.no_special)?;
+    let prompt = if a.chat { rt.template.render(&[Message::new("user", prompt)], true)? } else { prompt };
+    let prompt_ids = rt.tokenizer.encode_prompt(&prompt, !a.no_special || a.chat)?;
     let mut session = Session::new(&rt, a.sampling.ctx_size)?;
+    session.set_lookup(a.sampling.lookup)?;
     let mut stdout = std::io::stdout().lock();
     let stream = !a.json;
     let generation = session.generate(&prompt_ids, a.sampling.max_tokens, &mut sampler, |piece| {
@@ -221,6 +226,7 @@ pub fn complete(a: CompleteArgs, exec: super::Exec) -> anyhow::Result<()> {
                 "load_ms": rt.load_time.as_secs_f64() * 1000.0,
                 "prompt_tokens": t.prompt_tokens, "prompt_ms": t.prompt_ms, "prompt_tps": t.prompt_tps(),
                 "generated_tokens": t.generated_tokens, "generation_ms": t.generation_ms, "generation_tps": t.generation_tps(),
+                "drafted_tokens": t.drafted_tokens, "accepted_tokens": t.accepted_tokens,
             },
         });
         writeln!(stdout, "{out}")?;
@@ -251,8 +257,18 @@ fn report_load(rt: &Runtime) {
 
 fn report_generation(rt: &Runtime, g: &Generation, n_ctx: usize) {
     let t = &g.timings;
+    let lookup = if t.drafted_tokens > 0 {
+        format!(
+            " (lookup: {} of {} drafted tokens kept, {:.0} %)",
+            t.accepted_tokens,
+            t.drafted_tokens,
+            100.0 * t.acceptance()
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "pupil: load {:.0} ms | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | stop: {}",
+        "pupil: load {:.0} ms | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s{lookup} | stop: {}",
         rt.load_time.as_secs_f64() * 1000.0,
         t.prompt_tokens,
         t.prompt_tps(),
@@ -296,6 +312,7 @@ pub fn chat(a: ChatArgs, exec: super::Exec) -> anyhow::Result<()> {
     let mut sampler = Sampler::new(a.sampling.sampler_config()?);
     let rt = a.adapters.load(&a.model.model, exec)?;
     let mut session = Session::new(&rt, a.sampling.ctx_size)?;
+    session.set_lookup(a.sampling.lookup)?;
     let interactive = std::io::stdin().is_terminal();
     let system: Vec<Message> = a.system.iter().map(|s| Message::new("system", s.clone())).collect();
     let mut history: Vec<Message> = Vec::new();

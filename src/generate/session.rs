@@ -3,12 +3,21 @@
 //! The session remembers which tokens its cache holds. A new prompt that starts with
 //! them (the next chat turn re-rendered from the template, say) only runs the new
 //! suffix; anything after the first difference is recomputed.
+//!
+//! With prompt lookup on ([`Session::set_lookup`]) decoding is speculative: tokens guessed
+//! from earlier context ([`lookup`](super::lookup)) run through the model together with
+//! the token just chosen, in one pass that reads the weights once, and each is kept only
+//! if the sampler, given that pass's logits, chooses it. The pass computes every token
+//! with decode's own arithmetic ([`Batching::AsDecode`]) and the sampler draws once per
+//! kept token, as plain decoding does, so the text is exactly what plain decoding
+//! produces with the same settings and seed; it only arrives sooner.
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::{Runtime, Sampler};
+use crate::kernels::Batching;
 use crate::model::{KvCache, ModelError};
 use crate::tokenizer::TokenizerError;
 
@@ -30,6 +39,8 @@ pub enum GenerationError {
     VocabularyMismatch,
     #[error("prompt has {prompt} tokens but the context holds {n_ctx} (raise --ctx-size or shorten it)")]
     PromptTooLong { prompt: usize, n_ctx: usize },
+    #[error("speculative decoding runs on the CPU only: the {0} backend's batched kernels round differently from its single-token ones, so drafts could change the text")]
+    SpeculationOnDevice(crate::model::Device),
 }
 
 /// Why generation ended.
@@ -50,6 +61,9 @@ pub struct Timings {
     pub prompt_ms: f64,
     pub generated_tokens: usize,
     pub generation_ms: f64,
+    /// Tokens drafted by prompt lookup, and how many of them were kept.
+    pub drafted_tokens: usize,
+    pub accepted_tokens: usize,
 }
 
 impl Timings {
@@ -58,6 +72,10 @@ impl Timings {
     }
     pub fn generation_tps(&self) -> f64 {
         per_second(self.generated_tokens, self.generation_ms)
+    }
+    /// The share of drafted tokens kept (0 when none were drafted).
+    pub fn acceptance(&self) -> f64 {
+        self.accepted_tokens as f64 / self.drafted_tokens.max(1) as f64
     }
 }
 
@@ -88,13 +106,25 @@ pub struct Session<'r> {
     cache: KvCache,
     /// Tokens whose keys and values are in `cache`, in order.
     cached: Vec<u32>,
+    /// The most tokens prompt lookup drafts per step (0: plain decoding).
+    lookup: usize,
 }
 
 impl<'r> Session<'r> {
     /// A session with a context of `n_ctx` positions (clamped to the model's trained
     /// context).
     pub fn new(rt: &'r Runtime, n_ctx: usize) -> Result<Self, GenerationError> {
-        Ok(Self { rt, cache: rt.model.new_cache(n_ctx)?, cached: Vec::new() })
+        Ok(Self { rt, cache: rt.model.new_cache(n_ctx)?, cached: Vec::new(), lookup: 0 })
+    }
+
+    /// Drafts up to `draft_max` tokens per step by prompt lookup (0: off).
+    pub fn set_lookup(&mut self, draft_max: usize) -> Result<(), GenerationError> {
+        let device = self.rt.model.device();
+        if draft_max > 0 && !device.is_cpu() {
+            return Err(GenerationError::SpeculationOnDevice(device));
+        }
+        self.lookup = draft_max;
+        Ok(())
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -144,6 +174,25 @@ impl<'r> Session<'r> {
         Ok(self.rt.pool.install(|| model.logits(last))?)
     }
 
+    /// Runs `tokens` after what the cache holds, each with decode's arithmetic; returns
+    /// the logits after every one of them (`tokens.len() × n_vocab`).
+    fn feed_as_decode(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GenerationError> {
+        let model = &self.rt.model;
+        let cache = &mut self.cache;
+        let logits = self.rt.pool.install(|| {
+            let hidden = model.forward_with(tokens, cache, Batching::AsDecode)?;
+            model.logits_with(hidden, Batching::AsDecode)
+        })?;
+        self.cached.extend_from_slice(tokens);
+        Ok(logits)
+    }
+
+    /// Forgets the cached positions from `len` on.
+    fn truncate(&mut self, len: usize) {
+        self.cache.truncate(len);
+        self.cached.truncate(len);
+    }
+
     /// Continues `prompt` for at most `max_tokens` tokens, calling `on_text` with each
     /// piece of text as soon as it forms complete UTF-8.
     pub fn generate(
@@ -151,49 +200,113 @@ impl<'r> Session<'r> {
         prompt: &[u32],
         max_tokens: usize,
         sampler: &mut Sampler,
-        mut on_text: impl FnMut(&str),
+        on_text: impl FnMut(&str),
     ) -> Result<Generation, GenerationError> {
-        let tok = &self.rt.tokenizer;
         let t0 = Instant::now();
         let mut logits = self.prefill(prompt)?;
         let mut timings = Timings { prompt_tokens: prompt.len(), prompt_ms: ms(t0.elapsed()), ..Timings::default() };
 
         let t1 = Instant::now();
-        let mut ids = Vec::new();
-        let mut text = Utf8Stream::default();
-        let mut out = String::new();
-        let mut history: Vec<u32> = prompt.to_vec();
-        let stop = loop {
-            if ids.len() >= max_tokens {
+        let n_vocab = self.rt.model.cfg.n_vocab;
+        let mut out = Output {
+            history: prompt.to_vec(),
+            ids: Vec::new(),
+            text: Utf8Stream::default(),
+            out: String::new(),
+            on_text,
+        };
+        let mut draft = Vec::new();
+        // Draft length adapts to how well drafts do: longer after a fully kept draft,
+        // shorter after a miss (a missed token costs its share of the verifying pass).
+        let mut draft_len = self.lookup.min(4);
+        // A token the sampler chose while checking a draft, not yet emitted.
+        let mut chosen: Option<u32> = None;
+        let stop = 'decode: loop {
+            if out.ids.len() >= max_tokens {
                 break StopReason::MaxTokens;
             }
-            let id = sampler.sample(&mut logits, &history);
-            if tok.is_end_of_generation(id) {
-                break StopReason::EndOfGeneration;
-            }
-            ids.push(id);
-            history.push(id);
-            let piece = text.push(tok.token_bytes(id)?);
-            if !piece.is_empty() {
-                on_text(&piece);
-                out.push_str(&piece);
-            }
-            if ids.len() >= max_tokens {
-                break StopReason::MaxTokens;
+            let id = match chosen.take() {
+                Some(id) => id,
+                None => sampler.sample(&mut logits, &out.history),
+            };
+            if let Some(stop) = out.emit(self.rt, id, max_tokens)? {
+                break stop;
             }
             if self.cached.len() >= self.cache.n_ctx() {
                 break StopReason::ContextFull;
             }
-            logits = self.feed(&[id])?;
+            // Room for the draft: within the token budget, and in the context after `id`.
+            let room = (max_tokens - out.ids.len()).min(self.cache.n_ctx() - self.cached.len() - 1);
+            super::lookup::draft(&out.history, draft_len.min(room), &mut draft);
+            if draft.is_empty() {
+                logits = self.feed(&[id])?;
+                continue;
+            }
+            let base = self.cached.len();
+            let mut batch = Vec::with_capacity(draft.len() + 1);
+            batch.push(id);
+            batch.extend_from_slice(&draft);
+            let mut all = self.feed_as_decode(&batch)?;
+            timings.drafted_tokens += draft.len();
+            // Keep drafted tokens while the sampler, at each, picks the token drafted.
+            let mut kept = 0;
+            for (&guess, row) in draft.iter().zip(all.chunks_exact_mut(n_vocab)) {
+                let pick = sampler.sample(row, &out.history);
+                if pick != guess {
+                    chosen = Some(pick);
+                    break;
+                }
+                timings.accepted_tokens += 1;
+                if let Some(stop) = out.emit(self.rt, pick, max_tokens)? {
+                    self.truncate(base + 1 + kept);
+                    break 'decode stop;
+                }
+                kept += 1;
+            }
+            self.truncate(base + 1 + kept);
+            if kept == draft.len() {
+                logits = all.split_off(kept * n_vocab);
+                draft_len = (draft_len + 2).min(self.lookup);
+            } else {
+                draft_len = draft_len.saturating_sub(1).max(1);
+            }
         };
-        let tail = text.finish();
-        if !tail.is_empty() {
-            on_text(&tail);
-            out.push_str(&tail);
-        }
-        timings.generated_tokens = ids.len();
+        let tail = out.text.finish();
+        out.piece(tail);
+        timings.generated_tokens = out.ids.len();
         timings.generation_ms = ms(t1.elapsed());
-        Ok(Generation { ids, text: out, stop, timings })
+        Ok(Generation { ids: out.ids, text: out.out, stop, timings })
+    }
+}
+
+/// What generation has produced so far, and where its text goes.
+struct Output<F> {
+    /// The prompt and the tokens generated: what the sampler's penalty and the drafter see.
+    history: Vec<u32>,
+    ids: Vec<u32>,
+    text: Utf8Stream,
+    out: String,
+    on_text: F,
+}
+
+impl<F: FnMut(&str)> Output<F> {
+    /// Takes the chosen token `id`; says why generation stops if it does.
+    fn emit(&mut self, rt: &Runtime, id: u32, max_tokens: usize) -> Result<Option<StopReason>, GenerationError> {
+        if rt.tokenizer.is_end_of_generation(id) {
+            return Ok(Some(StopReason::EndOfGeneration));
+        }
+        self.ids.push(id);
+        self.history.push(id);
+        let piece = self.text.push(rt.tokenizer.token_bytes(id)?);
+        self.piece(piece);
+        Ok((self.ids.len() >= max_tokens).then_some(StopReason::MaxTokens))
+    }
+
+    fn piece(&mut self, piece: String) {
+        if !piece.is_empty() {
+            (self.on_text)(&piece);
+            self.out.push_str(&piece);
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! sees only the last `window` positions, itself included.
 
 use super::dot::{attend_group, dot};
+use super::Batching;
 use crate::threads::{for_each_index, DisjointMut};
 
 /// The head layout of an attention layer.
@@ -44,7 +45,8 @@ fn visible(pos: usize, window: Option<usize>) -> std::ops::Range<usize> {
 /// Attention of `n` new queries at positions `pos0..pos0 + n` over keys `k` and values
 /// `v`, which hold positions `0..pos0 + n` (their own included) and may run on (a KV cache
 /// with room for more). With `probs` (`n_head × n × (pos0 + n)`), each query's weights
-/// over the positions it sees are kept there for the backward pass.
+/// over the positions it sees are kept there for the backward pass. With
+/// [`Batching::AsDecode`] each query gets the arithmetic it would get alone.
 #[allow(clippy::too_many_arguments)]
 pub fn causal(
     q: &[f32],
@@ -55,6 +57,7 @@ pub fn causal(
     window: Option<usize>,
     out: &mut [f32],
     probs: Option<&mut [f32]>,
+    batching: Batching,
 ) {
     let (d, group, kv_dim) = (heads.head_dim, heads.group(), heads.kv_dim());
     let n = q.len() / heads.q_dim();
@@ -69,7 +72,7 @@ pub fn causal(
     // A prompt's work items are a token's whole query group (its heads share every key
     // and value row, read once for all of them); one new token, or weights to keep, split
     // by head, so a single KV head (Gemma) still keeps every thread busy.
-    let heads_per_item = if n > 1 && probs.is_none() { group } else { 1 };
+    let heads_per_item = if n > 1 && probs.is_none() && batching == Batching::Tiled { group } else { 1 };
     let item_len = heads_per_item * d;
     let n_items = out.len() / item_len;
     if let Some(p) = &probs {

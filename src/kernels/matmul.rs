@@ -17,6 +17,7 @@ use super::dequant::dequantize;
 use super::gemm::{gemm_nn, gemm_nt, Mat};
 use super::q8::{quantize_row, quantize_row_shared, Q8Block};
 use super::quant_dot::{self, Kernel, QuadKernel, QUAD_ROWS, QUAD_TILE, TILE};
+use super::Batching;
 use crate::gguf::GgmlDType;
 use crate::threads::{current_num_threads, for_each_index, for_each_mut, DisjointMut};
 
@@ -74,7 +75,7 @@ impl QMatrix {
 /// `out[t·rows + r] = W[r] · x[t]` for `n_tokens` activation rows `x` of `w.cols` values.
 /// Runs on the current thread pool (see `threads`).
 pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
-    matmul_many(&mut [(w, out)], x, n_tokens);
+    matmul_many(&mut [(w, out)], x, n_tokens, Batching::Tiled);
 }
 
 /// Products one [`matmul_many`] pass shares out together; more are done in groups.
@@ -83,13 +84,13 @@ const MAX_JOBS: usize = 4;
 /// Several products with the same input (Q/K/V, gate/up): the activations are quantized
 /// once and all rows of all matrices are shared out in one parallel pass, which halves
 /// the fork-join rounds per token.
-pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize) {
+pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, batching: Batching) {
     if n_tokens == 0 || jobs.is_empty() {
         return;
     }
     if jobs.len() > MAX_JOBS {
         for group in jobs.chunks_mut(MAX_JOBS) {
-            matmul_many(group, x, n_tokens);
+            matmul_many(group, x, n_tokens, batching);
         }
         return;
     }
@@ -100,7 +101,13 @@ pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usi
         assert_eq!(out.len(), n_tokens * w.rows, "matmul: output shape");
     }
     if jobs.iter().all(|(w, _)| quant_dot::has_kernel(w.dtype)) {
-        matmul_q8(jobs, x, n_tokens);
+        matmul_q8(jobs, x, n_tokens, batching);
+    } else if batching == Batching::AsDecode {
+        for (w, out) in jobs.iter_mut() {
+            for (xt, yt) in x.chunks_exact(cols).zip(out.chunks_exact_mut(w.rows)) {
+                matmul_f32(w, xt, 1, yt);
+            }
+        }
     } else {
         for (w, out) in jobs.iter_mut() {
             matmul_f32(w, x, n_tokens, out);
@@ -125,7 +132,7 @@ thread_local! {
 const KEEP_SCRATCH_BLOCKS: usize = 4096;
 
 /// At most [`MAX_JOBS`] products whose weights all have integer kernels.
-fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize) {
+fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, batching: Batching) {
     let n_jobs = jobs.len();
     let cols = jobs[0].0.cols;
     let blocks = cols / 32;
@@ -154,55 +161,69 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize) {
     let n_tasks: usize = counts.iter().sum();
 
     let (mut xq, mut xq_shared) = ACTIVATIONS.take();
-    if n_tokens == 1 {
-        // K-quant kernels that want shared-scale activations get them; the rest per-block.
-        let wants_shared = |j: usize| weights[j].is_some_and(|(_, k)| k.shared_scale_one.is_some());
-        if (0..n_jobs).any(wants_shared) {
-            xq_shared.clear();
-            xq_shared.resize(blocks, Q8Block::ZERO);
-            quantize_row_shared(x, &mut xq_shared);
-        }
-        if !(0..n_jobs).all(wants_shared) {
+    // Decode, and decode-exact batches, give K-quant kernels that have a shared-scale form
+    // activations quantized for it; everything else multiplies per-block activations.
+    let as_decode = n_tokens == 1 || batching == Batching::AsDecode;
+    let shared_form = |k: Kernel| k.shared_scale_one.filter(|_| as_decode);
+    let wants_shared = |j: usize| weights[j].is_some_and(|(_, k)| shared_form(k).is_some());
+    for (wanted, xq, quantize) in [
+        ((0..n_jobs).any(wants_shared), &mut xq_shared, quantize_row_shared as fn(&[f32], &mut [Q8Block])),
+        (!(0..n_jobs).all(wants_shared), &mut xq, quantize_row),
+    ] {
+        if wanted {
             xq.clear();
-            xq.resize(blocks, Q8Block::ZERO);
-            quantize_row(x, &mut xq);
+            xq.resize(n_tokens * blocks, Q8Block::ZERO);
+            if n_tokens == 1 {
+                quantize(x, xq);
+            } else {
+                let mut rows: Vec<(&mut [Q8Block], &[f32])> = xq.chunks_mut(blocks).zip(x.chunks(cols)).collect();
+                for_each_mut(&mut rows, |(q, xt)| quantize(xt, q));
+            }
         }
-        // Decode reads rows one at a time even where a four-row kernel exists: the
-        // weights come from DRAM here, and four interleaved row streams measured 25–30 %
-        // slower (Q4_0: 170 vs 236 t/s) than one sequential stream with its prefetch.
-        for_each_index(n_tasks, |i| {
-            let (w, kernel, out, r0, r1) = task(i);
-            let (dot, xq) = match kernel.shared_scale_one {
+    }
+    for_each_index(n_tasks, |i| {
+        let (w, kernel, out, r0, r1) = task(i);
+        let shared = shared_form(kernel);
+        if shared.is_some() || n_tokens == 1 {
+            // Row by row, each row against every token while it is in L1. Decode reads
+            // rows one at a time even where a four-row kernel exists: the weights come
+            // from DRAM here, and four interleaved row streams measured 25–30 % slower
+            // (Q4_0: 170 vs 236 t/s) than one sequential stream with its prefetch.
+            let (dot, xq) = match shared {
                 Some(dot) => (dot, &xq_shared[..]),
                 None => (kernel.one, &xq[..]),
             };
-            let rb = w.row_bytes();
-            let bytes = w.bytes();
-            for r in r0..r1 {
-                // SAFETY: rows `r0..r1` of this product belong to this task alone.
-                unsafe { out.write(r, dot(&bytes[r * rb..(r + 1) * rb], xq)) };
-            }
-        });
-    } else {
-        xq.clear();
-        xq.resize(n_tokens * blocks, Q8Block::ZERO);
-        let mut rows_to_quantize: Vec<(&mut [Q8Block], &[f32])> = xq.chunks_mut(blocks).zip(x.chunks(cols)).collect();
-        for_each_mut(&mut rows_to_quantize, |(q, xt)| quantize_row(xt, q));
-        for_each_index(n_tasks, |i| {
-            let (w, kernel, out, r0, r1) = task(i);
-            let batch = Batch { w, xq: &xq, blocks, n_tokens, out };
-            match kernel.quad {
-                Some(quad) => {
-                    let quads_end = r0 + (r1 - r0) / QUAD_ROWS * QUAD_ROWS;
-                    batch.by_quads(quad, r0, quads_end);
-                    batch.by_rows(kernel, quads_end, r1);
+            let (rb, bytes) = (w.row_bytes(), w.bytes());
+            let rows = (r0..r1).map(|r| (r, &bytes[r * rb..(r + 1) * rb]));
+            // SAFETY (both loops): rows `r0..r1` of this product belong to this task alone.
+            if n_tokens == 1 {
+                // Decode's loop kept apart: a per-row token loop costs it 4 % instructions.
+                rows.for_each(|(r, row)| unsafe { out.write(r, dot(row, xq)) });
+            } else {
+                for (r, row) in rows {
+                    for (t, xt) in xq.chunks_exact(blocks).enumerate() {
+                        unsafe { out.write(t * w.rows + r, dot(row, xt)) };
+                    }
                 }
-                None => batch.by_rows(kernel, r0, r1),
             }
-        });
-    }
-    if xq.capacity() > KEEP_SCRATCH_BLOCKS {
-        xq = Vec::new();
+            return;
+        }
+        let batch = Batch { w, xq: &xq, blocks, n_tokens, out };
+        match kernel.quad {
+            // Not for decode-exact batches: the four-row sums round differently.
+            Some(quad) if !as_decode => {
+                let quads_end = r0 + (r1 - r0) / QUAD_ROWS * QUAD_ROWS;
+                batch.by_quads(quad, r0, quads_end);
+                batch.by_rows(kernel, quads_end, r1);
+            }
+            // One row at a time, its tile form giving the bits of its single-token form.
+            _ => batch.by_rows(kernel, r0, r1),
+        }
+    });
+    for xq in [&mut xq, &mut xq_shared] {
+        if xq.capacity() > KEEP_SCRATCH_BLOCKS {
+            *xq = Vec::new();
+        }
     }
     ACTIVATIONS.set((xq, xq_shared));
 }

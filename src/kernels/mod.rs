@@ -18,3 +18,17 @@ pub mod rope;
 
 pub use dequant::{dequantize, is_supported};
 pub use matmul::{matmul, matmul_many, QMatrix};
+
+/// How a pass over several tokens computes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batching {
+    /// The fastest way: tiles of tokens share each unpacked weight block, a prompt's
+    /// query heads share each key row (prefill, perplexity, training).
+    Tiled,
+    /// Every token with exactly the arithmetic it gets alone (decode's kernels and
+    /// activation quantization, attention head by head), all tokens of a weight row while
+    /// that row is in L1, so the weights still stream from memory once. Verifying drafted
+    /// tokens this way gives the bits plain decoding would: speculative decoding stays
+    /// exact.
+    AsDecode,
+}

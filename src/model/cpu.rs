@@ -12,9 +12,9 @@ use super::lora::{lora_forward, Adapter, Target};
 use super::weights::{NormId, Weights};
 use crate::kernels::attention;
 use crate::kernels::dot::{gated, Gate};
-use crate::kernels::matmul_many;
 use crate::kernels::norm::{rms_norm, rms_norm_in_place};
 use crate::kernels::rope::{rope, rope_tables};
+use crate::kernels::{matmul_many, Batching};
 use crate::threads::DisjointMut;
 
 /// A buffer larger than this many values (4 MiB) goes back to the allocator after the
@@ -71,6 +71,7 @@ pub(super) struct CpuPass<'a> {
     pub pos0: usize,
     pub kv: KvLayers<'a>,
     pub scratch: &'a mut Scratch,
+    pub batching: Batching,
 }
 
 impl<'a> CpuPass<'a> {
@@ -134,11 +135,19 @@ impl Ops for CpuPass<'_> {
         let mut next = targets.iter();
         let mut jobs =
             outs.each_mut().map(|o| (block.weight(*next.next().expect("one target per output")), &mut o[..]));
-        matmul_many(&mut jobs, &x, n);
+        matmul_many(&mut jobs, &x, n, self.batching);
+        // Decode-exact rows take the adapters' products one row at a time, as decode does.
+        let rows_per_product = if self.batching == Batching::AsDecode { 1 } else { n };
+        let n_in = x.len() / n;
         for (&t, y) in targets.iter().zip(&mut outs) {
+            let n_out = y.len() / n;
             for (adapter, user_scale) in self.adapters {
                 if let Some((a, b)) = adapter.pair(layer, t) {
-                    lora_forward(a, b, adapter.scale() * user_scale, &x, n, y, &mut self.scratch.lora_u);
+                    let scale = adapter.scale() * user_scale;
+                    let rows = x.chunks(rows_per_product * n_in).zip(y.chunks_mut(rows_per_product * n_out));
+                    for (xr, yr) in rows {
+                        lora_forward(a, b, scale, xr, xr.len() / n_in, yr, &mut self.scratch.lora_u);
+                    }
                 }
             }
         }
@@ -172,7 +181,7 @@ impl Ops for CpuPass<'_> {
         k_cache[new.clone()].copy_from_slice(&k);
         v_cache[new].copy_from_slice(&v);
         let mut out = self.scratch.take(q.len());
-        attention::causal(&q, k_cache, v_cache, self.pos0, cfg.heads(), window, &mut out, None);
+        attention::causal(&q, k_cache, v_cache, self.pos0, cfg.heads(), window, &mut out, None, self.batching);
         for used in [q, k, v] {
             self.scratch.give(used);
         }
@@ -181,7 +190,13 @@ impl Ops for CpuPass<'_> {
 
     fn gate(&mut self, act: Gate, mut g: Vec<f32>, up: Vec<f32>) -> Result<Vec<f32>, Infallible> {
         let row = g.len() / self.rows();
-        by_rows(&mut g, row, |rows, o| gated(act, o, &up[rows.start * row..rows.end * row]));
+        // Row by row, so that a row's values meet the same SIMD lanes however many rows
+        // the pass has.
+        by_rows(&mut g, row, |rows, o| {
+            for (o, u) in o.chunks_exact_mut(row).zip(up[rows.start * row..rows.end * row].chunks_exact(row)) {
+                gated(act, o, u);
+            }
+        });
         self.scratch.give(up);
         Ok(g)
     }

@@ -23,7 +23,7 @@ pub use lora::{Adapter, Target};
 pub use weights::{Block, Norm, NormId, Weights};
 
 use crate::gguf::{GgmlDType, GgufError, GgufFile};
-use crate::kernels::matmul;
+use crate::kernels::{matmul_many, Batching};
 
 /// Rows of logits a caller that needs many (perplexity, teacher targets) computes at
 /// once: bounds the transient rows × n_vocab f32 buffer (6 MiB for a 49k vocabulary,
@@ -179,6 +179,16 @@ impl Model {
     /// until the next call. Feed rows of it to [`Model::logits`]. Runs on the current
     /// thread pool (see `threads`).
     pub fn forward<'c>(&self, tokens: &[u32], cache: &'c mut KvCache) -> Result<&'c [f32], ModelError> {
+        self.forward_with(tokens, cache, Batching::Tiled)
+    }
+
+    /// [`Model::forward`] with a choice of [`Batching`]; on a GPU only `Tiled` exists.
+    pub fn forward_with<'c>(
+        &self,
+        tokens: &[u32],
+        cache: &'c mut KvCache,
+        batching: Batching,
+    ) -> Result<&'c [f32], ModelError> {
         let n = tokens.len();
         if n == 0 {
             return Ok(&[]);
@@ -208,6 +218,7 @@ impl Model {
             pos0,
             kv,
             scratch,
+            batching,
         };
         let hidden = pass.run();
         cache.advance(n);
@@ -216,18 +227,47 @@ impl Model {
 
     /// Logits (`rows × n_vocab`) for `rows` hidden states returned by [`Model::forward`].
     pub fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>, ModelError> {
+        self.logits_with(hidden, Batching::Tiled)
+    }
+
+    /// [`Model::logits`] with a choice of [`Batching`].
+    pub fn logits_with(&self, hidden: &[f32], batching: Batching) -> Result<Vec<f32>, ModelError> {
         #[cfg(feature = "gpu")]
         if let Some(g) = &self.gpu {
             return Ok(g.logits(hidden, self.cfg.n_embd)?);
         }
         let rows = hidden.len() / self.cfg.n_embd;
         let mut out = vec![0f32; rows * self.cfg.n_vocab];
-        matmul(&self.weights.output, hidden, rows, &mut out);
+        matmul_many(&mut [(&self.weights.output, &mut out[..])], hidden, rows, batching);
         Ok(out)
     }
 
     /// Total bytes of the weights this model reads, by how they are stored.
     pub fn weight_bytes(&self) -> usize {
         self.weights.bytes()
+    }
+
+    /// Bytes one decode step must read from memory with `context` positions cached (its
+    /// own included): every layer weight, the output head in full (logits for every
+    /// token), one embedding row, the norms, and each layer's keys and values of the
+    /// positions it attends to. Nothing of it stays in cache from one step to the next
+    /// at these sizes, so this over the step's time is the bandwidth decode achieves.
+    pub fn decode_bytes(&self, context: usize) -> u64 {
+        let w = &self.weights;
+        let cfg = &self.cfg;
+        let layers: usize = w
+            .blocks
+            .iter()
+            .map(|b| {
+                let matrices: usize = Target::ALL.iter().map(|&t| b.weight(t).bytes().len()).sum();
+                let norms: usize = Norm::ALL.iter().filter_map(|&n| b.norm(n)).map(|v| v.len() * 4).sum();
+                matrices + norms
+            })
+            .sum();
+        let kv: usize = (0..cfg.n_layer)
+            .map(|l| 2 * cfg.window(l).map_or(context, |win| context.min(win)) * cfg.kv_dim() * 4)
+            .sum();
+        let head = w.output.bytes().len() + w.output_norm.len() * 4;
+        (layers + kv + head + w.token_embd.row_bytes()) as u64
     }
 }

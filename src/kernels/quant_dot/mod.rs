@@ -473,6 +473,9 @@ mod tests {
                     assert!((got - want).abs() <= 1e-5 * magnitude.max(1e-3), "{dtype} n={n} {name}: {got} vs {want}");
                     let tiled = (k.tile)(&w, &tile_x, blocks);
                     for t in 0..TILE {
+                        // Bit for bit: decode-exact batches (speculative decoding) rely on it.
+                        let alone = (k.one)(&w, &tile_x[t * blocks..(t + 1) * blocks]);
+                        assert_eq!(tiled[t].to_bits(), alone.to_bits(), "{dtype} n={n} {name} tile token {t} vs one");
                         let tol = 1e-5 * magnitude.max(1e-3) * 4.0;
                         assert!(
                             (tiled[t] - tile_want[t]).abs() <= tol,
