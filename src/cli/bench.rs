@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Score at most this many 512-token chunks of --quality.
     #[arg(long)]
     pub quality_chunks: Option<usize>,
+    /// Also measure the machine's memory read bandwidth with each thread count (a
+    /// streaming read of 1 GiB), so that tg rows show their share of that roofline.
+    #[arg(long)]
+    pub bandwidth: bool,
 }
 
 /// One result row: what llama-bench prints, plus what it lacks.
@@ -83,6 +87,14 @@ struct Row {
     /// With `--quality`: perplexity and bits per byte of the text.
     ppl: Option<f64>,
     bits_per_byte: Option<f64>,
+    /// tg rows: bytes a decode step reads (weights, output head, KV cache at the test's
+    /// mean context) and the rate that makes at `avg_ts`.
+    decode_bytes_per_token: Option<u64>,
+    read_gbps: Option<f64>,
+    /// With `--bandwidth`: the measured read bandwidth at these threads, and `read_gbps`
+    /// as a share of it.
+    roofline_gbps: Option<f64>,
+    roofline_pct: Option<f64>,
     device: DeviceInfo,
 }
 
@@ -104,10 +116,20 @@ pub fn bench(a: BenchArgs, request: crate::model::DeviceRequest) -> anyhow::Resu
         None => None,
     };
     let mut rows = Vec::new();
+    let mut rooflines: BTreeMap<usize, f64> = BTreeMap::new();
     for model in &a.models {
         let path = catalog::resolve(model, true)?;
         let mut quality = None;
         for &threads in &thread_counts {
+            // Measured once per thread count, before any model runs at it.
+            let roofline = a.bandwidth.then(|| {
+                *rooflines.entry(threads).or_insert_with(|| {
+                    eprint!("pupil bench: memory read bandwidth t={threads} ...");
+                    let bw = crate::bench::bandwidth::read_bandwidth(threads, 5) / 1e9;
+                    eprintln!(" {bw:.2} GB/s");
+                    bw
+                })
+            });
             reset_peak();
             let (load_ms, rt) = speed::load_to_first_token(&path, threads, on)?;
             let mut peak_anon = memory_status().map_or(0, |m| m.rss_anon);
@@ -125,6 +147,11 @@ pub fn bench(a: BenchArgs, request: crate::model::DeviceRequest) -> anyhow::Resu
                 eprintln!(" {:.2} ± {:.2} t/s", r.mean_tps(), r.stddev_tps());
                 let mem = memory_status();
                 peak_anon = peak_anon.max(mem.map_or(0, |m| m.rss_anon));
+                // Step i of a tg test attends to depth + i + 1 positions: the mean context.
+                let decode_bytes = (test.n_gen > 0).then(|| rt.model.decode_bytes(test.depth + test.n_gen.div_ceil(2)));
+                let read_gbps = decode_bytes.map(|b| b as f64 * r.mean_tps() / 1e9);
+                let on_cpu = rt.model.device().is_cpu();
+                let roofline_gbps = roofline.filter(|_| on_cpu && test.n_gen > 0);
                 rows.push(Row {
                     schema: crate::bench::report::SCHEMA,
                     model: desc.file.clone(),
@@ -149,6 +176,10 @@ pub fn bench(a: BenchArgs, request: crate::model::DeviceRequest) -> anyhow::Resu
                     peak_anon_bytes: peak_anon,
                     ppl: quality.as_ref().map(|q| q.ppl),
                     bits_per_byte: quality.as_ref().map(|q| q.bits_per_byte),
+                    decode_bytes_per_token: decode_bytes,
+                    read_gbps,
+                    roofline_gbps,
+                    roofline_pct: read_gbps.zip(roofline_gbps).map(|(got, peak)| 100.0 * got / peak),
                     device: device.clone(),
                 });
             }
@@ -234,17 +265,31 @@ fn print_rows(rows: &[Row], format: Format, device: &DeviceInfo) -> anyhow::Resu
         Format::Md => {
             let quality = rows.iter().any(|r| r.ppl.is_some());
             let (qh, qs) = if quality { (" bits/byte | PPL |", " ---: | ---: |") } else { ("", "") };
-            writeln!(out, "| model | size | params | quant mix | backend | threads | test | t/s | load→1st token | peak RSS | peak anon |{qh}")?;
-            writeln!(out, "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |{qs}")?;
+            let roofline = rows.iter().any(|r| r.roofline_pct.is_some());
+            let (bh, bs) = if roofline { (" % of roofline |", " ---: |") } else { ("", "") };
+            writeln!(out, "| model | size | params | quant mix | backend | threads | test | t/s | read | load→1st token | peak RSS | peak anon |{bh}{qh}")?;
+            writeln!(
+                out,
+                "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |{bs}{qs}"
+            )?;
             for r in rows {
                 let q = match (quality, r.bits_per_byte, r.ppl) {
                     (true, Some(b), Some(p)) => format!(" {b:.4} | {p:.4} |"),
                     (true, _, _) => " — | — |".to_string(),
                     _ => String::new(),
                 };
+                let read = match (r.decode_bytes_per_token, r.read_gbps) {
+                    (Some(b), Some(g)) => format!("{:.1} MB/token, {g:.1} GB/s", b as f64 / 1e6),
+                    _ => "—".to_string(),
+                };
+                let b = match (roofline, r.roofline_pct, r.roofline_gbps) {
+                    (true, Some(p), Some(peak)) => format!(" {p:.0} % of {peak:.1} GB/s |"),
+                    (true, _, _) => " — |".to_string(),
+                    _ => String::new(),
+                };
                 writeln!(
                     out,
-                    "| {} | {:.2} MiB | {:.2} M | {} | {} | {} | {} | {:.2} ± {:.2} | {:.0} ms | {:.1} MiB | {:.1} MiB |{q}",
+                    "| {} | {:.2} MiB | {:.2} M | {} | {} | {} | {} | {:.2} ± {:.2} | {read} | {:.0} ms | {:.1} MiB | {:.1} MiB |{b}{q}",
                     r.model_type,
                     mib(r.size_bytes),
                     r.n_params as f64 / 1e6,
