@@ -137,3 +137,23 @@ fn inspect_and_list_describe_the_model() {
     assert!(ok);
     assert!(stdout.contains("smollm2-135m-instruct") && stdout.contains("gemma3-270m"), "{stdout}");
 }
+
+/// `--chat --lookup` on a task that repeats its prompt: the stats line says how many
+/// drafted tokens were kept; a draft model of another vocabulary is refused in one line.
+#[test]
+fn complete_speculates_and_refuses_a_foreign_draft_model() {
+    let (Some(smollm2), Some(gemma)) = (model(SMOLLM2), model(GEMMA3)) else { return };
+    let m = smollm2.to_str().unwrap();
+    let prompt =
+        "Repeat exactly: the quick brown fox jumps over the lazy dog, the quick brown fox jumps over the lazy dog.";
+    let (ok, _, stderr) =
+        pupil(&["complete", "-m", m, "--chat", "--lookup", "--temperature", "0", "-n", "24", "-t", "2", prompt], None);
+    assert!(ok, "{stderr}");
+    let stats = stderr.lines().last().unwrap();
+    assert!(stats.contains("drafted tokens kept"), "{stats:?}");
+
+    let (ok, _, stderr) = pupil(&["complete", "-m", m, "--draft", gemma.to_str().unwrap(), "-n", "4", "hi"], None);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("vocabulary differs"), "{stderr}");
+}

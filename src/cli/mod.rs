@@ -13,7 +13,8 @@ mod targets;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::generate::{Rng, Runtime, SamplerConfig};
+use crate::generate::draft::{DraftModel, Drafter};
+use crate::generate::{Rng, Runtime, SamplerConfig, Session};
 use crate::model::{Device, DeviceRequest};
 
 /// Where and how wide a command runs the model: the global `--threads` and `--device`.
@@ -145,14 +146,36 @@ pub struct SamplingArgs {
     /// Context size in tokens (clamped to the model's trained context).
     #[arg(short = 'c', long, default_value_t = 4096)]
     pub ctx_size: usize,
-    /// Speculative decoding by prompt lookup: draft up to N tokens per step from text that
-    /// already occurred (0: off). The output is the same as without; tasks that repeat
-    /// their context (rewriting, editing code) decode faster.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub lookup: usize,
+    /// Speculative decoding by prompt lookup: draft tokens from text that already
+    /// occurred. The output is the same as without; tasks that repeat their context
+    /// (rewriting, editing code) decode faster.
+    #[arg(long, conflicts_with = "draft")]
+    pub lookup: bool,
+    /// Speculative decoding with a draft model (GGUF path or catalog name) of the same
+    /// vocabulary, which decodes ahead greedily. The output is the same as without.
+    #[arg(long, value_name = "MODEL")]
+    pub draft: Option<String>,
+    /// The most tokens drafted per step (with --lookup or --draft).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub draft_max: usize,
 }
 
 impl SamplingArgs {
+    /// The `--draft` model, loaded on the CPU (where speculative decoding runs).
+    pub fn load_draft(&self, exec: &Exec) -> anyhow::Result<Option<Runtime>> {
+        let Some(model) = &self.draft else { return Ok(None) };
+        Ok(Some(Runtime::load_on(model, exec.threads, Device::Cpu, true)?))
+    }
+
+    /// Makes `session` decode speculatively as `--lookup` or `--draft` ask.
+    pub fn speculate<'r>(&self, session: &mut Session<'r>, draft: Option<&'r Runtime>) -> anyhow::Result<()> {
+        let drafter = match draft {
+            Some(rt) => Some(Drafter::Model(Box::new(DraftModel::new(rt, session.runtime(), self.ctx_size)?))),
+            None => self.lookup.then_some(Drafter::Lookup),
+        };
+        Ok(session.speculate(drafter, self.draft_max)?)
+    }
+
     pub fn sampler_config(&self) -> anyhow::Result<SamplerConfig> {
         anyhow::ensure!(self.temperature >= 0.0 && self.temperature.is_finite(), "--temperature must be ≥ 0");
         anyhow::ensure!((0.0..=1.0).contains(&self.top_p), "--top-p must be in [0, 1]");

@@ -200,13 +200,14 @@ pub fn complete(a: CompleteArgs, exec: super::Exec) -> anyhow::Result<()> {
     };
     let mut sampler = Sampler::new(a.sampling.sampler_config()?);
     let rt = a.adapters.load(&a.model.model, exec)?;
+    let draft = a.sampling.load_draft(&exec)?;
     if a.verbose {
         report_load(&rt);
     }
     let prompt = if a.chat { rt.template.render(&[Message::new("user", prompt)], true)? } else { prompt };
     let prompt_ids = rt.tokenizer.encode_prompt(&prompt, !a.no_special || a.chat)?;
     let mut session = Session::new(&rt, a.sampling.ctx_size)?;
-    session.set_lookup(a.sampling.lookup)?;
+    a.sampling.speculate(&mut session, draft.as_ref())?;
     let mut stdout = std::io::stdout().lock();
     let stream = !a.json;
     let generation = session.generate(&prompt_ids, a.sampling.max_tokens, &mut sampler, |piece| {
@@ -258,12 +259,7 @@ fn report_load(rt: &Runtime) {
 fn report_generation(rt: &Runtime, g: &Generation, n_ctx: usize) {
     let t = &g.timings;
     let lookup = if t.drafted_tokens > 0 {
-        format!(
-            " (lookup: {} of {} drafted tokens kept, {:.0} %)",
-            t.accepted_tokens,
-            t.drafted_tokens,
-            100.0 * t.acceptance()
-        )
+        format!(" ({} of {} drafted tokens kept, {:.0} %)", t.accepted_tokens, t.drafted_tokens, 100.0 * t.acceptance())
     } else {
         String::new()
     };
@@ -311,8 +307,9 @@ pub struct ChatArgs {
 pub fn chat(a: ChatArgs, exec: super::Exec) -> anyhow::Result<()> {
     let mut sampler = Sampler::new(a.sampling.sampler_config()?);
     let rt = a.adapters.load(&a.model.model, exec)?;
+    let draft = a.sampling.load_draft(&exec)?;
     let mut session = Session::new(&rt, a.sampling.ctx_size)?;
-    session.set_lookup(a.sampling.lookup)?;
+    a.sampling.speculate(&mut session, draft.as_ref())?;
     let interactive = std::io::stdin().is_terminal();
     let system: Vec<Message> = a.system.iter().map(|s| Message::new("system", s.clone())).collect();
     let mut history: Vec<Message> = Vec::new();

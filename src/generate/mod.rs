@@ -1,7 +1,7 @@
 //! From prompt to text: a loaded model ([`Runtime`]), sampling ([`Sampler`]) and the
 //! generation loop with its KV-cache lifetime, streaming and stop rules ([`Session`]).
 
-pub mod lookup;
+pub mod draft;
 pub mod runtime;
 pub mod sampler;
 pub mod session;

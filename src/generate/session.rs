@@ -4,10 +4,10 @@
 //! them (the next chat turn re-rendered from the template, say) only runs the new
 //! suffix; anything after the first difference is recomputed.
 //!
-//! With prompt lookup on ([`Session::set_lookup`]) decoding is speculative: tokens guessed
-//! from earlier context ([`lookup`](super::lookup)) run through the model together with
-//! the token just chosen, in one pass that reads the weights once, and each is kept only
-//! if the sampler, given that pass's logits, chooses it. The pass computes every token
+//! With a drafter ([`Session::speculate`]: prompt lookup or a draft model, see
+//! [`draft`](super::draft)) decoding is speculative: drafted tokens run through the model
+//! together with the token just chosen, in one pass that reads the weights once, and each
+//! is kept only if the sampler, given that pass's logits, chooses it. The pass computes every token
 //! with decode's own arithmetic ([`Batching::AsDecode`]) and the sampler draws once per
 //! kept token, as plain decoding does, so the text is exactly what plain decoding
 //! produces with the same settings and seed; it only arrives sooner.
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::draft::Drafter;
 use super::{Runtime, Sampler};
 use crate::kernels::Batching;
 use crate::model::{KvCache, ModelError};
@@ -39,6 +40,8 @@ pub enum GenerationError {
     VocabularyMismatch,
     #[error("prompt has {prompt} tokens but the context holds {n_ctx} (raise --ctx-size or shorten it)")]
     PromptTooLong { prompt: usize, n_ctx: usize },
+    #[error("the draft model's vocabulary differs from the model's: its tokens cannot be verified")]
+    DraftVocabulary,
     #[error("speculative decoding runs on the CPU only: the {0} backend's batched kernels round differently from its single-token ones, so drafts could change the text")]
     SpeculationOnDevice(crate::model::Device),
 }
@@ -61,7 +64,7 @@ pub struct Timings {
     pub prompt_ms: f64,
     pub generated_tokens: usize,
     pub generation_ms: f64,
-    /// Tokens drafted by prompt lookup, and how many of them were kept.
+    /// Tokens drafted for speculative decoding, and how many of them were kept.
     pub drafted_tokens: usize,
     pub accepted_tokens: usize,
 }
@@ -106,29 +109,35 @@ pub struct Session<'r> {
     cache: KvCache,
     /// Tokens whose keys and values are in `cache`, in order.
     cached: Vec<u32>,
-    /// The most tokens prompt lookup drafts per step (0: plain decoding).
-    lookup: usize,
+    /// Where drafts come from, and the most tokens drafted per step (none: plain decoding).
+    speculation: Option<(Drafter<'r>, usize)>,
 }
 
 impl<'r> Session<'r> {
     /// A session with a context of `n_ctx` positions (clamped to the model's trained
     /// context).
     pub fn new(rt: &'r Runtime, n_ctx: usize) -> Result<Self, GenerationError> {
-        Ok(Self { rt, cache: rt.model.new_cache(n_ctx)?, cached: Vec::new(), lookup: 0 })
+        Ok(Self { rt, cache: rt.model.new_cache(n_ctx)?, cached: Vec::new(), speculation: None })
     }
 
-    /// Drafts up to `draft_max` tokens per step by prompt lookup (0: off).
-    pub fn set_lookup(&mut self, draft_max: usize) -> Result<(), GenerationError> {
+    /// Decodes speculatively from now on, up to `draft_max` tokens drafted per step by
+    /// `drafter` (`None`, or a `draft_max` of 0: plain decoding).
+    pub fn speculate(&mut self, drafter: Option<Drafter<'r>>, draft_max: usize) -> Result<(), GenerationError> {
         let device = self.rt.model.device();
-        if draft_max > 0 && !device.is_cpu() {
+        if drafter.is_some() && draft_max > 0 && !device.is_cpu() {
             return Err(GenerationError::SpeculationOnDevice(device));
         }
-        self.lookup = draft_max;
+        self.speculation = drafter.filter(|_| draft_max > 0).map(|d| (d, draft_max));
         Ok(())
     }
 
     pub fn n_ctx(&self) -> usize {
         self.cache.n_ctx()
+    }
+
+    /// The model this session runs.
+    pub fn runtime(&self) -> &'r Runtime {
+        self.rt
     }
 
     /// Bytes the KV cache would take with every position filled.
@@ -218,7 +227,8 @@ impl<'r> Session<'r> {
         let mut draft = Vec::new();
         // Draft length adapts to how well drafts do: longer after a fully kept draft,
         // shorter after a miss (a missed token costs its share of the verifying pass).
-        let mut draft_len = self.lookup.min(4);
+        let draft_max = self.speculation.as_ref().map_or(0, |s| s.1);
+        let mut draft_len = draft_max.min(4);
         // A token the sampler chose while checking a draft, not yet emitted.
         let mut chosen: Option<u32> = None;
         let stop = 'decode: loop {
@@ -237,7 +247,10 @@ impl<'r> Session<'r> {
             }
             // Room for the draft: within the token budget, and in the context after `id`.
             let room = (max_tokens - out.ids.len()).min(self.cache.n_ctx() - self.cached.len() - 1);
-            super::lookup::draft(&out.history, draft_len.min(room), &mut draft);
+            draft.clear();
+            if let Some((drafter, _)) = &mut self.speculation {
+                drafter.draft(&out.history, draft_len.min(room), &mut draft)?;
+            }
             if draft.is_empty() {
                 logits = self.feed(&[id])?;
                 continue;
@@ -266,7 +279,7 @@ impl<'r> Session<'r> {
             self.truncate(base + 1 + kept);
             if kept == draft.len() {
                 logits = all.split_off(kept * n_vocab);
-                draft_len = (draft_len + 2).min(self.lookup);
+                draft_len = (draft_len + 2).min(draft_max);
             } else {
                 draft_len = draft_len.saturating_sub(1).max(1);
             }
