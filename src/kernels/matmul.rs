@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::dequant::dequantize;
 use super::gemm::{gemm_nn, gemm_nt, Mat};
 use super::q8::{quantize_row, quantize_row_shared, Q8Block};
-use super::quant_dot::{self, Kernel, QuadKernel, QUAD_ROWS, QUAD_TILE, TILE};
+use super::quant_dot::{self, Kernel, QuadKernel, RowDot, RowDotTile, QUAD_ROWS, QUAD_TILE, TILE};
 use super::Batching;
 use crate::gguf::GgmlDType;
 use crate::threads::{current_num_threads, for_each_index, for_each_mut, DisjointMut};
@@ -161,10 +161,11 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
     let n_tasks: usize = counts.iter().sum();
 
     let (mut xq, mut xq_shared) = ACTIVATIONS.take();
-    // Decode, and decode-exact batches, give K-quant kernels that have a shared-scale form
-    // activations quantized for it; everything else multiplies per-block activations.
+    // K-quant kernels with shared-scale forms get activations quantized for them (their
+    // sub-block scales then apply in integers), except where a prefill takes the
+    // four-row kernels, which read per-block activations; everything else per-block.
     let as_decode = n_tokens == 1 || batching == Batching::AsDecode;
-    let shared_form = |k: Kernel| k.shared_scale_one.filter(|_| as_decode);
+    let shared_form = |k: Kernel| k.shared_scale.filter(|_| as_decode || k.quad.is_none());
     let wants_shared = |j: usize| weights[j].is_some_and(|(_, k)| shared_form(k).is_some());
     for (wanted, xq, quantize) in [
         ((0..n_jobs).any(wants_shared), &mut xq_shared, quantize_row_shared as fn(&[f32], &mut [Q8Block])),
@@ -183,41 +184,32 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
     }
     for_each_index(n_tasks, |i| {
         let (w, kernel, out, r0, r1) = task(i);
-        let shared = shared_form(kernel);
-        if shared.is_some() || n_tokens == 1 {
-            // Row by row, each row against every token while it is in L1. Decode reads
-            // rows one at a time even where a four-row kernel exists: the weights come
-            // from DRAM here, and four interleaved row streams measured 25–30 % slower
-            // (Q4_0: 170 vs 236 t/s) than one sequential stream with its prefetch.
-            let (dot, xq) = match shared {
-                Some(dot) => (dot, &xq_shared[..]),
-                None => (kernel.one, &xq[..]),
-            };
+        let (one, tile, xq) = match shared_form(kernel) {
+            Some(shared) => (shared.one, shared.tile, &xq_shared[..]),
+            None => (kernel.one, kernel.tile, &xq[..]),
+        };
+        if n_tokens == 1 {
+            // Decode reads rows one at a time even where a four-row kernel exists: the
+            // weights come from DRAM here, and four interleaved row streams measured
+            // 25–30 % slower (Q4_0: 170 vs 236 t/s) than one sequential stream with its
+            // prefetch.
             let (rb, bytes) = (w.row_bytes(), w.bytes());
-            let rows = (r0..r1).map(|r| (r, &bytes[r * rb..(r + 1) * rb]));
-            // SAFETY (both loops): rows `r0..r1` of this product belong to this task alone.
-            if n_tokens == 1 {
-                // Decode's loop kept apart: a per-row token loop costs it 4 % instructions.
-                rows.for_each(|(r, row)| unsafe { out.write(r, dot(row, xq)) });
-            } else {
-                for (r, row) in rows {
-                    for (t, xt) in xq.chunks_exact(blocks).enumerate() {
-                        unsafe { out.write(t * w.rows + r, dot(row, xt)) };
-                    }
-                }
+            for r in r0..r1 {
+                // SAFETY: rows `r0..r1` of this product belong to this task alone.
+                unsafe { out.write(r, one(&bytes[r * rb..(r + 1) * rb], xq)) };
             }
             return;
         }
-        let batch = Batch { w, xq: &xq, blocks, n_tokens, out };
+        let batch = Batch { w, xq, blocks, n_tokens, out };
         match kernel.quad {
             // Not for decode-exact batches: the four-row sums round differently.
             Some(quad) if !as_decode => {
                 let quads_end = r0 + (r1 - r0) / QUAD_ROWS * QUAD_ROWS;
                 batch.by_quads(quad, r0, quads_end);
-                batch.by_rows(kernel, quads_end, r1);
+                batch.by_rows(one, tile, quads_end, r1);
             }
             // One row at a time, its tile form giving the bits of its single-token form.
-            _ => batch.by_rows(kernel, r0, r1),
+            _ => batch.by_rows(one, tile, r0, r1),
         }
     });
     for xq in [&mut xq, &mut xq_shared] {
@@ -269,8 +261,9 @@ impl Batch<'_> {
         }
     }
 
-    /// Rows `r0..r1` one at a time, [`TILE`] tokens at a time.
-    fn by_rows(&self, kernel: Kernel, r0: usize, r1: usize) {
+    /// Rows `r0..r1` one at a time, [`TILE`] tokens at a time (`tile`), the rest one by
+    /// one (`one`).
+    fn by_rows(&self, one: RowDot, tile: RowDotTile, r0: usize, r1: usize) {
         let (w, rb, blocks, xq) = (self.w, self.w.row_bytes(), self.blocks, self.xq);
         let bytes = w.bytes();
         // Cache blocking: a few rows and a few tokens at a time, so both stay in L1
@@ -283,7 +276,7 @@ impl Batch<'_> {
                     let row = &bytes[r * rb..(r + 1) * rb];
                     let mut t = tb0;
                     while t + TILE <= tb1 {
-                        let dots = (kernel.tile)(row, &xq[t * blocks..(t + TILE) * blocks], blocks);
+                        let dots = tile(row, &xq[t * blocks..(t + TILE) * blocks], blocks);
                         for (i, v) in dots.into_iter().enumerate() {
                             // SAFETY: row `r` belongs to this task alone.
                             unsafe { self.out.write((t + i) * w.rows + r, v) };
@@ -291,7 +284,7 @@ impl Batch<'_> {
                         t += TILE;
                     }
                     for t in t..tb1 {
-                        let v = (kernel.one)(row, &xq[t * blocks..(t + 1) * blocks]);
+                        let v = one(row, &xq[t * blocks..(t + 1) * blocks]);
                         // SAFETY: as above.
                         unsafe { self.out.write(t * w.rows + r, v) };
                     }

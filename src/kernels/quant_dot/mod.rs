@@ -55,10 +55,18 @@ pub struct Kernel {
     pub one: RowDot,
     pub tile: RowDotTile,
     pub quad: Option<QuadKernel>,
-    /// A single-token form over activations quantized with one scale per super-block
+    /// Forms over activations quantized with one scale per super-block
     /// ([`quantize_row_shared`](super::q8::quantize_row_shared)), where that is faster
-    /// (K-quants: their sub-block scales then apply in integers); decode uses it.
-    pub shared_scale_one: Option<RowDot>,
+    /// (K-quants: their sub-block scales then apply in integers).
+    pub shared_scale: Option<SharedScale>,
+}
+
+/// A K-quant kernel's forms over shared-scale activations: one token (decode) and
+/// [`TILE`] tokens (prefill), the tile giving each token the bits of the single form.
+#[derive(Clone, Copy)]
+pub struct SharedScale {
+    pub one: RowDot,
+    pub tile: RowDotTile,
 }
 
 /// The weight types with an 8-bit-activation kernel.
@@ -126,11 +134,17 @@ macro_rules! checked_kernel {
     ($dtype:ident, $one:path, $tile:path) => {
         checked_kernel!(@ $dtype, $one, $tile, None)
     };
-    // With a single-token form for shared-scale activations (the K-quants).
-    ($dtype:ident, $one:path, $tile:path, $shared:path) => {
-        checked_kernel!(@ $dtype, $one, $tile, Some(|w, x| {
-            check_row(GgmlDType::$dtype, w, x.len());
-            unsafe { $shared(w, x) }
+    // With forms for shared-scale activations (the K-quants).
+    ($dtype:ident, $one:path, $tile:path, $shared:path, $shared_tile:path) => {
+        checked_kernel!(@ $dtype, $one, $tile, Some(SharedScale {
+            one: |w, x| {
+                check_row(GgmlDType::$dtype, w, x.len());
+                unsafe { $shared(w, x) }
+            },
+            tile: |w, x, s| {
+                check_tile(GgmlDType::$dtype, w, x, s, TILE);
+                unsafe { $shared_tile(w, x, s) }
+            },
         }))
     };
     (@ $dtype:ident, $one:path, $tile:path, $shared:expr) => {
@@ -144,7 +158,7 @@ macro_rules! checked_kernel {
                 unsafe { $tile(w, x, s) }
             },
             quad: None,
-            shared_scale_one: $shared,
+            shared_scale: $shared,
         }
     };
 }
@@ -164,7 +178,7 @@ pub fn scalar_kernel(dtype: GgmlDType) -> Option<Kernel> {
                     std::array::from_fn(|t| scalar::vec_dot($t, w, &x[t * s..(t + 1) * s]))
                 },
                 quad: None,
-                shared_scale_one: None,
+                shared_scale: None,
             }
         };
     }
@@ -196,9 +210,9 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
                 GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile),
                 GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile),
                 GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile),
-                GgmlDType::Q4K => checked_kernel!(Q4K, k::q4_k, k::q4_k_tile, k::q4_k_shared),
-                GgmlDType::Q5K => checked_kernel!(Q5K, k::q5_k, k::q5_k_tile, k::q5_k_shared),
-                GgmlDType::Q6K => checked_kernel!(Q6K, k::q6_k, k::q6_k_tile, k::q6_k_shared),
+                GgmlDType::Q4K => checked_kernel!(Q4K, k::q4_k, k::q4_k_tile, k::q4_k_shared, k::q4_k_shared_tile),
+                GgmlDType::Q5K => checked_kernel!(Q5K, k::q5_k, k::q5_k_tile, k::q5_k_shared, k::q5_k_shared_tile),
+                GgmlDType::Q6K => checked_kernel!(Q6K, k::q6_k, k::q6_k_tile, k::q6_k_shared, k::q6_k_shared_tile),
                 _ => return None,
             }
         }};
@@ -333,8 +347,9 @@ mod tests {
                 assert!(refused(|| (k.one)(long_row, short_x)), "{dtype} {f:?}: one, short x");
                 assert!(refused(|| (k.one)(&w[..rb], long_x)), "{dtype} {f:?}: one, long x");
                 assert!(refused(|| (k.tile)(&w[..rb], &x[..16 * TILE - 1], 16)), "{dtype} {f:?}: tile");
-                if let Some(shared) = k.shared_scale_one {
-                    assert!(refused(|| shared(long_row, short_x)), "{dtype} {f:?}: shared");
+                if let Some(shared) = k.shared_scale {
+                    assert!(refused(|| (shared.one)(long_row, short_x)), "{dtype} {f:?}: shared");
+                    assert!(refused(|| (shared.tile)(&w[..rb], &x[..16 * TILE - 1], 16)), "{dtype} {f:?}: shared tile");
                 }
                 if let Some(quad) = k.quad {
                     assert!(refused(|| (quad.one)(&w[..3 * rb], rb, &x[..16])), "{dtype} {f:?}: quad rows");
@@ -411,8 +426,8 @@ mod tests {
         }
     }
 
-    /// The single-token forms over shared-scale activations, against the scalar kernel
-    /// on the same activations.
+    /// The forms over shared-scale activations: the single-token form against the scalar
+    /// kernel on the same activations, the tile form bit for bit against the single one.
     #[test]
     fn shared_scale_kernels_equal_scalar_kernels() {
         let mut rng = Rng::new(23);
@@ -420,18 +435,29 @@ mod tests {
             let variants = simd_variants().map(|(name, f)| (name, kernel_for(dtype, f)));
             for n in [256, 512, 256 * 7] {
                 let w = random_blocks(dtype, n, &mut rng);
-                let x: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 4.0).collect();
-                let mut xq = vec![Q8Block::ZERO; n / 32];
-                crate::kernels::q8::quantize_row_shared(&x, &mut xq);
-                let want = (scalar_kernel(dtype).unwrap().one)(&w, &xq);
-                let (mut wf, mut xf) = (vec![0f32; n], vec![0f32; n]);
-                dequantize(dtype, &w, &mut wf);
-                dequantize_row(&xq, &mut xf);
-                let magnitude: f32 = wf.iter().zip(&xf).map(|(a, b)| (a * b).abs()).sum();
-                for (name, k) in &variants {
-                    let Some(shared) = k.and_then(|k| k.shared_scale_one) else { continue };
-                    let got = shared(&w, &xq);
-                    assert!((got - want).abs() <= 1e-5 * magnitude.max(1e-3), "{dtype} n={n} {name}: {got} vs {want}");
+                let blocks = n / 32;
+                let x: Vec<f32> = (0..TILE * n).map(|_| (rng.next_f64() as f32 - 0.5) * 4.0).collect();
+                let mut xq = vec![Q8Block::ZERO; TILE * blocks];
+                for (q, xt) in xq.chunks_exact_mut(blocks).zip(x.chunks_exact(n)) {
+                    crate::kernels::q8::quantize_row_shared(xt, q);
+                }
+                for t in 0..TILE {
+                    let xt = &xq[t * blocks..(t + 1) * blocks];
+                    let want = (scalar_kernel(dtype).unwrap().one)(&w, xt);
+                    let (mut wf, mut xf) = (vec![0f32; n], vec![0f32; n]);
+                    dequantize(dtype, &w, &mut wf);
+                    dequantize_row(xt, &mut xf);
+                    let magnitude: f32 = wf.iter().zip(&xf).map(|(a, b)| (a * b).abs()).sum();
+                    for (name, k) in &variants {
+                        let Some(shared) = k.and_then(|k| k.shared_scale) else { continue };
+                        let got = (shared.one)(&w, xt);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * magnitude.max(1e-3),
+                            "{dtype} n={n} {name} token {t}: {got} vs {want}"
+                        );
+                        let tiled = (shared.tile)(&w, &xq, blocks);
+                        assert_eq!(tiled[t].to_bits(), got.to_bits(), "{dtype} n={n} {name} token {t}: tile vs one");
+                    }
                 }
             }
         }
