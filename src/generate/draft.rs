@@ -7,10 +7,9 @@
 //!   summarising quote their context, and there the guesses are often right; no second
 //!   model is needed.
 //! - A draft model ([`DraftModel`]): a smaller model of the same vocabulary decodes a few
-//!   tokens ahead, greedily, on its own KV cache.
+//!   tokens ahead, greedily, in a session of its own.
 
-use super::{GenerationError, Runtime};
-use crate::model::KvCache;
+use super::{GenerationError, Runtime, Session};
 
 /// A source of drafts.
 pub enum Drafter<'r> {
@@ -57,13 +56,13 @@ pub fn lookup(history: &[u32], max: usize, draft: &mut Vec<u32>) {
     }
 }
 
-/// A smaller model of the same vocabulary that drafts by greedy decoding. It keeps its
-/// own KV cache and, like a session, which tokens it holds: each call only runs what the
-/// history added since (the tokens the big model kept, and the one it chose).
+/// A smaller model of the same vocabulary that drafts by greedy decoding, in a session
+/// of its own: the session's prefix reuse means each call only runs what the history
+/// added since (the tokens the big model kept, and the one it chose).
 pub struct DraftModel<'r> {
-    rt: &'r Runtime,
-    cache: KvCache,
-    cached: Vec<u32>,
+    session: Session<'r>,
+    /// The history and the tokens drafted so far in this call, reused from call to call.
+    sequence: Vec<u32>,
 }
 
 impl<'r> DraftModel<'r> {
@@ -75,36 +74,26 @@ impl<'r> DraftModel<'r> {
         if !same {
             return Err(GenerationError::DraftVocabulary);
         }
-        Ok(Self { rt, cache: rt.model.new_cache(n_ctx)?, cached: Vec::new() })
+        Ok(Self { session: Session::new(rt, n_ctx)?, sequence: Vec::new() })
     }
 
     fn draft(&mut self, history: &[u32], max: usize, draft: &mut Vec<u32>) -> Result<(), GenerationError> {
         draft.clear();
         // Room for the history and all but the last drafted token, which is never run.
-        let max = max.min((self.cache.n_ctx() + 1).saturating_sub(history.len()));
+        let max = max.min((self.session.n_ctx() + 1).saturating_sub(history.len()));
         if max == 0 || history.is_empty() {
             return Ok(());
         }
-        let common = self.cached.iter().zip(history).take_while(|(a, b)| a == b).count();
-        let keep = common.min(history.len() - 1);
-        self.cache.truncate(keep);
-        self.cached.truncate(keep);
-        let model = &self.rt.model;
-        let (cache, cached) = (&mut self.cache, &mut self.cached);
-        self.rt.pool.install(|| -> Result<(), GenerationError> {
-            let mut input = history[keep..].to_vec();
-            loop {
-                let hidden = model.forward(&input, cache)?;
-                cached.extend_from_slice(&input);
-                let logits = model.logits(&hidden[hidden.len() - model.cfg.n_embd..])?;
-                let next = super::sampler::argmax(&logits);
-                draft.push(next);
-                if draft.len() == max || self.rt.tokenizer.is_end_of_generation(next) {
-                    return Ok(());
-                }
-                input = vec![next];
+        self.sequence.clear();
+        self.sequence.extend_from_slice(history);
+        loop {
+            let next = super::sampler::argmax(&self.session.prefill(&self.sequence)?);
+            draft.push(next);
+            if draft.len() == max || self.session.runtime().tokenizer.is_end_of_generation(next) {
+                return Ok(());
             }
-        })
+            self.sequence.push(next);
+        }
     }
 }
 

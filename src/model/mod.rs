@@ -255,15 +255,10 @@ impl Model {
     pub fn decode_bytes(&self, context: usize) -> u64 {
         let w = &self.weights;
         let cfg = &self.cfg;
-        let layers: usize = w
-            .blocks
-            .iter()
-            .map(|b| {
-                let matrices: usize = Target::ALL.iter().map(|&t| b.weight(t).bytes().len()).sum();
-                let norms: usize = Norm::ALL.iter().filter_map(|&n| b.norm(n)).map(|v| v.len() * 4).sum();
-                matrices + norms
-            })
-            .sum();
+        let norms: usize =
+            w.blocks.iter().flat_map(|b| Norm::ALL.iter().filter_map(|&n| b.norm(n))).map(|v| v.len() * 4).sum();
+        // `Weights::bytes` counts the layer matrices and the whole embedding table.
+        let layers = w.bytes() - w.token_embd.bytes().len() + norms;
         let kv: usize = (0..cfg.n_layer)
             .map(|l| 2 * cfg.window(l).map_or(context, |win| context.min(win)) * cfg.kv_dim() * 4)
             .sum();
