@@ -161,12 +161,8 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
     let n_tasks: usize = counts.iter().sum();
 
     let (mut xq, mut xq_shared) = ACTIVATIONS.take();
-    // K-quant kernels with shared-scale forms get activations quantized for them (their
-    // sub-block scales then apply in integers), except where a prefill takes the
-    // four-row kernels, which read per-block activations; everything else per-block.
     let as_decode = n_tokens == 1 || batching == Batching::AsDecode;
-    let shared_form = |k: Kernel| k.shared_scale.filter(|_| as_decode || k.quad.is_none());
-    let wants_shared = |j: usize| weights[j].is_some_and(|(_, k)| shared_form(k).is_some());
+    let wants_shared = |j: usize| weights[j].is_some_and(|(_, k)| Forms::of(k, as_decode).shared);
     for (wanted, xq, quantize) in [
         ((0..n_jobs).any(wants_shared), &mut xq_shared, quantize_row_shared as fn(&[f32], &mut [Q8Block])),
         (!(0..n_jobs).all(wants_shared), &mut xq, quantize_row),
@@ -184,10 +180,8 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
     }
     for_each_index(n_tasks, |i| {
         let (w, kernel, out, r0, r1) = task(i);
-        let (one, tile, xq) = match shared_form(kernel) {
-            Some(shared) => (shared.one, shared.tile, &xq_shared[..]),
-            None => (kernel.one, kernel.tile, &xq[..]),
-        };
+        let Forms { one, tile, quad, shared } = Forms::of(kernel, as_decode);
+        let xq = if shared { &xq_shared[..] } else { &xq[..] };
         if n_tokens == 1 {
             // Decode reads rows one at a time even where a four-row kernel exists: the
             // weights come from DRAM here, and four interleaved row streams measured
@@ -201,9 +195,8 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
             return;
         }
         let batch = Batch { w, xq, blocks, n_tokens, out };
-        match kernel.quad {
-            // Not for decode-exact batches: the four-row sums round differently.
-            Some(quad) if !as_decode => {
+        match quad {
+            Some(quad) => {
                 let quads_end = r0 + (r1 - r0) / QUAD_ROWS * QUAD_ROWS;
                 batch.by_quads(quad, r0, quads_end);
                 batch.by_rows(one, tile, quads_end, r1);
@@ -218,6 +211,28 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
         }
     }
     ACTIVATIONS.set((xq, xq_shared));
+}
+
+/// The kernel forms one product runs, and which activations they read.
+struct Forms {
+    one: RowDot,
+    tile: RowDotTile,
+    /// Four rows at a time: prefill only, since the four-row sums round differently from
+    /// decode's (decode-exact batches must give decode's bits).
+    quad: Option<QuadKernel>,
+    /// Shared-scale activations (K-quant forms whose sub-block scales apply in integers)
+    /// rather than per-block ones.
+    shared: bool,
+}
+
+impl Forms {
+    fn of(k: Kernel, as_decode: bool) -> Self {
+        match (k.quad, k.shared_scale) {
+            (Some(quad), _) if !as_decode => Forms { one: k.one, tile: k.tile, quad: Some(quad), shared: false },
+            (_, Some(s)) => Forms { one: s.one, tile: s.tile, quad: s.quad.filter(|_| !as_decode), shared: true },
+            _ => Forms { one: k.one, tile: k.tile, quad: None, shared: false },
+        }
+    }
 }
 
 /// One prefill product seen by one task: all tokens against some of the rows.

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use super::super::q8::Q8Block;
 use super::scalar::{k_scale_min, k_scales_mins};
-use super::TILE;
+use super::{QUAD_ROWS, QUAD_TILE, TILE};
 
 /// f32 of every f16 bit pattern (256 KiB, built at compile time): a scale is then one
 /// load instead of an insert and a conversion on the shuffle port, which the decode loop
@@ -450,6 +450,254 @@ unsafe fn q6_k_shared_scale<M: MulSum, const T: usize>(w: &[u8], xs: [&[Q8Block]
     std::array::from_fn(|t| hsum(acc[t]))
 }
 
+/// Four rows' 32-byte pieces (`v[r]`) regrouped by eight-byte column: result `g` holds
+/// bytes `8g..8g + 8` of each row, row `r` in 64-bit lane `r` (a 4 × 4 transpose of
+/// 64-bit elements).
+#[inline(always)]
+unsafe fn by_column(v: [__m256i; 4]) -> [__m256i; 4] {
+    let (a, b) = (_mm256_unpacklo_epi64(v[0], v[1]), _mm256_unpackhi_epi64(v[0], v[1]));
+    let (c, d) = (_mm256_unpacklo_epi64(v[2], v[3]), _mm256_unpackhi_epi64(v[2], v[3]));
+    [
+        _mm256_permute2x128_si256::<0x20>(a, c),
+        _mm256_permute2x128_si256::<0x20>(b, d),
+        _mm256_permute2x128_si256::<0x31>(a, c),
+        _mm256_permute2x128_si256::<0x31>(b, d),
+    ]
+}
+
+/// A K-quant format as the four-row prefill kernel ([`k_quant_rows`]) sees one
+/// super-block of four rows: its weights unpacked into 32 column registers (eight values
+/// of each row, in value order; see [`by_column`]), a scale register per sub-block, and
+/// what turns a token's integer sum into the rows' dot products.
+trait RowsFormat {
+    /// Bytes per super-block.
+    const BYTES: usize;
+    /// Values per scaled sub-block: 32 (Q4_K, Q5_K) or 16 (Q6_K).
+    const SUB: usize;
+    /// What [`Self::finish`] needs of the four rows' super-blocks.
+    type Rows;
+    /// Unpacks super-block `b` of each row; sub-block `j`'s scale of row `r` goes to
+    /// every 16-bit lane of 64-bit lane `r` of `scale[j]`.
+    unsafe fn unpack(b: [&[u8]; QUAD_ROWS], weights: &mut [__m256i; 32], scale: &mut [__m256i; 16]) -> Self::Rows;
+    /// `acc` plus the token's products, from its sum of scaled integer products `sumi`
+    /// (row `r`'s in lanes `2r` and `2r + 1`) and its activation blocks `xb`.
+    unsafe fn finish(rows: &Self::Rows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256;
+}
+
+/// `f(r)` for each of four rows, spelled out: `array::from_fn` and `map` were left as
+/// calls in the prefill loop.
+#[inline(always)]
+fn per_row<T>(f: impl Fn(usize) -> T) -> [T; QUAD_ROWS] {
+    [f(0), f(1), f(2), f(3)]
+}
+
+/// 32 bytes at `offset` of each of four rows' super-blocks.
+#[inline(always)]
+unsafe fn rows_at(b: [&[u8]; QUAD_ROWS], offset: usize) -> [__m256i; QUAD_ROWS] {
+    let at = |r: usize| b[r][offset..offset + 32].as_ptr() as *const __m256i;
+    [_mm256_loadu_si256(at(0)), _mm256_loadu_si256(at(1)), _mm256_loadu_si256(at(2)), _mm256_loadu_si256(at(3))]
+}
+
+/// Byte `j` of each row's 64-bit lane in `row_bytes`, sign-extended into that lane's four
+/// 16-bit words (moved to the high byte, then shifted down arithmetically).
+#[inline(always)]
+unsafe fn spread_byte(row_bytes: __m256i, j: usize) -> __m256i {
+    let high = _mm256_setr_epi16(
+        0x0080, 0x0080, 0x0080, 0x0080, 0x0880, 0x0880, 0x0880, 0x0880, 0x0080, 0x0080, 0x0080, 0x0080, 0x0880, 0x0880,
+        0x0880, 0x0880,
+    );
+    _mm256_srai_epi16(_mm256_shuffle_epi8(row_bytes, _mm256_add_epi16(high, _mm256_set1_epi16((j as i16) << 8))), 8)
+}
+
+/// Four rows' values, row `r`'s in lanes `2r` and `2r + 1`.
+#[inline(always)]
+unsafe fn per_row_pair(v: [f32; QUAD_ROWS]) -> __m256 {
+    _mm256_setr_ps(v[0], v[0], v[1], v[1], v[2], v[2], v[3], v[3])
+}
+
+/// Eight words packed in two u64: `f(j)` for j in 0..4, then for 4..8.
+#[inline(always)]
+fn pack_words(f: impl Fn(usize) -> i16) -> [i64; 2] {
+    let mut packed = [0u64; 2];
+    for j in 0..8 {
+        packed[j / 4] |= (f(j) as u16 as u64) << (16 * (j % 4));
+    }
+    packed.map(|p| p as i64)
+}
+
+struct KQuant<const FIVE_BITS: bool>;
+
+/// Q4_K / Q5_K: per row its scale `d`, its minimums' scale `dmin` (each in both of the
+/// row's lanes) and its eight 6-bit minimums as words (sub-blocks 0–3, then 4–7).
+struct KQuantRows {
+    d: __m256,
+    dmin: __m256,
+    mins: [__m256i; 2],
+}
+
+impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
+    const BYTES: usize = if FIVE_BITS { 176 } else { 144 };
+    const SUB: usize = 32;
+    type Rows = KQuantRows;
+
+    #[inline(always)]
+    unsafe fn unpack(b: [&[u8]; QUAD_ROWS], weights: &mut [__m256i; 32], scale: &mut [__m256i; 16]) -> KQuantRows {
+        let low = _mm256_set1_epi8(0x0F);
+        let sm = per_row(|r| k_scales_mins(b[r][4..16].try_into().unwrap()));
+        let row_scales = _mm256_set_epi64x(sm[3].0 as i64, sm[2].0 as i64, sm[1].0 as i64, sm[0].0 as i64);
+        for (j, scale) in scale[..8].iter_mut().enumerate() {
+            *scale = spread_byte(row_scales, j);
+        }
+        let min_words = |shift: u32| per_row(|r| (sm[r].1 >> shift) as i32);
+        let (lo, hi) = (min_words(0), min_words(32));
+        let mins = [
+            _mm256_cvtepu8_epi16(_mm_set_epi32(lo[3], lo[2], lo[1], lo[0])),
+            _mm256_cvtepu8_epi16(_mm_set_epi32(hi[3], hi[2], hi[1], hi[0])),
+        ];
+        let (d, dmin) = (per_row(|r| f16_at(b[r], 0)), per_row(|r| f16_at(b[r], 2)));
+        let at = |offset: usize| rows_at(b, offset);
+        let qh = if FIVE_BITS { by_column(at(16)) } else { [_mm256_setzero_si256(); 4] };
+        let qs = if FIVE_BITS { 48 } else { 16 };
+        for c in 0..4 {
+            for (g, v) in by_column(at(qs + 32 * c)).into_iter().enumerate() {
+                for (half, q) in
+                    [_mm256_and_si256(v, low), _mm256_and_si256(_mm256_srli_epi16(v, 4), low)].into_iter().enumerate()
+                {
+                    let j = 2 * c + half;
+                    weights[4 * j + g] = if FIVE_BITS {
+                        let bit = _mm256_set1_epi8(1 << j);
+                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh[g], bit), bit);
+                        _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+                    } else {
+                        q
+                    };
+                }
+            }
+        }
+        KQuantRows { d: per_row_pair(d), dmin: per_row_pair(dmin), mins }
+    }
+
+    #[inline(always)]
+    unsafe fn finish(rows: &KQuantRows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256 {
+        // Σ_j m_j · (block j's activation sum): the sums packed in general registers (a
+        // gather stalled the loop on its latency).
+        let sums = pack_words(|j| xb[j].sum() as i16);
+        let min_sum = _mm256_add_epi32(
+            _mm256_madd_epi16(rows.mins[0], _mm256_set1_epi64x(sums[0])),
+            _mm256_madd_epi16(rows.mins[1], _mm256_set1_epi64x(sums[1])),
+        );
+        let xd = _mm256_set1_ps(xb[0].d);
+        let acc = _mm256_fmadd_ps(_mm256_mul_ps(rows.d, xd), _mm256_cvtepi32_ps(sumi), acc);
+        _mm256_fnmadd_ps(_mm256_mul_ps(rows.dmin, xd), _mm256_cvtepi32_ps(min_sum), acc)
+    }
+}
+
+struct Q6K;
+
+/// Q6_K: per row its scale `d` (in both of the row's lanes) and its sixteen signed
+/// scales as words, four per 64-bit lane (`scales[k]`: sub-blocks 4k..4k + 4).
+struct Q6KRows {
+    d: __m256,
+    scales: [__m256i; 4],
+}
+
+impl RowsFormat for Q6K {
+    const BYTES: usize = 210;
+    const SUB: usize = 16;
+    type Rows = Q6KRows;
+
+    #[inline(always)]
+    unsafe fn unpack(b: [&[u8]; QUAD_ROWS], weights: &mut [__m256i; 32], scale: &mut [__m256i; 16]) -> Q6KRows {
+        let bytes = |r: usize, at: usize| i64::from_le_bytes(b[r][at..at + 8].try_into().unwrap());
+        for half in 0..2 {
+            let row_scales = _mm256_set_epi64x(
+                bytes(3, 192 + 8 * half),
+                bytes(2, 192 + 8 * half),
+                bytes(1, 192 + 8 * half),
+                bytes(0, 192 + 8 * half),
+            );
+            for j in 0..8 {
+                scale[8 * half + j] = spread_byte(row_scales, j);
+            }
+        }
+        let word = |r: usize, k: usize| i32::from_le_bytes(b[r][192 + 4 * k..196 + 4 * k].try_into().unwrap());
+        let mut scales = [_mm256_setzero_si256(); 4];
+        for (k, scales) in scales.iter_mut().enumerate() {
+            *scales = _mm256_cvtepi8_epi16(_mm_set_epi32(word(3, k), word(2, k), word(1, k), word(0, k)));
+        }
+        for h in 0..2 {
+            let quarters = [q6_quarters(b[0], h), q6_quarters(b[1], h), q6_quarters(b[2], h), q6_quarters(b[3], h)];
+            for k in 0..4 {
+                let columns = by_column([quarters[0][k], quarters[1][k], quarters[2][k], quarters[3][k]]);
+                weights[16 * h + 4 * k..16 * h + 4 * k + 4].copy_from_slice(&columns);
+            }
+        }
+        Q6KRows { d: per_row_pair(per_row(|r| f16_at(b[r], 208))), scales }
+    }
+
+    #[inline(always)]
+    unsafe fn finish(rows: &Q6KRows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256 {
+        // Weights are stored plus 32: subtract 32 · Σ_s scale_s · (half-block s's sum).
+        let mut offset = _mm256_setzero_si256();
+        for k in 0..2 {
+            let sums = pack_words(|s| xb[4 * k + s / 2].sum16[s % 2]);
+            offset = _mm256_add_epi32(offset, _mm256_madd_epi16(rows.scales[2 * k], _mm256_set1_epi64x(sums[0])));
+            offset = _mm256_add_epi32(offset, _mm256_madd_epi16(rows.scales[2 * k + 1], _mm256_set1_epi64x(sums[1])));
+        }
+        let net = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
+        _mm256_fmadd_ps(_mm256_mul_ps(rows.d, _mm256_set1_ps(xb[0].d)), _mm256_cvtepi32_ps(net), acc)
+    }
+}
+
+/// Prefill form of the K-quants over four weight rows (`rb` bytes apart) and shared-scale
+/// activations. Each register holds eight weights of each of the four rows, so one
+/// broadcast of eight activation bytes serves all four, and a sub-block's products stay
+/// in 16-bit lanes until one `vpmaddwd` by the four rows' scales (per lane at most
+/// 8 · 31 · 127 = 31,496 for Q5_K, 4 · 63 · 127 = 32,004 for Q6_K: no saturation). The
+/// single-row kernels pay that multiply per 32 values, and the conversion, the scalings
+/// and the minimums' or offsets' activation sums per row.
+///
+/// Lanes `2r` and `2r + 1` carry row `r`'s partial sums to the end. The weights are
+/// unpacked once per super-block into a stack tile that every token of `T` reads, in
+/// the same order whatever `T` is (same bits alone and in a tile).
+#[inline(always)]
+unsafe fn k_quant_rows<M: MulSum, F: RowsFormat, const T: usize>(
+    w: &[u8],
+    rb: usize,
+    x: &[Q8Block],
+    stride: usize,
+) -> [[f32; QUAD_ROWS]; T] {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut weights = [_mm256_setzero_si256(); 32];
+    let mut scale = [_mm256_setzero_si256(); 16];
+    let groups_per_sub = F::SUB / 8;
+    for i in 0..rb / F::BYTES {
+        let b = per_row(|r| &w[r * rb + i * F::BYTES..r * rb + (i + 1) * F::BYTES]);
+        let rows = F::unpack(b, &mut weights, &mut scale);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let xb = &x[t * stride + 8 * i..t * stride + 8 * i + 8];
+            let mut sumi = _mm256_setzero_si256();
+            for (sub, scale) in scale[..256 / F::SUB].iter().enumerate() {
+                let mut pairs = _mm256_setzero_si256();
+                for g in groups_per_sub * sub..groups_per_sub * (sub + 1) {
+                    let at = xb[g / 4].qs.as_ptr().add(8 * (g % 4));
+                    let xg = _mm256_set1_epi64x(std::ptr::read_unaligned(at as *const i64));
+                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(weights[g], xg));
+                }
+                sumi = M::add_scaled(sumi, pairs, *scale);
+            }
+            *acc = F::finish(&rows, sumi, xb, *acc);
+        }
+    }
+    let mut out = [[0f32; QUAD_ROWS]; T];
+    for (out, a) in out.iter_mut().zip(acc) {
+        let mut pairs = [0f32; 8];
+        _mm256_storeu_ps(pairs.as_mut_ptr(), _mm256_hadd_ps(a, a));
+        *out = [pairs[0], pairs[1], pairs[4], pairs[5]];
+    }
+    out
+}
+
 /// `TILE` consecutive tokens' activation rows, `stride` blocks apart.
 #[inline(always)]
 fn tile(x: &[Q8Block], stride: usize) -> [&[Q8Block]; TILE] {
@@ -532,6 +780,47 @@ macro_rules! kernels {
             #[target_feature(enable = $features)]
             pub unsafe fn q6_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
                 q6_k_shared_scale::<$mulsum, TILE>(w, tile(x, stride))
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k_shared_rows(w: &[u8], rb: usize, x: &[Q8Block]) -> [f32; QUAD_ROWS] {
+                k_quant_rows::<$mulsum, KQuant<false>, 1>(w, rb, x, 0)[0]
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_k_shared_rows(w: &[u8], rb: usize, x: &[Q8Block]) -> [f32; QUAD_ROWS] {
+                k_quant_rows::<$mulsum, KQuant<true>, 1>(w, rb, x, 0)[0]
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k_shared_rows_tile(
+                w: &[u8],
+                rb: usize,
+                x: &[Q8Block],
+                stride: usize,
+            ) -> [[f32; QUAD_ROWS]; QUAD_TILE] {
+                k_quant_rows::<$mulsum, KQuant<false>, QUAD_TILE>(w, rb, x, stride)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_k_shared_rows_tile(
+                w: &[u8],
+                rb: usize,
+                x: &[Q8Block],
+                stride: usize,
+            ) -> [[f32; QUAD_ROWS]; QUAD_TILE] {
+                k_quant_rows::<$mulsum, KQuant<true>, QUAD_TILE>(w, rb, x, stride)
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn q6_k_shared_rows(w: &[u8], rb: usize, x: &[Q8Block]) -> [f32; QUAD_ROWS] {
+                k_quant_rows::<$mulsum, Q6K, 1>(w, rb, x, 0)[0]
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q6_k_shared_rows_tile(
+                w: &[u8],
+                rb: usize,
+                x: &[Q8Block],
+                stride: usize,
+            ) -> [[f32; QUAD_ROWS]; QUAD_TILE] {
+                k_quant_rows::<$mulsum, Q6K, QUAD_TILE>(w, rb, x, stride)
             }
 
             #[target_feature(enable = $features)]

@@ -38,9 +38,10 @@ pub type QuadDot = fn(&[u8], usize, &[Q8Block]) -> [f32; QUAD_ROWS];
 /// `result[t][r]`.
 pub type QuadDotTile = fn(&[u8], usize, &[Q8Block], usize) -> [[f32; QUAD_ROWS]; QUAD_TILE];
 
-/// A kernel that multiplies several rows per pass (AVX-512 VNNI): each activation load
-/// and each block's float work serves four rows (prefill). Gives the same bits for a
-/// token alone and in a tile.
+/// A kernel that multiplies several rows per pass (AVX-512 VNNI on per-block
+/// activations; AVX2 on shared-scale ones for the K-quants): each activation load and
+/// each block's float work serves four rows (prefill). Gives the same bits for a token
+/// alone and in a tile.
 #[derive(Clone, Copy)]
 pub struct QuadKernel {
     pub one: QuadDot,
@@ -62,11 +63,13 @@ pub struct Kernel {
 }
 
 /// A K-quant kernel's forms over shared-scale activations: one token (decode) and
-/// [`TILE`] tokens (prefill), the tile giving each token the bits of the single form.
+/// [`TILE`] tokens, the tile giving each token the bits of the single form; and where the
+/// CPU has no [`Kernel::quad`], four rows at a time for prefill (AVX2).
 #[derive(Clone, Copy)]
 pub struct SharedScale {
     pub one: RowDot,
     pub tile: RowDotTile,
+    pub quad: Option<QuadKernel>,
 }
 
 /// The weight types with an 8-bit-activation kernel.
@@ -134,8 +137,8 @@ macro_rules! checked_kernel {
     ($dtype:ident, $one:path, $tile:path) => {
         checked_kernel!(@ $dtype, $one, $tile, None)
     };
-    // With forms for shared-scale activations (the K-quants).
-    ($dtype:ident, $one:path, $tile:path, $shared:path, $shared_tile:path) => {
+    // With forms for shared-scale activations (the K-quants), maybe four rows at a time.
+    ($dtype:ident, $one:path, $tile:path, $shared:path, $shared_tile:path $(, $rows:path, $rows_tile:path)?) => {
         checked_kernel!(@ $dtype, $one, $tile, Some(SharedScale {
             one: |w, x| {
                 check_row(GgmlDType::$dtype, w, x.len());
@@ -145,6 +148,7 @@ macro_rules! checked_kernel {
                 check_tile(GgmlDType::$dtype, w, x, s, TILE);
                 unsafe { $shared_tile(w, x, s) }
             },
+            quad: None $(.or(Some(checked_quad!($dtype, $rows, $rows_tile))))?,
         }))
     };
     (@ $dtype:ident, $one:path, $tile:path, $shared:expr) => {
@@ -159,6 +163,24 @@ macro_rules! checked_kernel {
             },
             quad: None,
             shared_scale: $shared,
+        }
+    };
+}
+
+/// A [`QuadKernel`] whose forms call `unsafe` functions after checking the lengths they
+/// rely on (SAFETY as for [`checked_kernel`]).
+#[cfg(target_arch = "x86_64")]
+macro_rules! checked_quad {
+    ($dtype:ident, $one:path, $tile:path) => {
+        QuadKernel {
+            one: |w, rb, x| {
+                check_quad(GgmlDType::$dtype, w, rb, x, x.len(), 1);
+                unsafe { $one(w, rb, x) }
+            },
+            tile: |w, rb, x, s| {
+                check_quad(GgmlDType::$dtype, w, rb, x, s, QUAD_TILE);
+                unsafe { $tile(w, rb, x, s) }
+            },
         }
     };
 }
@@ -210,9 +232,33 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
                 GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile),
                 GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile),
                 GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile),
-                GgmlDType::Q4K => checked_kernel!(Q4K, k::q4_k, k::q4_k_tile, k::q4_k_shared, k::q4_k_shared_tile),
-                GgmlDType::Q5K => checked_kernel!(Q5K, k::q5_k, k::q5_k_tile, k::q5_k_shared, k::q5_k_shared_tile),
-                GgmlDType::Q6K => checked_kernel!(Q6K, k::q6_k, k::q6_k_tile, k::q6_k_shared, k::q6_k_shared_tile),
+                GgmlDType::Q4K => checked_kernel!(
+                    Q4K,
+                    k::q4_k,
+                    k::q4_k_tile,
+                    k::q4_k_shared,
+                    k::q4_k_shared_tile,
+                    k::q4_k_shared_rows,
+                    k::q4_k_shared_rows_tile
+                ),
+                GgmlDType::Q5K => checked_kernel!(
+                    Q5K,
+                    k::q5_k,
+                    k::q5_k_tile,
+                    k::q5_k_shared,
+                    k::q5_k_shared_tile,
+                    k::q5_k_shared_rows,
+                    k::q5_k_shared_rows_tile
+                ),
+                GgmlDType::Q6K => checked_kernel!(
+                    Q6K,
+                    k::q6_k,
+                    k::q6_k_tile,
+                    k::q6_k_shared,
+                    k::q6_k_shared_tile,
+                    k::q6_k_shared_rows,
+                    k::q6_k_shared_rows_tile
+                ),
                 _ => return None,
             }
         }};
@@ -227,20 +273,10 @@ fn x86_quad_kernel(dtype: GgmlDType, f: Features) -> Option<QuadKernel> {
     if !f.avx512_vnni() {
         return None;
     }
+    // SAFETY (each closure): the features were found in `f` above.
     macro_rules! quad {
         ($t:ident, $one:ident, $tile:ident) => {
-            // SAFETY (each closure): the features were found in `f` above; the lengths
-            // the kernels rely on are checked first.
-            QuadKernel {
-                one: |w, rb, x| {
-                    check_quad($t, w, rb, x, x.len(), 1);
-                    unsafe { avx512::$one(w, rb, x) }
-                },
-                tile: |w, rb, x, s| {
-                    check_quad($t, w, rb, x, s, QUAD_TILE);
-                    unsafe { avx512::$tile(w, rb, x, s) }
-                },
-            }
+            checked_quad!($t, avx512::$one, avx512::$tile)
         };
     }
     Some(match dtype {
@@ -426,15 +462,18 @@ mod tests {
         }
     }
 
-    /// The forms over shared-scale activations: the single-token form against the scalar
-    /// kernel on the same activations, the tile form bit for bit against the single one.
+    /// The forms over shared-scale activations: the single-token and four-row forms
+    /// against the scalar kernel on the same activations, each tile form bit for bit
+    /// against its single-token form.
     #[test]
     fn shared_scale_kernels_equal_scalar_kernels() {
         let mut rng = Rng::new(23);
         for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
             let variants = simd_variants().map(|(name, f)| (name, kernel_for(dtype, f)));
             for n in [256, 512, 256 * 7] {
-                let w = random_blocks(dtype, n, &mut rng);
+                let rows = random_blocks(dtype, QUAD_ROWS * n, &mut rng);
+                let rb = rows.len() / QUAD_ROWS;
+                let w = &rows[..rb];
                 let blocks = n / 32;
                 let x: Vec<f32> = (0..TILE * n).map(|_| (rng.next_f64() as f32 - 0.5) * 4.0).collect();
                 let mut xq = vec![Q8Block::ZERO; TILE * blocks];
@@ -443,20 +482,38 @@ mod tests {
                 }
                 for t in 0..TILE {
                     let xt = &xq[t * blocks..(t + 1) * blocks];
-                    let want = (scalar_kernel(dtype).unwrap().one)(&w, xt);
-                    let (mut wf, mut xf) = (vec![0f32; n], vec![0f32; n]);
-                    dequantize(dtype, &w, &mut wf);
-                    dequantize_row(xt, &mut xf);
-                    let magnitude: f32 = wf.iter().zip(&xf).map(|(a, b)| (a * b).abs()).sum();
+                    // Row r's scalar product and the magnitude its rounding scales with.
+                    let reference = |r: usize| {
+                        let row = &rows[r * rb..(r + 1) * rb];
+                        let (mut wf, mut xf) = (vec![0f32; n], vec![0f32; n]);
+                        dequantize(dtype, row, &mut wf);
+                        dequantize_row(xt, &mut xf);
+                        let magnitude: f32 = wf.iter().zip(&xf).map(|(a, b)| (a * b).abs()).sum();
+                        ((scalar_kernel(dtype).unwrap().one)(row, xt), 1e-5 * magnitude.max(1e-3))
+                    };
+                    let (want, tol) = reference(0);
                     for (name, k) in &variants {
                         let Some(shared) = k.and_then(|k| k.shared_scale) else { continue };
-                        let got = (shared.one)(&w, xt);
-                        assert!(
-                            (got - want).abs() <= 1e-5 * magnitude.max(1e-3),
-                            "{dtype} n={n} {name} token {t}: {got} vs {want}"
-                        );
-                        let tiled = (shared.tile)(&w, &xq, blocks);
+                        let got = (shared.one)(w, xt);
+                        assert!((got - want).abs() <= tol, "{dtype} n={n} {name} token {t}: {got} vs {want}");
+                        let tiled = (shared.tile)(w, &xq, blocks);
                         assert_eq!(tiled[t].to_bits(), got.to_bits(), "{dtype} n={n} {name} token {t}: tile vs one");
+                        let Some(quad) = shared.quad else { continue };
+                        let (one, tiled) =
+                            ((quad.one)(&rows, rb, xt), (quad.tile)(&rows, rb, &xq[..QUAD_TILE * blocks], blocks));
+                        for r in 0..QUAD_ROWS {
+                            let (want, tol) = reference(r);
+                            assert!(
+                                (one[r] - want).abs() <= tol,
+                                "{dtype} n={n} {name} rows: token {t} row {r}: {} vs {want}",
+                                one[r]
+                            );
+                            assert_eq!(
+                                tiled[t][r].to_bits(),
+                                one[r].to_bits(),
+                                "{dtype} n={n} {name} rows: token {t} row {r}, tile vs one"
+                            );
+                        }
                     }
                 }
             }
