@@ -132,35 +132,28 @@ impl MulSum for Vnni {
 /// same prefetch measured 3–7 % slower.
 const PREFETCH_AHEAD: usize = 1536;
 
-/// The 32-value block formats share one loop: `unpack` turns a block into 32 unsigned
-/// weights; `d` and `m` read its scale and minimum (or offset). Two blocks per iteration
-/// with separate accumulators keep the FMA chain from serialising.
+/// The 32-value block formats share one loop over their [`Block32`] description. Two
+/// blocks per iteration with separate accumulators keep the FMA chain from serialising.
 #[inline(always)]
-unsafe fn block32<M: MulSum>(
-    w: &[u8],
-    x: &[Q8Block],
-    ts: usize,
-    unpack: impl Fn(&[u8]) -> __m256i,
-    min_or_offset: impl Fn(&[u8]) -> f32,
-) -> f32 {
+unsafe fn block32<M: MulSum, B: Block32>(w: &[u8], x: &[Q8Block]) -> f32 {
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let (mut m0, mut m1) = (0f32, 0f32);
-    let mut pairs = w.chunks_exact(2 * ts);
+    let mut pairs = w.chunks_exact(2 * B::TS);
     let mut xs = x.chunks_exact(2);
     for (b, xb) in (&mut pairs).zip(&mut xs) {
         _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8);
-        let (b0, b1) = b.split_at(ts);
-        let p0 = M::mul_sum(unpack(b0), load_x(&xb[0]));
-        let p1 = M::mul_sum(unpack(b1), load_x(&xb[1]));
+        let (b0, b1) = b.split_at(B::TS);
+        let p0 = M::mul_sum(B::unpack(b0), load_x(&xb[0]));
+        let p1 = M::mul_sum(B::unpack(b1), load_x(&xb[1]));
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b0, 0) * xb[0].d), _mm256_cvtepi32_ps(p0), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b1, 0) * xb[1].d), _mm256_cvtepi32_ps(p1), acc1);
-        m0 += min_or_offset(b0) * xb[0].ds;
-        m1 += min_or_offset(b1) * xb[1].ds;
+        m0 += B::offset(b0) * xb[0].ds;
+        m1 += B::offset(b1) * xb[1].ds;
     }
     if let (Some(xb), b) = (xs.remainder().first(), pairs.remainder()) {
-        let p = M::mul_sum(unpack(b), load_x(xb));
+        let p = M::mul_sum(B::unpack(b), load_x(xb));
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * xb.d), _mm256_cvtepi32_ps(p), acc0);
-        m0 += min_or_offset(b) * xb.ds;
+        m0 += B::offset(b) * xb.ds;
     }
     hsum(_mm256_add_ps(acc0, acc1)) + m0 + m1
 }
@@ -169,18 +162,12 @@ unsafe fn block32<M: MulSum>(
 /// between two accumulators exactly as in [`block32`], so a token gets bit-identical
 /// results whether it is computed alone (decode) or in a tile (prefill).
 #[inline(always)]
-unsafe fn block32_multi<M: MulSum, const T: usize>(
-    w: &[u8],
-    xs: [&[Q8Block]; T],
-    ts: usize,
-    unpack: impl Fn(&[u8]) -> __m256i,
-    min_or_offset: impl Fn(&[u8]) -> f32,
-) -> [f32; T] {
+unsafe fn block32_multi<M: MulSum, B: Block32, const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
     let mut acc = [[_mm256_setzero_ps(); T]; 2];
     let mut mins = [[0f32; T]; 2];
-    for (i, b) in w.chunks_exact(ts).enumerate() {
-        let q = unpack(b);
-        let (d, m) = (f16_at(b, 0), min_or_offset(b));
+    for (i, b) in w.chunks_exact(B::TS).enumerate() {
+        let q = B::unpack(b);
+        let (d, m) = (f16_at(b, 0), B::offset(b));
         let (acc, mins) = (&mut acc[i % 2], &mut mins[i % 2]);
         for t in 0..T {
             let xb = &xs[t][i];
@@ -465,23 +452,155 @@ unsafe fn by_column(v: [__m256i; 4]) -> [__m256i; 4] {
     ]
 }
 
-/// A K-quant format as the four-row prefill kernel ([`k_quant_rows`]) sees one
-/// super-block of four rows: its weights unpacked into 32 column registers (eight values
-/// of each row, in value order; see [`by_column`]), a scale register per sub-block, and
-/// what turns a token's integer sum into the rows' dot products.
+/// A weight format as the four-row prefill kernel ([`rows_kernel`]) sees one chunk of
+/// 256 values (a K-quant super-block, or eight 32-value blocks) of four rows: its weights
+/// unpacked into 32 column registers (eight values of each row, in value order; see
+/// [`by_column`]), and how a sub-block's 16-bit products become the rows' dot products.
 trait RowsFormat {
-    /// Bytes per super-block.
+    /// Bytes per chunk; a row's last chunk may be shorter (32-value formats).
     const BYTES: usize;
-    /// Values per scaled sub-block: 32 (Q4_K, Q5_K) or 16 (Q6_K).
+    /// Values per scaled sub-block: 32, or 16 (Q6_K).
     const SUB: usize;
-    /// What [`Self::finish`] needs of the four rows' super-blocks.
+    /// What the format needs of the four rows' chunk after unpacking.
     type Rows;
-    /// Unpacks super-block `b` of each row; sub-block `j`'s scale of row `r` goes to
+    /// Unpacks chunk `b` of each row; a K-quant puts sub-block `j`'s scale of row `r` in
     /// every 16-bit lane of 64-bit lane `r` of `scale[j]`.
     unsafe fn unpack(b: [&[u8]; QUAD_ROWS], weights: &mut [__m256i; 32], scale: &mut [__m256i; 16]) -> Self::Rows;
-    /// `acc` plus the token's products, from its sum of scaled integer products `sumi`
-    /// (row `r`'s in lanes `2r` and `2r + 1`) and its activation blocks `xb`.
-    unsafe fn finish(rows: &Self::Rows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256;
+    /// Folds sub-block `j`'s 16-bit pair sums (row `r`'s in 64-bit lane `r`) into the
+    /// token's sums for the chunk: by default scaled in integers into `sumi` (the
+    /// K-quants, over activations with one scale per chunk); formats with scales per
+    /// block convert and scale into `local`, three independent float chains.
+    #[inline(always)]
+    unsafe fn sub_block<M: MulSum>(
+        _rows: &Self::Rows,
+        _j: usize,
+        pairs: __m256i,
+        scale: __m256i,
+        _xb: &[Q8Block],
+        sumi: &mut __m256i,
+        _local: &mut [__m256; 3],
+    ) {
+        *sumi = M::add_scaled(*sumi, pairs, scale);
+    }
+    /// `acc` plus the token's products over the chunk, from its sums (`sumi`: row `r`'s
+    /// in lanes `2r` and `2r + 1`; `local`) and its activation blocks `xb`.
+    unsafe fn finish(rows: &Self::Rows, sumi: __m256i, local: [__m256; 3], xb: &[Q8Block], acc: __m256) -> __m256;
+}
+
+/// A 32-value block format for [`rows_kernel`]: block bytes, the block's 32 unsigned
+/// weights, and its offset or minimum, which multiplies the activation block's sum.
+trait Block32 {
+    const TS: usize;
+    unsafe fn unpack(b: &[u8]) -> __m256i;
+    unsafe fn offset(b: &[u8]) -> f32;
+}
+
+/// Q4_0: Σ d(q − 8)x = d·Σqx − 8·d·Σx.
+struct Q40;
+impl Block32 for Q40 {
+    const TS: usize = 18;
+    #[inline(always)]
+    unsafe fn unpack(b: &[u8]) -> __m256i {
+        nibbles(b.as_ptr().add(2))
+    }
+    #[inline(always)]
+    unsafe fn offset(b: &[u8]) -> f32 {
+        -8.0 * f16_at(b, 0)
+    }
+}
+
+/// Q4_1: nibbles plus a minimum.
+struct Q41;
+impl Block32 for Q41 {
+    const TS: usize = 20;
+    #[inline(always)]
+    unsafe fn unpack(b: &[u8]) -> __m256i {
+        nibbles(b.as_ptr().add(4))
+    }
+    #[inline(always)]
+    unsafe fn offset(b: &[u8]) -> f32 {
+        f16_at(b, 2)
+    }
+}
+
+/// Q5_0: five bits, offset −16.
+struct Q50;
+impl Block32 for Q50 {
+    const TS: usize = 22;
+    #[inline(always)]
+    unsafe fn unpack(b: &[u8]) -> __m256i {
+        q5_unpack(b, 2)
+    }
+    #[inline(always)]
+    unsafe fn offset(b: &[u8]) -> f32 {
+        -16.0 * f16_at(b, 0)
+    }
+}
+
+/// Q5_1: five bits plus a minimum.
+struct Q51;
+impl Block32 for Q51 {
+    const TS: usize = 24;
+    #[inline(always)]
+    unsafe fn unpack(b: &[u8]) -> __m256i {
+        q5_unpack(b, 4)
+    }
+    #[inline(always)]
+    unsafe fn offset(b: &[u8]) -> f32 {
+        f16_at(b, 2)
+    }
+}
+
+/// Up to eight blocks of a 32-value format, each with its own scales: per block, row
+/// `r`'s scale in lanes `2r` and `2r + 1`, its offset in lane `2r` only (the two lanes
+/// are added at the end).
+struct Blocks<B>(std::marker::PhantomData<B>);
+
+struct BlocksRows {
+    d: [__m256; 8],
+    offset: [__m256; 8],
+}
+
+impl<B: Block32> RowsFormat for Blocks<B> {
+    const BYTES: usize = 8 * B::TS;
+    const SUB: usize = 32;
+    type Rows = BlocksRows;
+
+    #[inline(always)]
+    unsafe fn unpack(b: [&[u8]; QUAD_ROWS], weights: &mut [__m256i; 32], _: &mut [__m256i; 16]) -> BlocksRows {
+        let mut rows = BlocksRows { d: [_mm256_setzero_ps(); 8], offset: [_mm256_setzero_ps(); 8] };
+        for k in 0..b[0].len() / B::TS {
+            let blk = per_row(|r| &b[r][k * B::TS..(k + 1) * B::TS]);
+            let columns = by_column([B::unpack(blk[0]), B::unpack(blk[1]), B::unpack(blk[2]), B::unpack(blk[3])]);
+            weights[4 * k..4 * k + 4].copy_from_slice(&columns);
+            rows.d[k] = per_row_pair(per_row(|r| f16_at(blk[r], 0)));
+            let offset = per_row(|r| B::offset(blk[r]));
+            rows.offset[k] = _mm256_setr_ps(offset[0], 0.0, offset[1], 0.0, offset[2], 0.0, offset[3], 0.0);
+        }
+        rows
+    }
+
+    #[inline(always)]
+    unsafe fn sub_block<M: MulSum>(
+        rows: &BlocksRows,
+        j: usize,
+        pairs: __m256i,
+        _: __m256i,
+        xb: &[Q8Block],
+        _: &mut __m256i,
+        local: &mut [__m256; 3],
+    ) {
+        // Blocks alternate between two chains and the offsets take a third: one chain
+        // through every block waited on each FMA's latency.
+        let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+        local[j % 2] = _mm256_fmadd_ps(_mm256_mul_ps(rows.d[j], _mm256_set1_ps(xb[j].d)), sum, local[j % 2]);
+        local[2] = _mm256_fmadd_ps(rows.offset[j], _mm256_set1_ps(xb[j].ds), local[2]);
+    }
+
+    #[inline(always)]
+    unsafe fn finish(_: &BlocksRows, _: __m256i, local: [__m256; 3], _: &[Q8Block], acc: __m256) -> __m256 {
+        _mm256_add_ps(acc, _mm256_add_ps(_mm256_add_ps(local[0], local[1]), local[2]))
+    }
 }
 
 /// `f(r)` for each of four rows, spelled out: `array::from_fn` and `map` were left as
@@ -578,7 +697,7 @@ impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
     }
 
     #[inline(always)]
-    unsafe fn finish(rows: &KQuantRows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256 {
+    unsafe fn finish(rows: &KQuantRows, sumi: __m256i, _: [__m256; 3], xb: &[Q8Block], acc: __m256) -> __m256 {
         // Σ_j m_j · (block j's activation sum): the sums packed in general registers (a
         // gather stalled the loop on its latency).
         let sums = pack_words(|j| xb[j].sum() as i16);
@@ -636,7 +755,7 @@ impl RowsFormat for Q6K {
     }
 
     #[inline(always)]
-    unsafe fn finish(rows: &Q6KRows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256 {
+    unsafe fn finish(rows: &Q6KRows, sumi: __m256i, _: [__m256; 3], xb: &[Q8Block], acc: __m256) -> __m256 {
         // Weights are stored plus 32: subtract 32 · Σ_s scale_s · (half-block s's sum).
         let mut offset = _mm256_setzero_si256();
         for k in 0..2 {
@@ -649,19 +768,20 @@ impl RowsFormat for Q6K {
     }
 }
 
-/// Prefill form of the K-quants over four weight rows (`rb` bytes apart) and shared-scale
-/// activations. Each register holds eight weights of each of the four rows, so one
-/// broadcast of eight activation bytes serves all four, and a sub-block's products stay
-/// in 16-bit lanes until one `vpmaddwd` by the four rows' scales (per lane at most
-/// 8 · 31 · 127 = 31,496 for Q5_K, 4 · 63 · 127 = 32,004 for Q6_K: no saturation). The
-/// single-row kernels pay that multiply per 32 values, and the conversion, the scalings
-/// and the minimums' or offsets' activation sums per row.
+/// Prefill form over four weight rows (`rb` bytes apart): the K-quants over shared-scale
+/// activations, the 32-value formats over per-block ones. Each register holds eight
+/// weights of each of the four rows, so one broadcast of eight activation bytes serves all
+/// four, and a sub-block's products stay in 16-bit lanes until one `vpmaddwd` (per lane
+/// at most 8 · 31 · 127 = 31,496 for five-bit weights, 4 · 63 · 127 = 32,004 for Q6_K: no
+/// saturation). A K-quant's sub-block scales then apply in that same `vpmaddwd`; the
+/// conversion, scalings and minimums or offsets are shared by four rows, where the
+/// single-row kernels pay them per row.
 ///
 /// Lanes `2r` and `2r + 1` carry row `r`'s partial sums to the end. The weights are
-/// unpacked once per super-block into a stack tile that every token of `T` reads, in
-/// the same order whatever `T` is (same bits alone and in a tile).
+/// unpacked once per chunk into a stack tile that every token of `T` reads, in the same
+/// order whatever `T` is (same bits alone and in a tile).
 #[inline(always)]
-unsafe fn k_quant_rows<M: MulSum, F: RowsFormat, const T: usize>(
+unsafe fn rows_kernel<M: MulSum, F: RowsFormat, const T: usize>(
     w: &[u8],
     rb: usize,
     x: &[Q8Block],
@@ -671,22 +791,24 @@ unsafe fn k_quant_rows<M: MulSum, F: RowsFormat, const T: usize>(
     let mut weights = [_mm256_setzero_si256(); 32];
     let mut scale = [_mm256_setzero_si256(); 16];
     let groups_per_sub = F::SUB / 8;
-    for i in 0..rb / F::BYTES {
-        let b = per_row(|r| &w[r * rb + i * F::BYTES..r * rb + (i + 1) * F::BYTES]);
+    for i in 0..rb.div_ceil(F::BYTES) {
+        let (start, end) = (i * F::BYTES, ((i + 1) * F::BYTES).min(rb));
+        let b = per_row(|r| &w[r * rb + start..r * rb + end]);
         let rows = F::unpack(b, &mut weights, &mut scale);
+        let subs = (end - start) * (256 / F::SUB) / F::BYTES;
         for (t, acc) in acc.iter_mut().enumerate() {
-            let xb = &x[t * stride + 8 * i..t * stride + 8 * i + 8];
-            let mut sumi = _mm256_setzero_si256();
-            for (sub, scale) in scale[..256 / F::SUB].iter().enumerate() {
+            let xb = &x[t * stride + 8 * i..t * stride + 8 * i + subs * F::SUB / 32];
+            let (mut sumi, mut local) = (_mm256_setzero_si256(), [_mm256_setzero_ps(); 3]);
+            for (sub, &scale) in scale[..subs].iter().enumerate() {
                 let mut pairs = _mm256_setzero_si256();
                 for g in groups_per_sub * sub..groups_per_sub * (sub + 1) {
                     let at = xb[g / 4].qs.as_ptr().add(8 * (g % 4));
                     let xg = _mm256_set1_epi64x(std::ptr::read_unaligned(at as *const i64));
                     pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(weights[g], xg));
                 }
-                sumi = M::add_scaled(sumi, pairs, *scale);
+                F::sub_block::<M>(&rows, sub, pairs, scale, xb, &mut sumi, &mut local);
             }
-            *acc = F::finish(&rows, sumi, xb, *acc);
+            *acc = F::finish(&rows, sumi, local, xb, *acc);
         }
     }
     let mut out = [[0f32; QUAD_ROWS]; T];
@@ -711,16 +833,31 @@ unsafe fn q5_unpack(b: &[u8], qh: usize) -> __m256i {
     _mm256_or_si256(nibbles(b.as_ptr().add(qh + 4)), high_bits(bits))
 }
 
-/// The single-token and `TILE`-token kernels of one 32-value block format.
+/// The single-token, `TILE`-token and four-row kernels of one 32-value block format.
 macro_rules! block32_kernels {
-    ($mulsum:ty, $features:literal, $one:ident, $tile:ident, $ts:literal, $unpack:expr, $min:expr) => {
+    ($mulsum:ty, $features:literal, $format:ty, $one:ident, $tile:ident, $rows:ident, $rows_tile:ident) => {
         #[target_feature(enable = $features)]
         pub unsafe fn $one(w: &[u8], x: &[Q8Block]) -> f32 {
-            block32::<$mulsum>(w, x, $ts, $unpack, $min)
+            block32::<$mulsum, $format>(w, x)
         }
         #[target_feature(enable = $features)]
         pub unsafe fn $tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-            block32_multi::<$mulsum, TILE>(w, tile(x, stride), $ts, $unpack, $min)
+            block32_multi::<$mulsum, $format, TILE>(w, tile(x, stride))
+        }
+        rows_kernels!($mulsum, $features, $rows, $rows_tile, Blocks<$format>);
+    };
+}
+
+/// The single-token and [`QUAD_TILE`]-token four-row kernels of one format.
+macro_rules! rows_kernels {
+    ($mulsum:ty, $features:literal, $one:ident, $tile:ident, $format:ty) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn $one(w: &[u8], rb: usize, x: &[Q8Block]) -> [f32; QUAD_ROWS] {
+            rows_kernel::<$mulsum, $format, 1>(w, rb, x, 0)[0]
+        }
+        #[target_feature(enable = $features)]
+        pub unsafe fn $tile(w: &[u8], rb: usize, x: &[Q8Block], stride: usize) -> [[f32; QUAD_ROWS]; QUAD_TILE] {
+            rows_kernel::<$mulsum, $format, QUAD_TILE>(w, rb, x, stride)
         }
     };
 }
@@ -731,15 +868,10 @@ macro_rules! kernels {
     ($module:ident, $mulsum:ty, $features:literal) => {
         pub mod $module {
             use super::*;
-            // The unpacking closures are written inside each `#[target_feature]`
-            // function so they inherit its features and inline (a closure built in a
-            // plain function would call every intrinsic out of line).
-            // Σ d(q − 8)x = d·Σqx − 8·d·Σx: offsets ride on the activation sums.
-            block32_kernels!($mulsum, $features, q4_0, q4_0_tile, 18, |b| nibbles(b.as_ptr().add(2)), |b| -8.0
-                * f16_at(b, 0));
-            block32_kernels!($mulsum, $features, q4_1, q4_1_tile, 20, |b| nibbles(b.as_ptr().add(4)), |b| f16_at(b, 2));
-            block32_kernels!($mulsum, $features, q5_0, q5_0_tile, 22, |b| q5_unpack(b, 2), |b| -16.0 * f16_at(b, 0));
-            block32_kernels!($mulsum, $features, q5_1, q5_1_tile, 24, |b| q5_unpack(b, 4), |b| f16_at(b, 2));
+            block32_kernels!($mulsum, $features, Q40, q4_0, q4_0_tile, q4_0_rows, q4_0_rows_tile);
+            block32_kernels!($mulsum, $features, Q41, q4_1, q4_1_tile, q4_1_rows, q4_1_rows_tile);
+            block32_kernels!($mulsum, $features, Q50, q5_0, q5_0_tile, q5_0_rows, q5_0_rows_tile);
+            block32_kernels!($mulsum, $features, Q51, q5_1, q5_1_tile, q5_1_rows, q5_1_rows_tile);
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0(w: &[u8], x: &[Q8Block]) -> f32 {
                 q8_0_::<$mulsum>(w, x)
@@ -782,46 +914,9 @@ macro_rules! kernels {
                 q6_k_shared_scale::<$mulsum, TILE>(w, tile(x, stride))
             }
 
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_k_shared_rows(w: &[u8], rb: usize, x: &[Q8Block]) -> [f32; QUAD_ROWS] {
-                k_quant_rows::<$mulsum, KQuant<false>, 1>(w, rb, x, 0)[0]
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_k_shared_rows(w: &[u8], rb: usize, x: &[Q8Block]) -> [f32; QUAD_ROWS] {
-                k_quant_rows::<$mulsum, KQuant<true>, 1>(w, rb, x, 0)[0]
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_k_shared_rows_tile(
-                w: &[u8],
-                rb: usize,
-                x: &[Q8Block],
-                stride: usize,
-            ) -> [[f32; QUAD_ROWS]; QUAD_TILE] {
-                k_quant_rows::<$mulsum, KQuant<false>, QUAD_TILE>(w, rb, x, stride)
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_k_shared_rows_tile(
-                w: &[u8],
-                rb: usize,
-                x: &[Q8Block],
-                stride: usize,
-            ) -> [[f32; QUAD_ROWS]; QUAD_TILE] {
-                k_quant_rows::<$mulsum, KQuant<true>, QUAD_TILE>(w, rb, x, stride)
-            }
-
-            #[target_feature(enable = $features)]
-            pub unsafe fn q6_k_shared_rows(w: &[u8], rb: usize, x: &[Q8Block]) -> [f32; QUAD_ROWS] {
-                k_quant_rows::<$mulsum, Q6K, 1>(w, rb, x, 0)[0]
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q6_k_shared_rows_tile(
-                w: &[u8],
-                rb: usize,
-                x: &[Q8Block],
-                stride: usize,
-            ) -> [[f32; QUAD_ROWS]; QUAD_TILE] {
-                k_quant_rows::<$mulsum, Q6K, QUAD_TILE>(w, rb, x, stride)
-            }
+            rows_kernels!($mulsum, $features, q4_k_shared_rows, q4_k_shared_rows_tile, KQuant<false>);
+            rows_kernels!($mulsum, $features, q5_k_shared_rows, q5_k_shared_rows_tile, KQuant<true>);
+            rows_kernels!($mulsum, $features, q6_k_shared_rows, q6_k_shared_rows_tile, Q6K);
 
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {

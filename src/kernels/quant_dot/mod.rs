@@ -134,8 +134,11 @@ fn check_quad(dtype: GgmlDType, w: &[u8], row_bytes: usize, x: &[Q8Block], strid
 /// features were found in the [`Features`] set the caller passes, which is never wider
 /// than what the CPU has ([`features::active`]); the lengths are checked first.
 macro_rules! checked_kernel {
-    ($dtype:ident, $one:path, $tile:path) => {
-        checked_kernel!(@ $dtype, $one, $tile, None)
+    ($dtype:ident, $one:path, $tile:path $(; rows $rows:path, $rows_tile:path)?) => {
+        Kernel {
+            quad: None $(.or(Some(checked_quad!($dtype, $rows, $rows_tile))))?,
+            ..checked_kernel!(@ $dtype, $one, $tile, None)
+        }
     };
     // With forms for shared-scale activations (the K-quants), maybe four rows at a time.
     ($dtype:ident, $one:path, $tile:path, $shared:path, $shared_tile:path $(, $rows:path, $rows_tile:path)?) => {
@@ -227,10 +230,10 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
         ($m:ident) => {{
             use avx2::$m as k;
             match dtype {
-                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile),
-                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile),
-                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile),
-                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile),
+                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; rows k::q4_0_rows, k::q4_0_rows_tile),
+                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; rows k::q4_1_rows, k::q4_1_rows_tile),
+                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; rows k::q5_0_rows, k::q5_0_rows_tile),
+                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; rows k::q5_1_rows, k::q5_1_rows_tile),
                 GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile),
                 GgmlDType::Q4K => checked_kernel!(
                     Q4K,
@@ -316,7 +319,7 @@ fn arm_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
 pub fn kernel_for(dtype: GgmlDType, f: Features) -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     if let Some(k) = x86_kernel(dtype, f) {
-        return Some(Kernel { quad: x86_quad_kernel(dtype, f), ..k });
+        return Some(Kernel { quad: x86_quad_kernel(dtype, f).or(k.quad), ..k });
     }
     #[cfg(target_arch = "aarch64")]
     if let Some(k) = arm_kernel(dtype, f) {
@@ -414,21 +417,21 @@ mod tests {
         }
     }
 
-    /// The four-row kernels (where this CPU has them) against the scalar kernel row by
-    /// row, and their tile form bit for bit against their single-token form.
+    /// The four-row kernels over per-block activations (each SIMD variant this CPU can
+    /// run) against the scalar kernel row by row, and their tile form bit for bit against
+    /// their single-token form. Widths that are not whole 256-value chunks check the
+    /// 32-value formats' short last chunk.
     #[test]
     fn quad_kernels_equal_scalar_kernels() {
-        let detected = Features::detected();
-        if cfg!(target_arch = "x86_64") && !detected.avx512_vnni() {
-            eprintln!("no AVX-512 VNNI here: four-row kernels not exercised");
-            return;
-        }
         let mut rng = Rng::new(17);
-        for dtype in TYPES {
-            let Some(quad) = kernel_for(dtype, detected).and_then(|k| k.quad) else {
+        let mut variants: Vec<(&str, Features)> = simd_variants().to_vec();
+        variants.push(("detected", Features::detected()));
+        for (dtype, (name, f)) in TYPES.into_iter().flat_map(|d| variants.iter().map(move |v| (d, *v))) {
+            let Some(quad) = kernel_for(dtype, f).and_then(|k| k.quad) else {
                 continue;
             };
-            for n in [256, 512, 256 * 7] {
+            let widths = if dtype.block_size() == 256 { [256, 512, 256 * 7] } else { [256, 576, 256 * 7 + 96] };
+            for n in widths {
                 let w = random_blocks(dtype, QUAD_ROWS * n, &mut rng);
                 let rb = w.len() / QUAD_ROWS;
                 let blocks = n / 32;
@@ -449,12 +452,12 @@ mod tests {
                         let got = one[r];
                         assert!(
                             (got - want).abs() <= 1e-5 * magnitude.max(1e-3),
-                            "{dtype} n={n} token {t} row {r}: {got} vs {want}"
+                            "{dtype} {name} n={n} token {t} row {r}: {got} vs {want}"
                         );
                         assert_eq!(
                             tiled[t][r].to_bits(),
                             got.to_bits(),
-                            "{dtype} n={n} token {t} row {r}: tile vs one"
+                            "{dtype} {name} n={n} token {t} row {r}: tile vs one"
                         );
                     }
                 }
