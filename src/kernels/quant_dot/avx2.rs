@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::super::q8::Q8Block;
-use super::scalar::{k_scale_min, k_scales_mins};
+use super::scalar::k_scales_mins;
 use super::{QUAD_ROWS, QUAD_TILE, TILE};
 
 /// f32 of every f16 bit pattern (256 KiB, built at compile time): a scale is then one
@@ -219,47 +219,6 @@ unsafe fn q8_0_<M: MulSum>(w: &[u8], x: &[Q8Block]) -> f32 {
     hsum(_mm256_add_ps(acc0, acc1))
 }
 
-/// Q4_K and Q5_K share everything but the fifth bit. `T` tokens at once: each weight
-/// sub-block is unpacked once and multiplied with every token's activations.
-#[inline(always)]
-unsafe fn k_quant<M: MulSum, const FIVE_BITS: bool, const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
-    let ts = if FIVE_BITS { 176 } else { 144 };
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut mins = [0f32; T];
-    let low = _mm256_set1_epi8(0x0F);
-    for (i, b) in w.chunks_exact(ts).enumerate() {
-        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-        let scales = &b[4..16];
-        let qs = if FIVE_BITS { &b[48..176] } else { &b[16..144] };
-        let qh =
-            if FIVE_BITS { _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i) } else { _mm256_setzero_si256() };
-        for c in 0..4 {
-            let v = _mm256_loadu_si256(qs.as_ptr().add(32 * c) as *const __m256i);
-            for (half, q) in
-                [_mm256_and_si256(v, low), _mm256_and_si256(_mm256_srli_epi16(v, 4), low)].into_iter().enumerate()
-            {
-                let j = 2 * c + half;
-                let q = if FIVE_BITS {
-                    let bit = _mm256_set1_epi8(1 << j);
-                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
-                    _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
-                } else {
-                    q
-                };
-                let (sc, m) = k_scale_min(j, scales);
-                let (dsc, dm) = (d * sc as f32, dmin * m as f32);
-                for t in 0..T {
-                    let xj = &xs[t][8 * i + j];
-                    let p = M::mul_sum(q, load_x(xj));
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dsc * xj.d), _mm256_cvtepi32_ps(p), acc[t]);
-                    mins[t] += dm * xj.ds;
-                }
-            }
-        }
-    }
-    std::array::from_fn(|t| hsum(acc[t]) - mins[t])
-}
-
 /// Half `h` of a Q6_K super-block `b` as four quarters of 32 unsigned six-bit weights:
 /// low nibbles of `ql` (quarters 0, 1) or high nibbles (2, 3), with two bits of `qh`
 /// above them.
@@ -278,34 +237,6 @@ unsafe fn q6_quarters(b: &[u8], h: usize) -> [__m256i; 4] {
             _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)), 2),
         ),
     ]
-}
-
-/// Q6_K needs each 16-value half scaled separately, which `vpmaddwd` with the scales
-/// does in the same step that widens to i32 (so there is no VNNI variant).
-#[inline(always)]
-unsafe fn q6_k_<const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut offset = [0f32; T];
-    for (i, b) in w.chunks_exact(210).enumerate() {
-        let d = f16_at(b, 208);
-        let sc = &b[192..208];
-        for h in 0..2 {
-            let quarters = q6_quarters(b, h);
-            for (k, q) in quarters.into_iter().enumerate() {
-                let (s0, s1) = (sc[8 * h + 2 * k] as i8, sc[8 * h + 2 * k + 1] as i8);
-                let scales = _mm256_set_m128i(_mm_set1_epi16(s1 as i16), _mm_set1_epi16(s0 as i16));
-                for t in 0..T {
-                    let xj = &xs[t][8 * i + 4 * h + k];
-                    // Pairwise products, then each 16-value half times its own scale.
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load_x(xj)), scales);
-                    let dd = d * xj.d;
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc[t]);
-                    offset[t] += dd * (s0 as i32 * xj.sum16[0] as i32 + s1 as i32 * xj.sum16[1] as i32) as f32;
-                }
-            }
-        }
-    }
-    std::array::from_fn(|t| hsum(acc[t]) - 32.0 * offset[t])
 }
 
 /// Asks for the next weight bytes of a `ts`-byte super-block, one request per cache line.
@@ -876,18 +807,6 @@ macro_rules! kernels {
             pub unsafe fn q8_0(w: &[u8], x: &[Q8Block]) -> f32 {
                 q8_0_::<$mulsum>(w, x)
             }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_k(w: &[u8], x: &[Q8Block]) -> f32 {
-                k_quant::<$mulsum, false, 1>(w, [x])[0]
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_k(w: &[u8], x: &[Q8Block]) -> f32 {
-                k_quant::<$mulsum, true, 1>(w, [x])[0]
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q6_k(w: &[u8], x: &[Q8Block]) -> f32 {
-                q6_k_::<1>(w, [x])[0]
-            }
 
             #[target_feature(enable = $features)]
             pub unsafe fn q4_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
@@ -921,18 +840,6 @@ macro_rules! kernels {
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
                 q8_0_multi::<$mulsum, TILE>(w, tile(x, stride))
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_k_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                k_quant::<$mulsum, false, TILE>(w, tile(x, stride))
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_k_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                k_quant::<$mulsum, true, TILE>(w, tile(x, stride))
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q6_k_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                q6_k_::<TILE>(w, tile(x, stride))
             }
         }
     };

@@ -136,26 +136,6 @@ fn check_quad(dtype: GgmlDType, w: &[u8], row_bytes: usize, x: &[Q8Block], strid
 macro_rules! checked_kernel {
     ($dtype:ident, $one:path, $tile:path $(; rows $rows:path, $rows_tile:path)?) => {
         Kernel {
-            quad: None $(.or(Some(checked_quad!($dtype, $rows, $rows_tile))))?,
-            ..checked_kernel!(@ $dtype, $one, $tile, None)
-        }
-    };
-    // With forms for shared-scale activations (the K-quants), maybe four rows at a time.
-    ($dtype:ident, $one:path, $tile:path, $shared:path, $shared_tile:path $(, $rows:path, $rows_tile:path)?) => {
-        checked_kernel!(@ $dtype, $one, $tile, Some(SharedScale {
-            one: |w, x| {
-                check_row(GgmlDType::$dtype, w, x.len());
-                unsafe { $shared(w, x) }
-            },
-            tile: |w, x, s| {
-                check_tile(GgmlDType::$dtype, w, x, s, TILE);
-                unsafe { $shared_tile(w, x, s) }
-            },
-            quad: None $(.or(Some(checked_quad!($dtype, $rows, $rows_tile))))?,
-        }))
-    };
-    (@ $dtype:ident, $one:path, $tile:path, $shared:expr) => {
-        Kernel {
             one: |w, x| {
                 check_row(GgmlDType::$dtype, w, x.len());
                 unsafe { $one(w, x) }
@@ -164,8 +144,27 @@ macro_rules! checked_kernel {
                 check_tile(GgmlDType::$dtype, w, x, s, TILE);
                 unsafe { $tile(w, x, s) }
             },
-            quad: None,
-            shared_scale: $shared,
+            quad: None $(.or(Some(checked_quad!($dtype, $rows, $rows_tile))))?,
+            shared_scale: None,
+        }
+    };
+    // The K-quants: forms over shared-scale activations, which every path takes except
+    // AVX-512 prefill's four-row kernels. Per-block activations then reach only the
+    // portable forms (the remainder rows of such a four-row pass, if a matrix has any).
+    ($dtype:ident; shared $one:path, $tile:path, $rows:path, $rows_tile:path) => {
+        Kernel {
+            shared_scale: Some(SharedScale {
+                one: |w, x| {
+                    check_row(GgmlDType::$dtype, w, x.len());
+                    unsafe { $one(w, x) }
+                },
+                tile: |w, x, s| {
+                    check_tile(GgmlDType::$dtype, w, x, s, TILE);
+                    unsafe { $tile(w, x, s) }
+                },
+                quad: Some(checked_quad!($dtype, $rows, $rows_tile)),
+            }),
+            ..scalar_kernel(GgmlDType::$dtype).expect("every K-quant has a portable kernel")
         }
     };
 }
@@ -235,33 +234,15 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
                 GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; rows k::q5_0_rows, k::q5_0_rows_tile),
                 GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; rows k::q5_1_rows, k::q5_1_rows_tile),
                 GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile),
-                GgmlDType::Q4K => checked_kernel!(
-                    Q4K,
-                    k::q4_k,
-                    k::q4_k_tile,
-                    k::q4_k_shared,
-                    k::q4_k_shared_tile,
-                    k::q4_k_shared_rows,
-                    k::q4_k_shared_rows_tile
-                ),
-                GgmlDType::Q5K => checked_kernel!(
-                    Q5K,
-                    k::q5_k,
-                    k::q5_k_tile,
-                    k::q5_k_shared,
-                    k::q5_k_shared_tile,
-                    k::q5_k_shared_rows,
-                    k::q5_k_shared_rows_tile
-                ),
-                GgmlDType::Q6K => checked_kernel!(
-                    Q6K,
-                    k::q6_k,
-                    k::q6_k_tile,
-                    k::q6_k_shared,
-                    k::q6_k_shared_tile,
-                    k::q6_k_shared_rows,
-                    k::q6_k_shared_rows_tile
-                ),
+                GgmlDType::Q4K => {
+                    checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile, k::q4_k_shared_rows, k::q4_k_shared_rows_tile)
+                }
+                GgmlDType::Q5K => {
+                    checked_kernel!(Q5K; shared k::q5_k_shared, k::q5_k_shared_tile, k::q5_k_shared_rows, k::q5_k_shared_rows_tile)
+                }
+                GgmlDType::Q6K => {
+                    checked_kernel!(Q6K; shared k::q6_k_shared, k::q6_k_shared_tile, k::q6_k_shared_rows, k::q6_k_shared_rows_tile)
+                }
                 _ => return None,
             }
         }};
