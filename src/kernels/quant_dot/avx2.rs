@@ -521,8 +521,9 @@ impl<B: Block32> RowsFormat for Blocks<B> {
         _: &mut __m256i,
         local: &mut [__m256; 3],
     ) {
-        // Blocks alternate between two chains and the offsets take a third: one chain
-        // through every block waited on each FMA's latency.
+        // Blocks alternate between two chains and the offsets take a third, in registers
+        // for the chunk (the token's running sum is in memory, indexed by token). One
+        // chain through the token's sum measured the same within this VM's noise.
         let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
         local[j % 2] = _mm256_fmadd_ps(_mm256_mul_ps(rows.d[j], _mm256_set1_ps(xb[j].d)), sum, local[j % 2]);
         local[2] = _mm256_fmadd_ps(rows.offset[j], _mm256_set1_ps(xb[j].ds), local[2]);
