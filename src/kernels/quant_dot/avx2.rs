@@ -418,69 +418,50 @@ trait RowsFormat {
     unsafe fn finish(rows: &Self::Rows, sumi: __m256i, local: [__m256; 3], xb: &[Q8Block], acc: __m256) -> __m256;
 }
 
-/// A 32-value block format for [`rows_kernel`]: block bytes, the block's 32 unsigned
-/// weights, and its offset or minimum, which multiplies the activation block's sum.
+/// A 32-value block format, as [`block32`] and [`rows_kernel`] read it: block bytes, the
+/// block's 32 unsigned weights, and its offset or minimum, which multiplies the
+/// activation block's sum.
 trait Block32 {
     const TS: usize;
     unsafe fn unpack(b: &[u8]) -> __m256i;
     unsafe fn offset(b: &[u8]) -> f32;
 }
 
-/// Q4_0: Σ d(q − 8)x = d·Σqx − 8·d·Σx.
-struct Q40;
-impl Block32 for Q40 {
-    const TS: usize = 18;
-    #[inline(always)]
-    unsafe fn unpack(b: &[u8]) -> __m256i {
-        nibbles(b.as_ptr().add(2))
-    }
-    #[inline(always)]
-    unsafe fn offset(b: &[u8]) -> f32 {
-        -8.0 * f16_at(b, 0)
-    }
+/// One [`Block32`] format: its bytes, how block `$b` unpacks, its offset or minimum.
+macro_rules! block32_format {
+    ($(#[$doc:meta])* $name:ident, $ts:literal, |$b:ident| $unpack:expr, $offset:expr) => {
+        $(#[$doc])*
+        struct $name;
+        impl Block32 for $name {
+            const TS: usize = $ts;
+            #[inline(always)]
+            unsafe fn unpack($b: &[u8]) -> __m256i {
+                $unpack
+            }
+            #[inline(always)]
+            unsafe fn offset($b: &[u8]) -> f32 {
+                $offset
+            }
+        }
+    };
 }
 
-/// Q4_1: nibbles plus a minimum.
-struct Q41;
-impl Block32 for Q41 {
-    const TS: usize = 20;
-    #[inline(always)]
-    unsafe fn unpack(b: &[u8]) -> __m256i {
-        nibbles(b.as_ptr().add(4))
-    }
-    #[inline(always)]
-    unsafe fn offset(b: &[u8]) -> f32 {
-        f16_at(b, 2)
-    }
-}
-
-/// Q5_0: five bits, offset −16.
-struct Q50;
-impl Block32 for Q50 {
-    const TS: usize = 22;
-    #[inline(always)]
-    unsafe fn unpack(b: &[u8]) -> __m256i {
-        q5_unpack(b, 2)
-    }
-    #[inline(always)]
-    unsafe fn offset(b: &[u8]) -> f32 {
-        -16.0 * f16_at(b, 0)
-    }
-}
-
-/// Q5_1: five bits plus a minimum.
-struct Q51;
-impl Block32 for Q51 {
-    const TS: usize = 24;
-    #[inline(always)]
-    unsafe fn unpack(b: &[u8]) -> __m256i {
-        q5_unpack(b, 4)
-    }
-    #[inline(always)]
-    unsafe fn offset(b: &[u8]) -> f32 {
-        f16_at(b, 2)
-    }
-}
+block32_format!(
+    /// Q4_0: Σ d(q − 8)x = d·Σqx − 8·d·Σx.
+    Q40, 18, |b| nibbles(b.as_ptr().add(2)), -8.0 * f16_at(b, 0)
+);
+block32_format!(
+    /// Q4_1: nibbles plus a minimum.
+    Q41, 20, |b| nibbles(b.as_ptr().add(4)), f16_at(b, 2)
+);
+block32_format!(
+    /// Q5_0: five bits, offset −16.
+    Q50, 22, |b| q5_unpack(b, 2), -16.0 * f16_at(b, 0)
+);
+block32_format!(
+    /// Q5_1: five bits plus a minimum.
+    Q51, 24, |b| q5_unpack(b, 4), f16_at(b, 2)
+);
 
 /// Up to eight blocks of a 32-value format, each with its own scales: per block, row
 /// `r`'s scale in lanes `2r` and `2r + 1`, its offset in lane `2r` only (the two lanes

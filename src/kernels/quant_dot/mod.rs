@@ -151,22 +151,13 @@ macro_rules! checked_kernel {
     // The K-quants: forms over shared-scale activations, which every path takes except
     // AVX-512 prefill's four-row kernels. Per-block activations then reach only the
     // portable forms (the remainder rows of such a four-row pass, if a matrix has any).
-    ($dtype:ident; shared $one:path, $tile:path, $rows:path, $rows_tile:path) => {
+    ($dtype:ident; shared $one:path, $tile:path, $rows:path, $rows_tile:path) => {{
+        let shared = checked_kernel!($dtype, $one, $tile; rows $rows, $rows_tile);
         Kernel {
-            shared_scale: Some(SharedScale {
-                one: |w, x| {
-                    check_row(GgmlDType::$dtype, w, x.len());
-                    unsafe { $one(w, x) }
-                },
-                tile: |w, x, s| {
-                    check_tile(GgmlDType::$dtype, w, x, s, TILE);
-                    unsafe { $tile(w, x, s) }
-                },
-                quad: Some(checked_quad!($dtype, $rows, $rows_tile)),
-            }),
+            shared_scale: Some(SharedScale { one: shared.one, tile: shared.tile, quad: shared.quad }),
             ..scalar_kernel(GgmlDType::$dtype).expect("every K-quant has a portable kernel")
         }
-    };
+    }};
 }
 
 /// A [`QuadKernel`] whose forms call `unsafe` functions after checking the lengths they
@@ -414,34 +405,39 @@ mod tests {
             let widths = if dtype.block_size() == 256 { [256, 512, 256 * 7] } else { [256, 576, 256 * 7 + 96] };
             for n in widths {
                 let w = random_blocks(dtype, QUAD_ROWS * n, &mut rng);
-                let rb = w.len() / QUAD_ROWS;
                 let blocks = n / 32;
                 let (xf, _) = activations(QUAD_TILE * n, &mut rng);
                 let mut xq = vec![Q8Block::ZERO; QUAD_TILE * blocks];
                 quantize_row(&xf, &mut xq);
-                let tiled = (quad.tile)(&w, rb, &xq, blocks);
-                for t in 0..QUAD_TILE {
-                    let xt = &xq[t * blocks..(t + 1) * blocks];
-                    let one = (quad.one)(&w, rb, xt);
-                    for r in 0..QUAD_ROWS {
-                        let row = &w[r * rb..(r + 1) * rb];
-                        let want = (scalar_kernel(dtype).unwrap().one)(row, xt);
-                        let (mut wf, mut xd) = (vec![0f32; n], vec![0f32; n]);
-                        dequantize(dtype, row, &mut wf);
-                        dequantize_row(xt, &mut xd);
-                        let magnitude: f32 = wf.iter().zip(&xd).map(|(a, b)| (a * b).abs()).sum();
-                        let got = one[r];
-                        assert!(
-                            (got - want).abs() <= 1e-5 * magnitude.max(1e-3),
-                            "{dtype} {name} n={n} token {t} row {r}: {got} vs {want}"
-                        );
-                        assert_eq!(
-                            tiled[t][r].to_bits(),
-                            got.to_bits(),
-                            "{dtype} {name} n={n} token {t} row {r}: tile vs one"
-                        );
-                    }
-                }
+                check_quad_kernel(dtype, &format!("{name} n={n}"), quad, &w, &xq, blocks);
+            }
+        }
+    }
+
+    /// Row `row` times activations `xt` by the scalar kernel, and the tolerance its
+    /// rounding gets: it scales with the terms, not with their (possibly cancelling) sum.
+    fn scalar_reference(dtype: GgmlDType, row: &[u8], xt: &[Q8Block]) -> (f32, f32) {
+        let n = xt.len() * 32;
+        let (mut wf, mut xf) = (vec![0f32; n], vec![0f32; n]);
+        dequantize(dtype, row, &mut wf);
+        dequantize_row(xt, &mut xf);
+        let magnitude: f32 = wf.iter().zip(&xf).map(|(a, b)| (a * b).abs()).sum();
+        ((scalar_kernel(dtype).unwrap().one)(row, xt), 1e-5 * magnitude.max(1e-3))
+    }
+
+    /// A four-row kernel on rows `w` and [`QUAD_TILE`] tokens `xq` (`blocks` apart):
+    /// every row and token against the scalar kernel, the tile form bit for bit against
+    /// the single-token form.
+    fn check_quad_kernel(dtype: GgmlDType, label: &str, quad: QuadKernel, w: &[u8], xq: &[Q8Block], blocks: usize) {
+        let rb = w.len() / QUAD_ROWS;
+        let tiled = (quad.tile)(w, rb, xq, blocks);
+        for t in 0..QUAD_TILE {
+            let xt = &xq[t * blocks..(t + 1) * blocks];
+            let one = (quad.one)(w, rb, xt);
+            for r in 0..QUAD_ROWS {
+                let (want, tol) = scalar_reference(dtype, &w[r * rb..(r + 1) * rb], xt);
+                assert!((one[r] - want).abs() <= tol, "{dtype} {label} token {t} row {r}: {} vs {want}", one[r]);
+                assert_eq!(tiled[t][r].to_bits(), one[r].to_bits(), "{dtype} {label} token {t} row {r}: tile vs one");
             }
         }
     }
@@ -466,38 +462,25 @@ mod tests {
                 }
                 for t in 0..TILE {
                     let xt = &xq[t * blocks..(t + 1) * blocks];
-                    // Row r's scalar product and the magnitude its rounding scales with.
-                    let reference = |r: usize| {
-                        let row = &rows[r * rb..(r + 1) * rb];
-                        let (mut wf, mut xf) = (vec![0f32; n], vec![0f32; n]);
-                        dequantize(dtype, row, &mut wf);
-                        dequantize_row(xt, &mut xf);
-                        let magnitude: f32 = wf.iter().zip(&xf).map(|(a, b)| (a * b).abs()).sum();
-                        ((scalar_kernel(dtype).unwrap().one)(row, xt), 1e-5 * magnitude.max(1e-3))
-                    };
-                    let (want, tol) = reference(0);
+                    let (want, tol) = scalar_reference(dtype, w, xt);
                     for (name, k) in &variants {
                         let Some(shared) = k.and_then(|k| k.shared_scale) else { continue };
                         let got = (shared.one)(w, xt);
                         assert!((got - want).abs() <= tol, "{dtype} n={n} {name} token {t}: {got} vs {want}");
                         let tiled = (shared.tile)(w, &xq, blocks);
                         assert_eq!(tiled[t].to_bits(), got.to_bits(), "{dtype} n={n} {name} token {t}: tile vs one");
-                        let Some(quad) = shared.quad else { continue };
-                        let (one, tiled) =
-                            ((quad.one)(&rows, rb, xt), (quad.tile)(&rows, rb, &xq[..QUAD_TILE * blocks], blocks));
-                        for r in 0..QUAD_ROWS {
-                            let (want, tol) = reference(r);
-                            assert!(
-                                (one[r] - want).abs() <= tol,
-                                "{dtype} n={n} {name} rows: token {t} row {r}: {} vs {want}",
-                                one[r]
-                            );
-                            assert_eq!(
-                                tiled[t][r].to_bits(),
-                                one[r].to_bits(),
-                                "{dtype} n={n} {name} rows: token {t} row {r}, tile vs one"
-                            );
-                        }
+                    }
+                }
+                for (name, k) in &variants {
+                    if let Some(quad) = k.and_then(|k| k.shared_scale).and_then(|s| s.quad) {
+                        check_quad_kernel(
+                            dtype,
+                            &format!("{name} n={n} rows"),
+                            quad,
+                            &rows,
+                            &xq[..QUAD_TILE * blocks],
+                            blocks,
+                        );
                     }
                 }
             }
@@ -519,12 +502,7 @@ mod tests {
             for n in [256, 512, 2048, 256 * 7] {
                 let w = random_blocks(dtype, n, &mut rng);
                 let (_, xq) = activations(n, &mut rng);
-                let want = (scalar_kernel(dtype).unwrap().one)(&w, &xq);
-                // Rounding scales with the terms, not with their (possibly cancelling) sum.
-                let (mut wf, mut xf) = (vec![0f32; n], vec![0f32; n]);
-                dequantize(dtype, &w, &mut wf);
-                dequantize_row(&xq, &mut xf);
-                let magnitude: f32 = wf.iter().zip(&xf).map(|(a, b)| (a * b).abs()).sum();
+                let (want, tol) = scalar_reference(dtype, &w, &xq);
                 // The tile form sees the same row as token 2 of 4 (others: shifted copies).
                 let blocks = n / 32;
                 let mut tile_x = Vec::with_capacity(TILE * blocks);
@@ -537,15 +515,14 @@ mod tests {
                 for &(name, f) in &variants {
                     let Some(k) = kernel_for(dtype, f) else { continue };
                     let got = (k.one)(&w, &xq);
-                    assert!((got - want).abs() <= 1e-5 * magnitude.max(1e-3), "{dtype} n={n} {name}: {got} vs {want}");
+                    assert!((got - want).abs() <= tol, "{dtype} n={n} {name}: {got} vs {want}");
                     let tiled = (k.tile)(&w, &tile_x, blocks);
                     for t in 0..TILE {
                         // Bit for bit: decode-exact batches (speculative decoding) rely on it.
                         let alone = (k.one)(&w, &tile_x[t * blocks..(t + 1) * blocks]);
                         assert_eq!(tiled[t].to_bits(), alone.to_bits(), "{dtype} n={n} {name} tile token {t} vs one");
-                        let tol = 1e-5 * magnitude.max(1e-3) * 4.0;
                         assert!(
-                            (tiled[t] - tile_want[t]).abs() <= tol,
+                            (tiled[t] - tile_want[t]).abs() <= 4.0 * tol,
                             "{dtype} n={n} {name} tile token {t}: {} vs {}",
                             tiled[t],
                             tile_want[t]
