@@ -166,7 +166,7 @@ fn every_op_on_every_backend_matches_the_f64_reference() {
 
 /// The ops computed in f32: norms, RoPE, attention, gates, softmax, the LoRA update.
 fn f32_cases(rng: &mut Rng) -> Vec<Case> {
-    use pupil::kernels::attention::{causal, Heads};
+    use pupil::kernels::attention::{causal, Cached, Heads};
     use pupil::kernels::dot::{gated, softmax, Gate};
     use pupil::kernels::norm::rms_norm;
     use pupil::kernels::rope::{rope, rope_tables, RopeStyle};
@@ -253,24 +253,42 @@ fn f32_cases(rng: &mut Rng) -> Vec<Case> {
     }
 
     // Attention: 5 new queries after 6 cached positions, grouped (4 query heads on 2 KV
-    // heads), with and without a window; and one query (decode).
-    let h = Heads { n_head: 4, n_head_kv: 2, head_dim: 16 };
-    for (n, pos0, window) in [(5, 6, None), (5, 6, Some(4)), (1, 10, None)] {
+    // heads), with and without a window; one query (decode); heads of 64 over more than a
+    // block of cached positions (the SIMD tiles); each over an f32 and an f16 cache (whose
+    // reference is the definition on the f16-rounded keys and values).
+    let shapes =
+        [(16, 5, 6, None), (16, 5, 6, Some(4)), (16, 1, 10, None), (64, 40, 150, None), (64, 1, 200, Some(100))];
+    for ((d, n, pos0, window), f16_cache) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
+        let h = Heads { n_head: 4, n_head_kv: 2, head_dim: d };
         let context = pos0 + n;
         let (qd, kvd) = (h.n_head * h.head_dim, h.n_head_kv * h.head_dim);
         let q = random(n * qd, rng);
-        let k = random(context * kvd, rng);
-        let v = random(context * kvd, rng);
+        let rounded = |x: Vec<f32>| {
+            if f16_cache {
+                x.into_iter().map(|v| half::f16::from_f32(v).to_f32()).collect()
+            } else {
+                x
+            }
+        };
+        let k = rounded(random(context * kvd, rng));
+        let v = rounded(random(context * kvd, rng));
         let reference = attention_reference(&q, &k, &v, pos0, h, window);
         #[cfg(feature = "gpu")]
         let (q2, k2, v2) = (q.clone(), k.clone(), v.clone());
         cases.push(Case {
-            op: format!("attention {n} after {pos0}, window {window:?}"),
+            op: format!(
+                "attention d={d} {n} after {pos0}, window {window:?}, {} cache",
+                if f16_cache { "f16" } else { "f32" }
+            ),
             reference,
             bound,
             cpu: Box::new(move || {
                 let mut out = vec![0f32; q.len()];
-                causal(&q, &k, &v, pos0, h, window, &mut out, None, Batching::Tiled);
+                let half = |x: &[f32]| x.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>();
+                let (k16, v16) = (half(&k), half(&v));
+                let (kc, vc) =
+                    if f16_cache { (Cached::F16(&k16), Cached::F16(&v16)) } else { (Cached::F32(&k), Cached::F32(&v)) };
+                causal(&q, kc, vc, pos0, h, window, &mut out, Batching::Tiled);
                 out
             }),
             #[cfg(feature = "gpu")]

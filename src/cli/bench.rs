@@ -98,7 +98,11 @@ struct Row {
     device: DeviceInfo,
 }
 
-pub fn bench(a: BenchArgs, request: crate::model::DeviceRequest) -> anyhow::Result<()> {
+pub fn bench(
+    a: BenchArgs,
+    request: crate::model::DeviceRequest,
+    cache: crate::model::CacheTypes,
+) -> anyhow::Result<()> {
     let device = DeviceInfo::detect();
     let on = request.resolve()?;
     let thread_counts: Vec<usize> = if a.threads.is_empty() {
@@ -131,7 +135,8 @@ pub fn bench(a: BenchArgs, request: crate::model::DeviceRequest) -> anyhow::Resu
                 })
             });
             reset_peak();
-            let (load_ms, rt) = speed::load_to_first_token(&path, threads, on)?;
+            let (load_ms, mut rt) = speed::load_to_first_token(&path, threads, on)?;
+            rt.model.cache_types = cache;
             let mut peak_anon = memory_status().map_or(0, |m| m.rss_anon);
             let desc = describe(&rt);
             if let (Some(text), None) = (&quality_text, &quality) {

@@ -34,7 +34,11 @@ pub fn merge(a: MergeArgs) -> anyhow::Result<()> {
         Some(other) => anyhow::bail!("--quant {other}: pupil writes q8_0, q4_0, f16 or f32"),
     };
     // Merging reads the mapped weights on the host, whatever --device says.
-    let host = super::Exec { threads: 1, device: crate::model::DeviceRequest::Exact(crate::model::Device::Cpu) };
+    let host = super::Exec {
+        threads: 1,
+        device: crate::model::DeviceRequest::Exact(crate::model::Device::Cpu),
+        cache: Default::default(),
+    };
     let rt = a.adapters.load(&a.model.model, host)?;
     let adapters = rt.model.adapters();
     let writer = crate::model::lora::merge(&rt.file, &rt.model.cfg, adapters, quant)?;

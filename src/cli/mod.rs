@@ -15,13 +15,15 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::generate::draft::{DraftModel, Drafter};
 use crate::generate::{Rng, Runtime, SamplerConfig, Session};
-use crate::model::{Device, DeviceRequest};
+use crate::model::{CacheType, CacheTypes, Device, DeviceRequest};
 
-/// Where and how wide a command runs the model: the global `--threads` and `--device`.
+/// Where and how wide a command runs the model: the global `--threads`, `--device` and
+/// `--cache-type-k/-v`.
 #[derive(Debug, Clone, Copy)]
 pub struct Exec {
     pub threads: usize,
     pub device: DeviceRequest,
+    pub cache: CacheTypes,
 }
 
 impl Exec {
@@ -32,7 +34,9 @@ impl Exec {
 
     /// Loads `model` (a path or catalog name, pulled if missing) on the chosen device.
     pub fn load(&self, model: &str) -> anyhow::Result<Runtime> {
-        Ok(Runtime::load_on(model, self.threads, self.device()?, true)?)
+        let mut rt = Runtime::load_on(model, self.threads, self.device()?, true)?;
+        rt.model.cache_types = self.cache;
+        Ok(rt)
     }
 }
 
@@ -46,6 +50,13 @@ pub struct Cli {
     /// CPU), cpu, cuda[:N] or metal[:N]. GPUs need a build with `--features cuda|metal`.
     #[arg(long, global = true, default_value = "auto", env = "PUPIL_DEVICE")]
     pub device: DeviceRequest,
+    /// How the KV cache stores keys on the CPU: f16 (llama.cpp's default; half the memory
+    /// and half the bytes attention reads) or f32.
+    #[arg(long = "cache-type-k", global = true, default_value = "f16", value_name = "TYPE")]
+    pub cache_type_k: CacheType,
+    /// How the KV cache stores values on the CPU: f16 or f32.
+    #[arg(long = "cache-type-v", global = true, default_value = "f16", value_name = "TYPE")]
+    pub cache_type_v: CacheType,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -164,7 +175,9 @@ impl SamplingArgs {
     /// The `--draft` model, loaded on the CPU (where speculative decoding runs).
     pub fn load_draft(&self, exec: &Exec) -> anyhow::Result<Option<Runtime>> {
         let Some(model) = &self.draft else { return Ok(None) };
-        Ok(Some(Runtime::load_on(model, exec.threads, Device::Cpu, true)?))
+        let mut rt = Runtime::load_on(model, exec.threads, Device::Cpu, true)?;
+        rt.model.cache_types = exec.cache;
+        Ok(Some(rt))
     }
 
     /// Makes `session` decode speculatively as `--lookup` or `--draft` ask.
@@ -196,7 +209,8 @@ impl SamplingArgs {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let threads = cli.threads;
-    let exec = Exec { threads, device: cli.device };
+    let cache = CacheTypes { k: cli.cache_type_k, v: cli.cache_type_v };
+    let exec = Exec { threads, device: cli.device, cache };
     match cli.command {
         Command::Pull(a) => run::pull(a),
         Command::List => run::list(),
@@ -205,7 +219,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Complete(a) => run::complete(a, exec),
         Command::Chat(a) => run::chat(a, exec),
         Command::Perplexity(a) => measure::perplexity(a, exec),
-        Command::Bench(a) => bench::bench(a, cli.device),
+        Command::Bench(a) => bench::bench(a, cli.device, cache),
         Command::Targets(c) => targets::run(c, exec),
         Command::Distill(a) => distill::distill(a, exec),
         Command::Experiment(c) => experiment::run(c, exec),

@@ -100,10 +100,12 @@ unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// One attention head over a run of cached positions: `scores[j] = scale · q·k_j`, then
-/// softmax, then `out = Σ_j scores[j] · v_j`, where position `j`'s key and value are
-/// `head_dim` values at `j · stride + offset` of `keys` / `values`. Fused so the
-/// per-position dot products and sums run without a dispatch per call.
+/// One attention head over a run of positions: `scores[j] = scale · q·k_j`, then softmax,
+/// then `out = Σ_j scores[j] · v_j`, where position `j`'s key and value are `head_dim`
+/// values at `j · stride + offset` of `keys` / `values`, leaving the weights in `scores`:
+/// training's attention, whose backward pass reads them (inference uses the tiles of
+/// [`super::flash`]). Fused so the per-position dot products and sums run without a
+/// dispatch per call.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &[f32],
@@ -144,83 +146,6 @@ pub fn attend(
         softmax_scalar,
         axpy_scalar,
     );
-}
-
-/// [`attend`] for the `q.len() / head_dim` query heads that share one KV head
-/// (grouped-query attention) and see the same positions, `out` likewise head after head.
-/// Each cached key and value row is read once for the whole group instead of once per
-/// head: at prompt lengths the rows come from L2, and that traffic, not the arithmetic,
-/// bounded attention.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_group(
-    q: &[f32],
-    head_dim: usize,
-    keys: &[f32],
-    values: &[f32],
-    positions: std::ops::Range<usize>,
-    stride: usize,
-    offset: usize,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let heads = q.len() / head_dim.max(1);
-    let last = positions.end.saturating_sub(1) * stride + offset + head_dim;
-    assert!(
-        q.len() == heads * head_dim && out.len() == q.len() && keys.len() >= last && values.len() >= last,
-        "attend_group: shapes"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if active().avx512 && head_dim.is_multiple_of(V_CHUNK) {
-        // SAFETY: AVX-512F, AVX2 and FMA detected; every row read is in bounds (checked
-        // above for the last position, and positions are increasing).
-        let args = (q, head_dim, keys, values, positions.clone(), stride, offset, scale);
-        match heads {
-            2 => return unsafe { attend_group_avx512::<2>(args, scores, out) },
-            3 => return unsafe { attend_group_avx512::<3>(args, scores, out) },
-            4 => return unsafe { attend_group_avx512::<4>(args, scores, out) },
-            _ => {}
-        }
-    }
-    for (qh, oh) in q.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)) {
-        attend(qh, keys, values, positions.clone(), stride, offset, scale, scores, oh);
-    }
-}
-
-/// Query heads, head size, keys, values, positions, stride, offset and scale of one
-/// [`attend_group`] call.
-#[cfg(target_arch = "x86_64")]
-type GroupArgs<'a> = (&'a [f32], usize, &'a [f32], &'a [f32], std::ops::Range<usize>, usize, usize, f32);
-
-/// [`attend_group`] for `G` heads: scores four keys at a time for every head while those
-/// keys sit in L1, then the weighted sum with all heads' accumulators in registers, so
-/// each value row is loaded once.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn attend_group_avx512<const G: usize>(args: GroupArgs, scores: &mut Vec<f32>, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let (q, d, keys, values, positions, stride, offset, scale) = args;
-    let n = positions.len();
-    weights_avx512(q, d, keys, positions.clone(), stride, offset, scale, scores);
-    let at = |base: &[f32], i: usize| base.as_ptr().add((positions.start + i) * stride + offset);
-    for c in (0..d).step_by(V_CHUNK) {
-        let mut acc = [[_mm512_setzero_ps(); V_CHUNK / 16]; G];
-        for j in 0..n {
-            let v = at(values, j).add(c);
-            let row: [__m512; V_CHUNK / 16] = std::array::from_fn(|u| _mm512_loadu_ps(v.add(16 * u)));
-            for (h, acc) in acc.iter_mut().enumerate() {
-                let p = _mm512_set1_ps(*scores.get_unchecked(h * n + j));
-                for (a, r) in acc.iter_mut().zip(row) {
-                    *a = _mm512_fmadd_ps(p, r, *a);
-                }
-            }
-        }
-        for (h, acc) in acc.iter().enumerate() {
-            for (u, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(out.as_mut_ptr().add(h * d + c + 16 * u), *a);
-            }
-        }
-    }
 }
 
 /// The body of [`attend`], given the three vector kernels.
@@ -480,7 +405,7 @@ pub fn softmax_scalar(x: &mut [f32]) {
 /// (relative error ≈ 2e-7), inputs clamped to the range where the result is a normal f32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+pub(super) unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3)), _mm256_set1_ps(88.3));
     let n = _mm256_round_ps(
@@ -681,29 +606,6 @@ mod tests {
             unsafe { attend_avx2(&q, &kv, &kv[1..], 3..38, stride, offset, 0.125, &mut scores, &mut out) };
             for (a, b) in out.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "attend_avx2 d=64: {a} vs {b}");
-            }
-        }
-        // Three heads sharing the KV head, grouped and one by one.
-        let q3: Vec<f32> = (0..3 * d).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
-        let mut grouped = vec![0f32; 3 * d];
-        attend_group(&q3, d, &kv, &kv[1..], 3..38, stride, offset, 0.125, &mut scores, &mut grouped);
-        for (h, got) in grouped.chunks(d).enumerate() {
-            attend(&q3[h * d..(h + 1) * d], &kv, &kv[1..], 3..38, stride, offset, 0.125, &mut scores, &mut out);
-            for (a, b) in got.iter().zip(&out) {
-                assert!((a - b).abs() < 1e-5, "attend_group head {h}: {a} vs {b}");
-            }
-        }
-        // Four heads of 256 (Gemma's shape: several 64-wide chunks of the value sum).
-        let (d, stride) = (256, 256);
-        let kv: Vec<f32> = (0..stride * 21).map(|i| ((i * 5 % 17) as f32 - 8.0) / 7.0).collect();
-        let q4: Vec<f32> = (0..4 * d).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
-        let mut grouped = vec![0f32; 4 * d];
-        out.resize(d, 0.0);
-        attend_group(&q4, d, &kv, &kv, 0..21, stride, 0, 0.0625, &mut scores, &mut grouped);
-        for (h, got) in grouped.chunks(d).enumerate() {
-            attend(&q4[h * d..(h + 1) * d], &kv, &kv, 0..21, stride, 0, 0.0625, &mut scores, &mut out);
-            for (a, b) in got.iter().zip(&out) {
-                assert!((a - b).abs() < 1e-5, "attend_group d=256 head {h}: {a} vs {b}");
             }
         }
         // Extreme spreads underflow to zero instead of producing NaN.

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod dequant;
 pub mod dot;
 pub mod features;
+pub mod flash;
 pub mod gemm;
 pub mod matmul;
 pub mod norm;
@@ -22,8 +23,9 @@ pub use matmul::{matmul, matmul_many, QMatrix};
 /// How a pass over several tokens computes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Batching {
-    /// The fastest way: tiles of tokens share each unpacked weight block, a prompt's
-    /// query heads share each key row (prefill, perplexity, training).
+    /// The fastest way: tiles of tokens share each unpacked weight block, tiles of a
+    /// prompt's query rows share each cached key and value row (prefill, perplexity,
+    /// training).
     Tiled,
     /// Every token with exactly the arithmetic it gets alone (decode's kernels and
     /// activation quantization, attention head by head), all tokens of a weight row while

@@ -175,13 +175,10 @@ impl Ops for CpuPass<'_> {
         window: Option<usize>,
     ) -> Result<Vec<f32>, Infallible> {
         let cfg = self.cfg;
-        let kv_dim = cfg.kv_dim();
-        let new = self.pos0 * kv_dim..(self.pos0 + self.rows()) * kv_dim;
-        let (k_cache, v_cache) = self.kv.layer_mut(layer);
-        k_cache[new.clone()].copy_from_slice(&k);
-        v_cache[new].copy_from_slice(&v);
+        self.kv.store(layer, self.pos0 * cfg.kv_dim(), &k, &v);
+        let (k_cache, v_cache) = self.kv.layer(layer);
         let mut out = self.scratch.take(q.len());
-        attention::causal(&q, k_cache, v_cache, self.pos0, cfg.heads(), window, &mut out, None, self.batching);
+        attention::causal(&q, k_cache, v_cache, self.pos0, cfg.heads(), window, &mut out, self.batching);
         for used in [q, k, v] {
             self.scratch.give(used);
         }

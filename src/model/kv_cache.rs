@@ -2,34 +2,112 @@
 //! also carries the forward pass's scratch arena, so that everything one session's
 //! forward calls need is allocated once, with the session (llama2.c's `RunState`).
 //!
-//! Layout per layer: `[n_ctx][n_head_kv · head_dim]` f32, for keys and for values. The
-//! buffers are anonymous memory maps, which the OS backs with zero pages on first touch,
-//! so the unused tail of a long context costs address space, not memory. (A zeroed heap
-//! allocation does not promise that: the allocator may have to clear reused memory.)
+//! Layout per layer: `[n_ctx][n_head_kv · head_dim]`, for keys and for values, each in its
+//! [`CacheType`] (f16 by default, like llama.cpp). The buffers are anonymous memory maps,
+//! which the OS backs with zero pages on first touch, so the unused tail of a long context
+//! costs address space, not memory. (A zeroed heap allocation does not promise that: the
+//! allocator may have to clear reused memory.)
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use memmap2::MmapMut;
 
 use super::cpu::Scratch;
 use super::Config;
+use crate::kernels::attention::Cached;
 
-/// A lazily committed, zero-initialised f32 buffer.
+/// How the cache stores each key or value (llama.cpp's `--cache-type-k/-v`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheType {
+    /// The projections' own values.
+    F32,
+    /// Half the memory, and half the bytes attention reads per cached position, for a
+    /// rounding (relative 2⁻¹¹) that llama.cpp's default cache makes too.
+    #[default]
+    F16,
+}
+
+impl CacheType {
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            CacheType::F32 => 4,
+            CacheType::F16 => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for CacheType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(CacheType::F32),
+            "f16" => Ok(CacheType::F16),
+            _ => Err(format!("unknown KV cache type {s:?} (expected f32 or f16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for CacheType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CacheType::F32 => "f32",
+            CacheType::F16 => "f16",
+        })
+    }
+}
+
+/// The storage types of keys and of values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheTypes {
+    pub k: CacheType,
+    pub v: CacheType,
+}
+
+/// A lazily committed, zero-initialised buffer of `len` values of one [`CacheType`].
 struct LazyBuffer {
     map: Option<MmapMut>,
     len: usize,
+    kind: CacheType,
 }
 
 impl LazyBuffer {
-    fn new(len: usize) -> std::io::Result<Self> {
-        let map = if len == 0 { None } else { Some(MmapMut::map_anon(len * std::mem::size_of::<f32>())?) };
-        Ok(Self { map, len })
+    fn new(len: usize, kind: CacheType) -> std::io::Result<Self> {
+        let map = if len == 0 { None } else { Some(MmapMut::map_anon(len * kind.bytes())?) };
+        Ok(Self { map, len, kind })
     }
 
-    fn as_mut_slice(&mut self) -> &mut [f32] {
-        match &mut self.map {
-            // SAFETY: the map is page-aligned, holds exactly `len` f32s, and every bit
-            // pattern is a valid f32.
-            Some(m) => unsafe { std::slice::from_raw_parts_mut(m.as_mut_ptr().cast::<f32>(), self.len) },
-            None => &mut [],
+    fn rows(&self) -> Cached<'_> {
+        let Some(m) = &self.map else { return Cached::F32(&[]) };
+        match self.kind {
+            // SAFETY: the map is page-aligned and holds exactly `len` values of this type,
+            // and every bit pattern is a valid f32 (or f16).
+            CacheType::F32 => Cached::F32(unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<f32>(), self.len) }),
+            // SAFETY: as above.
+            CacheType::F16 => Cached::F16(unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<f16>(), self.len) }),
+        }
+    }
+
+    /// Stores `values` from position `at` on, rounding them to the buffer's type.
+    fn store(&mut self, at: usize, values: &[f32]) {
+        let Some(m) = &mut self.map else {
+            assert!(values.is_empty(), "KV cache: store past the end");
+            return;
+        };
+        assert!(at + values.len() <= self.len, "KV cache: store past the end");
+        let (ptr, range) = (m.as_mut_ptr(), at..at + values.len());
+        match self.kind {
+            CacheType::F32 => {
+                // SAFETY: as in `rows`, and `&mut self` makes this the only view of the map.
+                let all = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<f32>(), self.len) };
+                all[range].copy_from_slice(values)
+            }
+            CacheType::F16 => {
+                // SAFETY: as above.
+                let all = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<f16>(), self.len) };
+                all[range].convert_from_f32_slice(values)
+            }
         }
     }
 }
@@ -37,7 +115,6 @@ impl LazyBuffer {
 pub struct KvCache {
     n_layer: usize,
     n_ctx: usize,
-    kv_dim: usize,
     /// Positions filled so far.
     len: usize,
     k: Vec<LazyBuffer>,
@@ -51,16 +128,16 @@ pub struct KvCache {
 
 impl KvCache {
     /// Reserves keys and values for `n_ctx` positions of every layer.
-    pub fn new(cfg: &Config, n_ctx: usize) -> std::io::Result<Self> {
+    pub fn new(cfg: &Config, n_ctx: usize, types: CacheTypes) -> std::io::Result<Self> {
         let kv_dim = cfg.kv_dim();
-        let layers = || (0..cfg.n_layer).map(|_| LazyBuffer::new(n_ctx * kv_dim)).collect::<std::io::Result<Vec<_>>>();
+        let layers =
+            |kind| (0..cfg.n_layer).map(|_| LazyBuffer::new(n_ctx * kv_dim, kind)).collect::<std::io::Result<Vec<_>>>();
         Ok(Self {
             n_layer: cfg.n_layer,
             n_ctx,
-            kv_dim,
             len: 0,
-            k: layers()?,
-            v: layers()?,
+            k: layers(types.k)?,
+            v: layers(types.v)?,
             scratch: Scratch::default(),
             #[cfg(feature = "gpu")]
             device: None,
@@ -73,7 +150,6 @@ impl KvCache {
         Self {
             n_layer: cfg.n_layer,
             n_ctx,
-            kv_dim: cfg.kv_dim(),
             len: 0,
             k: Vec::new(),
             v: Vec::new(),
@@ -113,7 +189,7 @@ impl KvCache {
 
     /// Bytes the cache would take if every position were filled.
     pub fn capacity_bytes(&self) -> usize {
-        2 * self.n_layer * self.n_ctx * self.kv_dim * std::mem::size_of::<f32>()
+        self.k.iter().chain(&self.v).map(|b| b.len * b.kind.bytes()).sum()
     }
 
     /// Whether this cache holds its keys and values on the host (the CPU path's).
@@ -139,8 +215,15 @@ pub(super) struct KvLayers<'a> {
 }
 
 impl KvLayers<'_> {
-    /// Keys and values of `layer` (all `n_ctx` positions, mutable for writing new ones).
-    pub fn layer_mut(&mut self, layer: usize) -> (&mut [f32], &mut [f32]) {
-        (self.k[layer].as_mut_slice(), self.v[layer].as_mut_slice())
+    /// Stores new keys and values of `layer` from value `at` on (`at = pos · kv_dim` for
+    /// position `pos`).
+    pub fn store(&mut self, layer: usize, at: usize, k: &[f32], v: &[f32]) {
+        self.k[layer].store(at, k);
+        self.v[layer].store(at, v);
+    }
+
+    /// Keys and values of `layer` (all `n_ctx` positions).
+    pub fn layer(&self, layer: usize) -> (Cached<'_>, Cached<'_>) {
+        (self.k[layer].rows(), self.v[layer].rows())
     }
 }

@@ -18,7 +18,7 @@ pub mod weights;
 
 pub use config::{Config, Family, Recipe, RopeScaling};
 pub use device::{Device, DeviceError, DeviceRequest};
-pub use kv_cache::KvCache;
+pub use kv_cache::{CacheType, CacheTypes, KvCache};
 pub use lora::{Adapter, Target};
 pub use weights::{Block, Norm, NormId, Weights};
 
@@ -86,6 +86,8 @@ pub struct Model {
     weights: Weights,
     /// LoRA adapters applied on top of the frozen weights, each with its user scale.
     adapters: Vec<(Adapter, f32)>,
+    /// How new CPU caches store keys and values.
+    pub cache_types: CacheTypes,
     /// The weights uploaded to a GPU, which then runs the forward pass.
     #[cfg(feature = "gpu")]
     gpu: Option<gpu::GpuWeights>,
@@ -100,6 +102,7 @@ impl Model {
             cfg,
             weights,
             adapters: Vec::new(),
+            cache_types: CacheTypes::default(),
             #[cfg(feature = "gpu")]
             gpu: None,
         })
@@ -164,14 +167,14 @@ impl Model {
     }
 
     /// A KV cache for `n_ctx` positions (clamped to the trained context), on the model's
-    /// device.
+    /// device: of [`Model::cache_types`] on the CPU, f32 on a GPU.
     pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache, ModelError> {
         let n_ctx = n_ctx.clamp(1, self.cfg.n_ctx_train);
         #[cfg(feature = "gpu")]
         if let Some(g) = &self.gpu {
             return Ok(KvCache::on_device(&self.cfg, n_ctx, g.new_cache(&self.cfg, n_ctx)?));
         }
-        KvCache::new(&self.cfg, n_ctx).map_err(ModelError::KvCache)
+        KvCache::new(&self.cfg, n_ctx, self.cache_types).map_err(ModelError::KvCache)
     }
 
     /// Runs `tokens` at the next positions of `cache` and returns the final (normed)
@@ -259,8 +262,9 @@ impl Model {
             w.blocks.iter().flat_map(|b| Norm::ALL.iter().filter_map(|&n| b.norm(n))).map(|v| v.len() * 4).sum();
         // `Weights::bytes` counts the layer matrices and the whole embedding table.
         let layers = w.bytes() - w.token_embd.bytes().len() + norms;
+        let per_value = self.cache_types.k.bytes() + self.cache_types.v.bytes();
         let kv: usize = (0..cfg.n_layer)
-            .map(|l| 2 * cfg.window(l).map_or(context, |win| context.min(win)) * cfg.kv_dim() * 4)
+            .map(|l| cfg.window(l).map_or(context, |win| context.min(win)) * cfg.kv_dim() * per_value)
             .sum();
         let head = w.output.bytes().len() + w.output_norm.len() * 4;
         (layers + kv + head + w.token_embd.row_bytes()) as u64

@@ -15,10 +15,10 @@
 use super::frozen::Frozen;
 use super::student::LoraParams;
 use super::TrainError;
+use crate::kernels::attention;
 use crate::kernels::dot::{gated, gated_backward, Gate};
 use crate::kernels::norm::{rms_norm, rms_norm_backward};
 use crate::kernels::rope::{rope, rope_tables};
-use crate::kernels::{attention, Batching};
 use crate::model::graph::{Ops, Rope};
 use crate::model::lora::{lora_backward, lora_forward};
 use crate::model::{Config, Model, NormId, Target};
@@ -329,7 +329,7 @@ impl Ops for Recorder<'_> {
         let (qv, kv, vv) = (self.tape.value(q), self.tape.value(k), self.tape.value(v));
         let mut out = vec![0f32; qv.len()];
         let mut probs = vec![0f32; heads.n_head * n * n];
-        attention::causal(qv, kv, vv, 0, heads, window, &mut out, Some(&mut probs), Batching::Tiled);
+        attention::causal_keeping_weights(qv, kv, vv, heads, window, &mut out, &mut probs);
         Ok(self.tape.push(Op::Attention { q, k, v, probs, window }, out))
     }
 
