@@ -267,6 +267,11 @@ fn new_commands_refuse_bad_arguments_in_one_line() {
     assert!(!ok && stderr.contains("at least one --lora"), "{stderr}");
     let (ok, stderr) = pupil(&["complete", "-m", m, "--lora", m, "hi"], &[]);
     assert!(!ok && stderr.contains("not a LoRA adapter"), "{stderr}");
+    let (ok, stderr) = pupil(&["--cache-type-k", "q4", "complete", "-m", m, "hi"], &[]);
+    assert!(!ok && stderr.contains("unknown KV cache type \"q4\" (expected f32 or f16)"), "{stderr}");
+    let (ok, stderr) =
+        pupil(&["complete", "-m", m, "-n", "2", "--cache-type-k", "f32", "--cache-type-v", "F32", "hi"], &[]);
+    assert!(ok, "an f32 cache, flags after the command: {stderr}");
     let missing = dir.join("missing.jsonl");
     let (ok, stderr) = pupil(&["report", missing.to_str().unwrap(), "-o", "r.md"], &[]);
     assert!(!ok && stderr.contains("missing.jsonl"), "{stderr}");

@@ -175,9 +175,8 @@ impl SamplingArgs {
     /// The `--draft` model, loaded on the CPU (where speculative decoding runs).
     pub fn load_draft(&self, exec: &Exec) -> anyhow::Result<Option<Runtime>> {
         let Some(model) = &self.draft else { return Ok(None) };
-        let mut rt = Runtime::load_on(model, exec.threads, Device::Cpu, true)?;
-        rt.model.cache_types = exec.cache;
-        Ok(Some(rt))
+        let on_cpu = Exec { device: DeviceRequest::Exact(Device::Cpu), ..*exec };
+        Ok(Some(on_cpu.load(model)?))
     }
 
     /// Makes `session` decode speculatively as `--lookup` or `--draft` ask.

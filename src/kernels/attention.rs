@@ -74,7 +74,8 @@ impl Cached<'_> {
 /// Work goes out in tiles of query rows that share a KV head ([`flash::Tile`]). A
 /// [`Batching::Tiled`] prompt puts a few tokens' heads in one tile; decode, and
 /// [`Batching::AsDecode`], one token's — a row's arithmetic depends only on its query and
-/// the positions it sees, so each query gets the bits it would get alone.
+/// the positions it sees (and where its tile's earliest row starts, which in a one-token
+/// tile is its own start), so each query gets the bits it would get alone.
 #[allow(clippy::too_many_arguments)]
 pub fn causal(
     q: &[f32],
@@ -138,7 +139,6 @@ pub fn causal(
 
 /// Attention over a whole training sequence (`pos0 = 0`, f32 keys and values) that keeps
 /// each query's weights for the backward pass in `probs` (`n_head × n × n`).
-#[allow(clippy::too_many_arguments)]
 pub fn causal_keeping_weights(
     q: &[f32],
     k: &[f32],

@@ -49,15 +49,6 @@ impl std::str::FromStr for CacheType {
     }
 }
 
-impl std::fmt::Display for CacheType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CacheType::F32 => "f32",
-            CacheType::F16 => "f16",
-        })
-    }
-}
-
 /// The storage types of keys and of values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CacheTypes {
