@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::dequant::dequantize;
 use super::gemm::{gemm_nn, gemm_nt, Mat};
 use super::q8::{quantize_row, quantize_row_shared, Q8Block};
-use super::quant_dot::{self, Kernel, QuadKernel, RowDot, RowDotTile, QUAD_ROWS, QUAD_TILE, TILE};
+use super::quant_dot::{self, Kernel, RowDot, RowDotTile, RowsKernel, ROWS_TILE, TILE};
 use super::Batching;
 use crate::gguf::GgmlDType;
 use crate::threads::{current_num_threads, for_each_index, for_each_mut, DisjointMut};
@@ -116,9 +116,10 @@ pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usi
 }
 
 /// Rows per parallel task: enough tasks to balance the threads, few enough that
-/// scheduling stays negligible; a multiple of [`QUAD_ROWS`] for the four-row kernels.
+/// scheduling stays negligible; a multiple of the rows every [`RowsKernel`] takes (four or
+/// eight).
 fn rows_per_task(rows: usize) -> usize {
-    (rows / (current_num_threads() * 4)).clamp(ROW_BLOCK, 512).next_multiple_of(QUAD_ROWS)
+    (rows / (current_num_threads() * 4)).clamp(ROW_BLOCK, 512).next_multiple_of(8)
 }
 
 thread_local! {
@@ -180,10 +181,10 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
     }
     for_each_index(n_tasks, |i| {
         let (w, kernel, out, r0, r1) = task(i);
-        let Forms { one, tile, quad, shared } = Forms::of(kernel, as_decode);
+        let Forms { one, tile, rows, shared } = Forms::of(kernel, as_decode);
         let xq = if shared { &xq_shared[..] } else { &xq[..] };
         if n_tokens == 1 {
-            // Decode reads rows one at a time even where a four-row kernel exists: the
+            // Decode reads rows one at a time even where a several-row kernel exists: the
             // weights come from DRAM here, and four interleaved row streams measured
             // 25–30 % slower (Q4_0: 170 vs 236 t/s) than one sequential stream with its
             // prefetch.
@@ -195,11 +196,11 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
             return;
         }
         let batch = Batch { w, xq, blocks, n_tokens, out };
-        match quad {
-            Some(quad) => {
-                let quads_end = r0 + (r1 - r0) / QUAD_ROWS * QUAD_ROWS;
-                batch.by_quads(quad, r0, quads_end);
-                batch.by_rows(one, tile, quads_end, r1);
+        match rows {
+            Some(rows) => {
+                let groups_end = r0 + (r1 - r0) / rows.rows * rows.rows;
+                batch.by_row_groups(rows, r0, groups_end);
+                batch.by_rows(one, tile, groups_end, r1);
             }
             // One row at a time, its tile form giving the bits of its single-token form.
             _ => batch.by_rows(one, tile, r0, r1),
@@ -217,9 +218,9 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
 struct Forms {
     one: RowDot,
     tile: RowDotTile,
-    /// Four rows at a time: prefill only, since the four-row sums round differently from
+    /// Several rows at a time: prefill only, since their sums round differently from
     /// decode's (decode-exact batches must give decode's bits).
-    quad: Option<QuadKernel>,
+    rows: Option<RowsKernel>,
     /// Shared-scale activations (K-quant forms whose sub-block scales apply in integers)
     /// rather than per-block ones.
     shared: bool,
@@ -227,10 +228,10 @@ struct Forms {
 
 impl Forms {
     fn of(k: Kernel, as_decode: bool) -> Self {
-        match (k.quad, k.shared_scale) {
-            (Some(quad), _) if !as_decode => Forms { one: k.one, tile: k.tile, quad: Some(quad), shared: false },
-            (_, Some(s)) => Forms { one: s.one, tile: s.tile, quad: s.quad.filter(|_| !as_decode), shared: true },
-            _ => Forms { one: k.one, tile: k.tile, quad: None, shared: false },
+        match (k.rows, k.shared_scale) {
+            (Some(rows), _) if !as_decode => Forms { one: k.one, tile: k.tile, rows: Some(rows), shared: false },
+            (_, Some(s)) => Forms { one: s.one, tile: s.tile, rows: s.rows.filter(|_| !as_decode), shared: true },
+            _ => Forms { one: k.one, tile: k.tile, rows: None, shared: false },
         }
     }
 }
@@ -245,32 +246,22 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// Rows `r0..r1` (a multiple of four) four at a time, [`QUAD_TILE`] tokens at a time:
-    /// the tile's activations stay in L1 while every row of the range passes by.
-    fn by_quads(&self, quad: QuadKernel, r0: usize, r1: usize) {
+    /// Rows `r0..r1` (a multiple of `kernel.rows`) that many at a time, [`ROWS_TILE`]
+    /// tokens at a time: the tile's activations stay in cache while every row of the
+    /// range passes by.
+    fn by_row_groups(&self, kernel: RowsKernel, r0: usize, r1: usize) {
         let (w, rb, blocks) = (self.w, self.w.row_bytes(), self.blocks);
         let bytes = w.bytes();
-        let mut t = 0;
-        while t + QUAD_TILE <= self.n_tokens {
-            let x = &self.xq[t * blocks..(t + QUAD_TILE) * blocks];
-            for r in (r0..r1).step_by(QUAD_ROWS) {
-                let dots = (quad.tile)(&bytes[r * rb..(r + QUAD_ROWS) * rb], rb, x, blocks);
-                for (k, row_dots) in dots.iter().enumerate() {
-                    for (i, &v) in row_dots.iter().enumerate() {
-                        // SAFETY: rows `r0..r1` belong to this task alone.
-                        unsafe { self.out.write((t + k) * w.rows + r + i, v) };
-                    }
-                }
-            }
-            t += QUAD_TILE;
-        }
-        for t in t..self.n_tokens {
-            let x = &self.xq[t * blocks..(t + 1) * blocks];
-            for r in (r0..r1).step_by(QUAD_ROWS) {
-                let dots = (quad.one)(&bytes[r * rb..(r + QUAD_ROWS) * rb], rb, x);
-                for (i, v) in dots.into_iter().enumerate() {
-                    // SAFETY: as above.
-                    unsafe { self.out.write(t * w.rows + r + i, v) };
+        let mut dots = [0f32; 8 * ROWS_TILE];
+        for t0 in (0..self.n_tokens).step_by(ROWS_TILE) {
+            let tokens = ROWS_TILE.min(self.n_tokens - t0);
+            let x = &self.xq[t0 * blocks..(t0 + tokens) * blocks];
+            for r in (r0..r1).step_by(kernel.rows) {
+                let dots = &mut dots[..tokens * kernel.rows];
+                (kernel.dot)(&bytes[r * rb..(r + kernel.rows) * rb], rb, x, blocks, tokens, dots);
+                for (t, row_dots) in dots.chunks_exact(kernel.rows).enumerate() {
+                    // SAFETY: rows `r0..r1` belong to this task alone.
+                    unsafe { self.out.slice((t0 + t) * w.rows + r, kernel.rows) }.copy_from_slice(row_dots);
                 }
             }
         }
@@ -383,7 +374,8 @@ mod tests {
             let mut dense = vec![0f32; rows * cols];
             dequantize(dtype, w.bytes(), &mut dense);
             let mut rng = Rng::new(9);
-            for n_tokens in [1, 2, 5, 9] {
+            // 70 tokens: a full prefill tile of the several-row kernels and a ragged one.
+            for n_tokens in [1, 2, 5, 9, ROWS_TILE + 6] {
                 let x: Vec<f32> = (0..n_tokens * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
                 let mut out = vec![0f32; n_tokens * rows];
                 matmul(&w, &x, n_tokens, &mut out);

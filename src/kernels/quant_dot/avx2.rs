@@ -10,7 +10,10 @@ use std::arch::x86_64::*;
 
 use super::super::q8::Q8Block;
 use super::scalar::k_scales_mins;
-use super::{QUAD_ROWS, QUAD_TILE, TILE};
+use super::{ROWS_TILE, TILE};
+
+/// Weight rows per call of the prefill kernel ([`rows_kernel`]).
+pub const ROWS: usize = 8;
 
 /// f32 of every f16 bit pattern (256 KiB, built at compile time): a scale is then one
 /// load instead of an insert and a conversion on the shuffle port, which the decode loop
@@ -368,78 +371,31 @@ unsafe fn q6_k_shared_scale<M: MulSum, const T: usize>(w: &[u8], xs: [&[Q8Block]
     std::array::from_fn(|t| hsum(acc[t]))
 }
 
-/// Four rows' 32-byte pieces (`v[r]`) regrouped by eight-byte column: result `g` holds
-/// bytes `8g..8g + 8` of each row, row `r` in 64-bit lane `r` (a 4 × 4 transpose of
-/// 64-bit elements).
-#[inline(always)]
-unsafe fn by_column(v: [__m256i; 4]) -> [__m256i; 4] {
-    let (a, b) = (_mm256_unpacklo_epi64(v[0], v[1]), _mm256_unpackhi_epi64(v[0], v[1]));
-    let (c, d) = (_mm256_unpacklo_epi64(v[2], v[3]), _mm256_unpackhi_epi64(v[2], v[3]));
-    [
-        _mm256_permute2x128_si256::<0x20>(a, c),
-        _mm256_permute2x128_si256::<0x20>(b, d),
-        _mm256_permute2x128_si256::<0x31>(a, c),
-        _mm256_permute2x128_si256::<0x31>(b, d),
-    ]
-}
-
-/// A weight format as the four-row prefill kernel ([`rows_kernel`]) sees one chunk of
-/// 256 values (a K-quant super-block, or eight 32-value blocks) of four rows: its weights
-/// unpacked into 32 column registers (eight values of each row, in value order; see
-/// [`by_column`]), and how a sub-block's 16-bit products become the rows' dot products.
-trait RowsFormat {
-    /// Bytes per chunk; a row's last chunk may be shorter (32-value formats).
-    const BYTES: usize;
-    /// Values per scaled sub-block: 32, or 16 (Q6_K).
-    const SUB: usize;
-    /// What the format needs of the four rows' chunk after unpacking.
-    type Rows;
-    /// Unpacks chunk `b` of each row; a K-quant puts sub-block `j`'s scale of row `r` in
-    /// every 16-bit lane of 64-bit lane `r` of `scale[j]`.
-    unsafe fn unpack(b: [&[u8]; QUAD_ROWS], weights: &mut [__m256i; 32], scale: &mut [__m256i; 16]) -> Self::Rows;
-    /// Folds sub-block `j`'s 16-bit pair sums (row `r`'s in 64-bit lane `r`) into the
-    /// token's sums for the chunk: by default scaled in integers into `sumi` (the
-    /// K-quants, over activations with one scale per chunk); formats with scales per
-    /// block convert and scale into `local`, three independent float chains.
-    #[inline(always)]
-    unsafe fn sub_block<M: MulSum>(
-        _rows: &Self::Rows,
-        _j: usize,
-        pairs: __m256i,
-        scale: __m256i,
-        _xb: &[Q8Block],
-        sumi: &mut __m256i,
-        _local: &mut [__m256; 3],
-    ) {
-        *sumi = M::add_scaled(*sumi, pairs, scale);
-    }
-    /// `acc` plus the token's products over the chunk, from its sums (`sumi`: row `r`'s
-    /// in lanes `2r` and `2r + 1`; `local`) and its activation blocks `xb`.
-    unsafe fn finish(rows: &Self::Rows, sumi: __m256i, local: [__m256; 3], xb: &[Q8Block], acc: __m256) -> __m256;
-}
-
 /// A 32-value block format, as [`block32`] and [`rows_kernel`] read it: block bytes, the
-/// block's 32 unsigned weights, and its offset or minimum, which multiplies the
-/// activation block's sum.
+/// width of its weights, the block's 32 weights (unsigned, or for 8-bit weights signed)
+/// and its offset or minimum, which multiplies the activation block's sum.
 trait Block32 {
     const TS: usize;
+    const BITS: u32;
     unsafe fn unpack(b: &[u8]) -> __m256i;
     unsafe fn offset(b: &[u8]) -> f32;
 }
 
-/// One [`Block32`] format: its bytes, how block `$b` unpacks, its offset or minimum.
+/// One [`Block32`] format: its bytes, its width, how a block unpacks, its offset or
+/// minimum.
 macro_rules! block32_format {
-    ($(#[$doc:meta])* $name:ident, $ts:literal, |$b:ident| $unpack:expr, $offset:expr) => {
+    ($(#[$doc:meta])* $name:ident, $ts:literal, $bits:literal, |$b:ident| $unpack:expr, |$o:pat_param| $offset:expr) => {
         $(#[$doc])*
         struct $name;
         impl Block32 for $name {
             const TS: usize = $ts;
+            const BITS: u32 = $bits;
             #[inline(always)]
             unsafe fn unpack($b: &[u8]) -> __m256i {
                 $unpack
             }
             #[inline(always)]
-            unsafe fn offset($b: &[u8]) -> f32 {
+            unsafe fn offset($o: &[u8]) -> f32 {
                 $offset
             }
         }
@@ -448,176 +404,234 @@ macro_rules! block32_format {
 
 block32_format!(
     /// Q4_0: Σ d(q − 8)x = d·Σqx − 8·d·Σx.
-    Q40, 18, |b| nibbles(b.as_ptr().add(2)), -8.0 * f16_at(b, 0)
+    Q40, 18, 4, |b| nibbles(b.as_ptr().add(2)), |b| -8.0 * f16_at(b, 0)
 );
 block32_format!(
     /// Q4_1: nibbles plus a minimum.
-    Q41, 20, |b| nibbles(b.as_ptr().add(4)), f16_at(b, 2)
+    Q41, 20, 4, |b| nibbles(b.as_ptr().add(4)), |b| f16_at(b, 2)
 );
 block32_format!(
     /// Q5_0: five bits, offset −16.
-    Q50, 22, |b| q5_unpack(b, 2), -16.0 * f16_at(b, 0)
+    Q50, 22, 5, |b| q5_unpack(b, 2), |b| -16.0 * f16_at(b, 0)
 );
 block32_format!(
     /// Q5_1: five bits plus a minimum.
-    Q51, 24, |b| q5_unpack(b, 4), f16_at(b, 2)
+    Q51, 24, 5, |b| q5_unpack(b, 4), |b| f16_at(b, 2)
+);
+block32_format!(
+    /// Q8_0: signed bytes, no offset (the prefill kernel's view; decode has [`q8_0_`]).
+    Q80, 34, 8, |b| _mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i), |_| 0.0
 );
 
-/// Up to eight blocks of a 32-value format, each with its own scales: per block, row
-/// `r`'s scale in lanes `2r` and `2r + 1`, its offset in lane `2r` only (the two lanes
-/// are added at the end).
+/// Eight rows' 32-byte pieces (`v[r]`) regrouped by four-byte column: result `g` holds
+/// bytes `4g..4g + 4` of each row, row `r` in 32-bit lane `r` (an 8 × 8 transpose of
+/// 32-bit elements).
+#[inline(always)]
+unsafe fn by_column(v: [__m256i; ROWS]) -> [__m256i; 8] {
+    let pairs = |a: __m256i, b: __m256i| (_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+    let (a0, a1) = pairs(v[0], v[1]);
+    let (a2, a3) = pairs(v[2], v[3]);
+    let (a4, a5) = pairs(v[4], v[5]);
+    let (a6, a7) = pairs(v[6], v[7]);
+    let quads = |a: __m256i, b: __m256i| (_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+    let (b0, b1) = quads(a0, a2);
+    let (b2, b3) = quads(a1, a3);
+    let (b4, b5) = quads(a4, a6);
+    let (b6, b7) = quads(a5, a7);
+    [
+        _mm256_permute2x128_si256::<0x20>(b0, b4),
+        _mm256_permute2x128_si256::<0x20>(b1, b5),
+        _mm256_permute2x128_si256::<0x20>(b2, b6),
+        _mm256_permute2x128_si256::<0x20>(b3, b7),
+        _mm256_permute2x128_si256::<0x31>(b0, b4),
+        _mm256_permute2x128_si256::<0x31>(b1, b5),
+        _mm256_permute2x128_si256::<0x31>(b2, b6),
+        _mm256_permute2x128_si256::<0x31>(b3, b7),
+    ]
+}
+
+/// `f(r)` for each of the eight rows.
+#[inline(always)]
+fn per_row<T>(f: impl Fn(usize) -> T) -> [T; ROWS] {
+    [f(0), f(1), f(2), f(3), f(4), f(5), f(6), f(7)]
+}
+
+/// The f16 at byte `at` of each row's chunk, one row per lane.
+#[inline(always)]
+unsafe fn halves(b: &[&[u8]; ROWS], at: usize) -> __m256 {
+    let h = per_row(|r| u16::from_le_bytes([b[r][at], b[r][at + 1]]) as i16);
+    _mm256_cvtph_ps(_mm_setr_epi16(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]))
+}
+
+/// Two words as one lane: what `vpmaddwd` multiplies a pair of sums by.
+#[inline(always)]
+fn word_pair(low: i16, high: i16) -> i32 {
+    (low as u16 as u32 | (high as u16 as u32) << 16) as i32
+}
+
+/// Per-row lanes built in general registers, as vectors (a plain loop: a closure would
+/// not inherit the caller's target features, and its intrinsics were left as calls).
+#[inline(always)]
+unsafe fn lanes<const N: usize>(v: &[[i32; ROWS]; N]) -> [__m256i; N] {
+    let mut out = [_mm256_setzero_si256(); N];
+    for (out, v) in out.iter_mut().zip(v) {
+        *out = _mm256_loadu_si256(v.as_ptr() as *const __m256i);
+    }
+    out
+}
+
+/// `Σ_p` (activation block `p`'s two half sums) · (the two words of `factors[p]`), per
+/// lane: minimums or offsets meeting the activation sums in integers.
+#[inline(always)]
+unsafe fn weighted_half_sums(factors: &[__m256i; 8], xb: &[Q8Block]) -> __m256i {
+    let mut sum = _mm256_setzero_si256();
+    for (&f, xb) in factors.iter().zip(xb) {
+        let pair = _mm256_set1_epi32(std::ptr::read_unaligned(xb.sum16.as_ptr() as *const i32));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(f, pair));
+    }
+    sum
+}
+
+/// A weight format as the eight-row prefill kernel ([`rows_kernel`]) sees it: each row
+/// is a run of chunks (a K-quant super-block, or one 32-value block), a chunk a run of
+/// 32-value pieces that each meet one activation block.
+trait RowsFormat {
+    /// Bytes per chunk of one row.
+    const BYTES: usize;
+    /// 32-value pieces per chunk.
+    const PIECES: usize;
+    /// Four-byte groups whose 16-bit products `vpmaddubsw` may add up before they are
+    /// widened: each 16-bit lane gains two products per group, at most
+    /// `2 · max|w| · 127`, and the lane must stay below 2^15.
+    const SUMMED: usize;
+    /// Signed weights (Q8_0): multiplied as |w| by x with w's sign.
+    const SIGNED: bool = false;
+    /// What the format needs of eight rows' chunk besides the weights.
+    type Rows;
+    unsafe fn rows(b: &[&[u8]; ROWS]) -> Self::Rows;
+    /// Piece `j` of each row's chunk by column ([`by_column`]): unsigned weights, or signed
+    /// ones where [`Self::SIGNED`].
+    unsafe fn piece(b: &[&[u8]; ROWS], j: usize) -> [__m256i; 8];
+    /// The integer factor of groups `g..g + SUMMED` of piece `j`: row `r`'s in both words
+    /// of lane `r` ([`word_pairs`]; ones where scales are applied in floats).
+    unsafe fn scale(rows: &Self::Rows, j: usize, g: usize) -> __m256i;
+    /// `acc` plus one token's products over the chunk, from its integer sums (row `r`'s in
+    /// lane `r`) and the chunk's activation blocks `xb`.
+    unsafe fn finish(rows: &Self::Rows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256;
+}
+
+/// One 32-value format with a scale (and offset or minimum) per block.
 struct Blocks<B>(std::marker::PhantomData<B>);
 
 struct BlocksRows {
-    d: [__m256; 8],
-    offset: [__m256; 8],
+    d: __m256,
+    offset: __m256,
 }
 
 impl<B: Block32> RowsFormat for Blocks<B> {
-    const BYTES: usize = 8 * B::TS;
-    const SUB: usize = 32;
+    const BYTES: usize = B::TS;
+    const PIECES: usize = 1;
+    const SUMMED: usize = match B::BITS {
+        4 => 8,
+        5 => 4,
+        _ => 1,
+    };
+    const SIGNED: bool = B::BITS == 8;
     type Rows = BlocksRows;
 
     #[inline(always)]
-    unsafe fn unpack(b: [&[u8]; QUAD_ROWS], weights: &mut [__m256i; 32], _: &mut [__m256i; 16]) -> BlocksRows {
-        let mut rows = BlocksRows { d: [_mm256_setzero_ps(); 8], offset: [_mm256_setzero_ps(); 8] };
-        for k in 0..b[0].len() / B::TS {
-            let blk = per_row(|r| &b[r][k * B::TS..(k + 1) * B::TS]);
-            let columns = by_column([B::unpack(blk[0]), B::unpack(blk[1]), B::unpack(blk[2]), B::unpack(blk[3])]);
-            weights[4 * k..4 * k + 4].copy_from_slice(&columns);
-            rows.d[k] = per_row_pair(per_row(|r| f16_at(blk[r], 0)));
-            let offset = per_row(|r| B::offset(blk[r]));
-            rows.offset[k] = _mm256_setr_ps(offset[0], 0.0, offset[1], 0.0, offset[2], 0.0, offset[3], 0.0);
+    unsafe fn rows(b: &[&[u8]; ROWS]) -> BlocksRows {
+        let offset = per_row(|r| B::offset(b[r]));
+        let offset =
+            _mm256_setr_ps(offset[0], offset[1], offset[2], offset[3], offset[4], offset[5], offset[6], offset[7]);
+        BlocksRows { d: halves(b, 0), offset }
+    }
+
+    #[inline(always)]
+    unsafe fn piece(b: &[&[u8]; ROWS], _: usize) -> [__m256i; 8] {
+        let mut v = [_mm256_setzero_si256(); ROWS];
+        for (v, b) in v.iter_mut().zip(b) {
+            *v = B::unpack(b);
         }
-        rows
+        by_column(v)
     }
 
     #[inline(always)]
-    unsafe fn sub_block<M: MulSum>(
-        rows: &BlocksRows,
-        j: usize,
-        pairs: __m256i,
-        _: __m256i,
-        xb: &[Q8Block],
-        _: &mut __m256i,
-        local: &mut [__m256; 3],
-    ) {
-        // Blocks alternate between two chains and the offsets take a third, in registers
-        // for the chunk (the token's running sum is in memory, indexed by token). One
-        // chain through the token's sum measured the same within this VM's noise.
-        let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-        local[j % 2] = _mm256_fmadd_ps(_mm256_mul_ps(rows.d[j], _mm256_set1_ps(xb[j].d)), sum, local[j % 2]);
-        local[2] = _mm256_fmadd_ps(rows.offset[j], _mm256_set1_ps(xb[j].ds), local[2]);
+    unsafe fn scale(_: &BlocksRows, _: usize, _: usize) -> __m256i {
+        _mm256_set1_epi16(1)
     }
 
     #[inline(always)]
-    unsafe fn finish(_: &BlocksRows, _: __m256i, local: [__m256; 3], _: &[Q8Block], acc: __m256) -> __m256 {
-        _mm256_add_ps(acc, _mm256_add_ps(_mm256_add_ps(local[0], local[1]), local[2]))
+    unsafe fn finish(rows: &BlocksRows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256 {
+        let acc = _mm256_fmadd_ps(_mm256_mul_ps(rows.d, _mm256_set1_ps(xb[0].d)), _mm256_cvtepi32_ps(sumi), acc);
+        if B::BITS == 8 {
+            acc
+        } else {
+            _mm256_fmadd_ps(rows.offset, _mm256_set1_ps(xb[0].ds), acc)
+        }
     }
-}
-
-/// `f(r)` for each of four rows, spelled out: `array::from_fn` and `map` were left as
-/// calls in the prefill loop.
-#[inline(always)]
-fn per_row<T>(f: impl Fn(usize) -> T) -> [T; QUAD_ROWS] {
-    [f(0), f(1), f(2), f(3)]
-}
-
-/// 32 bytes at `offset` of each of four rows' super-blocks.
-#[inline(always)]
-unsafe fn rows_at(b: [&[u8]; QUAD_ROWS], offset: usize) -> [__m256i; QUAD_ROWS] {
-    let at = |r: usize| b[r][offset..offset + 32].as_ptr() as *const __m256i;
-    [_mm256_loadu_si256(at(0)), _mm256_loadu_si256(at(1)), _mm256_loadu_si256(at(2)), _mm256_loadu_si256(at(3))]
-}
-
-/// Byte `j` of each row's 64-bit lane in `row_bytes`, sign-extended into that lane's four
-/// 16-bit words (moved to the high byte, then shifted down arithmetically).
-#[inline(always)]
-unsafe fn spread_byte(row_bytes: __m256i, j: usize) -> __m256i {
-    let high = _mm256_setr_epi16(
-        0x0080, 0x0080, 0x0080, 0x0080, 0x0880, 0x0880, 0x0880, 0x0880, 0x0080, 0x0080, 0x0080, 0x0080, 0x0880, 0x0880,
-        0x0880, 0x0880,
-    );
-    _mm256_srai_epi16(_mm256_shuffle_epi8(row_bytes, _mm256_add_epi16(high, _mm256_set1_epi16((j as i16) << 8))), 8)
-}
-
-/// Four rows' values, row `r`'s in lanes `2r` and `2r + 1`.
-#[inline(always)]
-unsafe fn per_row_pair(v: [f32; QUAD_ROWS]) -> __m256 {
-    _mm256_setr_ps(v[0], v[0], v[1], v[1], v[2], v[2], v[3], v[3])
-}
-
-/// Eight words packed in two u64: `f(j)` for j in 0..4, then for 4..8.
-#[inline(always)]
-fn pack_words(f: impl Fn(usize) -> i16) -> [i64; 2] {
-    let mut packed = [0u64; 2];
-    for j in 0..8 {
-        packed[j / 4] |= (f(j) as u16 as u64) << (16 * (j % 4));
-    }
-    packed.map(|p| p as i64)
 }
 
 struct KQuant<const FIVE_BITS: bool>;
 
-/// Q4_K / Q5_K: per row its scale `d`, its minimums' scale `dmin` (each in both of the
-/// row's lanes) and its eight 6-bit minimums as words (sub-blocks 0–3, then 4–7).
+/// Q4_K / Q5_K: the rows' scales `d` and `dmin`, and per sub-block `j` their 6-bit scales
+/// and minimums, each in both words of its row's lane ([`word_pair`]).
 struct KQuantRows {
     d: __m256,
     dmin: __m256,
-    mins: [__m256i; 2],
+    scales: [__m256i; 8],
+    mins: [__m256i; 8],
 }
 
 impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
     const BYTES: usize = if FIVE_BITS { 176 } else { 144 };
-    const SUB: usize = 32;
+    const PIECES: usize = 8;
+    const SUMMED: usize = if FIVE_BITS { 4 } else { 8 };
     type Rows = KQuantRows;
 
     #[inline(always)]
-    unsafe fn unpack(b: [&[u8]; QUAD_ROWS], weights: &mut [__m256i; 32], scale: &mut [__m256i; 16]) -> KQuantRows {
-        let low = _mm256_set1_epi8(0x0F);
-        let sm = per_row(|r| k_scales_mins(b[r][4..16].try_into().unwrap()));
-        let row_scales = _mm256_set_epi64x(sm[3].0 as i64, sm[2].0 as i64, sm[1].0 as i64, sm[0].0 as i64);
-        for (j, scale) in scale[..8].iter_mut().enumerate() {
-            *scale = spread_byte(row_scales, j);
-        }
-        let min_words = |shift: u32| per_row(|r| (sm[r].1 >> shift) as i32);
-        let (lo, hi) = (min_words(0), min_words(32));
-        let mins = [
-            _mm256_cvtepu8_epi16(_mm_set_epi32(lo[3], lo[2], lo[1], lo[0])),
-            _mm256_cvtepu8_epi16(_mm_set_epi32(hi[3], hi[2], hi[1], hi[0])),
-        ];
-        let (d, dmin) = (per_row(|r| f16_at(b[r], 0)), per_row(|r| f16_at(b[r], 2)));
-        let at = |offset: usize| rows_at(b, offset);
-        let qh = if FIVE_BITS { by_column(at(16)) } else { [_mm256_setzero_si256(); 4] };
-        let qs = if FIVE_BITS { 48 } else { 16 };
-        for c in 0..4 {
-            for (g, v) in by_column(at(qs + 32 * c)).into_iter().enumerate() {
-                for (half, q) in
-                    [_mm256_and_si256(v, low), _mm256_and_si256(_mm256_srli_epi16(v, 4), low)].into_iter().enumerate()
-                {
-                    let j = 2 * c + half;
-                    weights[4 * j + g] = if FIVE_BITS {
-                        let bit = _mm256_set1_epi8(1 << j);
-                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh[g], bit), bit);
-                        _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
-                    } else {
-                        q
-                    };
-                }
+    unsafe fn rows(b: &[&[u8]; ROWS]) -> KQuantRows {
+        let (mut scales, mut mins) = ([[0; ROWS]; 8], [[0; ROWS]; 8]);
+        for (r, b) in b.iter().enumerate() {
+            let (s, m) = k_scales_mins(b[4..16].try_into().unwrap());
+            for j in 0..8 {
+                let (s, m) = ((s >> (8 * j)) as u8 as i16, (m >> (8 * j)) as u8 as i16);
+                (scales[j][r], mins[j][r]) = (word_pair(s, s), word_pair(m, m));
             }
         }
-        KQuantRows { d: per_row_pair(d), dmin: per_row_pair(dmin), mins }
+        KQuantRows { d: halves(b, 0), dmin: halves(b, 2), scales: lanes(&scales), mins: lanes(&mins) }
     }
 
     #[inline(always)]
-    unsafe fn finish(rows: &KQuantRows, sumi: __m256i, _: [__m256; 3], xb: &[Q8Block], acc: __m256) -> __m256 {
-        // Σ_j m_j · (block j's activation sum): the sums packed in general registers (a
-        // gather stalled the loop on its latency).
-        let sums = pack_words(|j| xb[j].sum() as i16);
-        let min_sum = _mm256_add_epi32(
-            _mm256_madd_epi16(rows.mins[0], _mm256_set1_epi64x(sums[0])),
-            _mm256_madd_epi16(rows.mins[1], _mm256_set1_epi64x(sums[1])),
-        );
+    unsafe fn piece(b: &[&[u8]; ROWS], j: usize) -> [__m256i; 8] {
+        let low = _mm256_set1_epi8(0x0F);
+        let qs = if FIVE_BITS { 48 } else { 16 } + 32 * (j / 2);
+        // (Loops, not closures, over the rows: a closure does not inherit the caller's
+        // target features, and its intrinsics were left as calls.)
+        let mut v = [_mm256_setzero_si256(); ROWS];
+        for (v, b) in v.iter_mut().zip(b) {
+            let q = _mm256_loadu_si256(b[qs..qs + 32].as_ptr() as *const __m256i);
+            *v = _mm256_and_si256(if j.is_multiple_of(2) { q } else { _mm256_srli_epi16(q, 4) }, low);
+            if FIVE_BITS {
+                // Bit j of byte k is element k's fifth bit (16-bit shifts: each byte's own
+                // bit lands in its bit 0).
+                let qh = _mm256_loadu_si256(b[16..48].as_ptr() as *const __m256i);
+                let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1));
+                *v = _mm256_or_si256(*v, _mm256_slli_epi16(bit, 4));
+            }
+        }
+        by_column(v)
+    }
+
+    #[inline(always)]
+    unsafe fn scale(rows: &KQuantRows, j: usize, _: usize) -> __m256i {
+        rows.scales[j]
+    }
+
+    #[inline(always)]
+    unsafe fn finish(rows: &KQuantRows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256 {
+        // Σ_j m_j · (block j's sum): (m_j, m_j) times its two half sums.
+        let min_sum = weighted_half_sums(&rows.mins, xb);
         let xd = _mm256_set1_ps(xb[0].d);
         let acc = _mm256_fmadd_ps(_mm256_mul_ps(rows.d, xd), _mm256_cvtepi32_ps(sumi), acc);
         _mm256_fnmadd_ps(_mm256_mul_ps(rows.dmin, xd), _mm256_cvtepi32_ps(min_sum), acc)
@@ -626,111 +640,138 @@ impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
 
 struct Q6K;
 
-/// Q6_K: per row its scale `d` (in both of the row's lanes) and its sixteen signed
-/// scales as words, four per 64-bit lane (`scales[k]`: sub-blocks 4k..4k + 4).
+/// Q6_K: the rows' scale `d` and their sixteen signed scales, each in both words of its
+/// row's lane ([`word_pair`]).
 struct Q6KRows {
     d: __m256,
-    scales: [__m256i; 4],
+    scales: [__m256i; 16],
+    /// Scales `2p` and `2p + 1` of each row as the two words of its lane: what block
+    /// `p`'s half sums are multiplied by.
+    scale_pairs: [__m256i; 8],
 }
 
 impl RowsFormat for Q6K {
     const BYTES: usize = 210;
-    const SUB: usize = 16;
+    const PIECES: usize = 8;
+    const SUMMED: usize = 2;
     type Rows = Q6KRows;
 
     #[inline(always)]
-    unsafe fn unpack(b: [&[u8]; QUAD_ROWS], weights: &mut [__m256i; 32], scale: &mut [__m256i; 16]) -> Q6KRows {
-        let bytes = |r: usize, at: usize| i64::from_le_bytes(b[r][at..at + 8].try_into().unwrap());
-        for half in 0..2 {
-            let row_scales = _mm256_set_epi64x(
-                bytes(3, 192 + 8 * half),
-                bytes(2, 192 + 8 * half),
-                bytes(1, 192 + 8 * half),
-                bytes(0, 192 + 8 * half),
-            );
-            for j in 0..8 {
-                scale[8 * half + j] = spread_byte(row_scales, j);
+    unsafe fn rows(b: &[&[u8]; ROWS]) -> Q6KRows {
+        let (mut scales, mut scale_pairs) = ([[0; ROWS]; 16], [[0; ROWS]; 8]);
+        for (r, b) in b.iter().enumerate() {
+            let sc = |s: usize| b[192 + s] as i8 as i16;
+            for (s, scales) in scales.iter_mut().enumerate() {
+                scales[r] = word_pair(sc(s), sc(s));
+            }
+            for (p, pairs) in scale_pairs.iter_mut().enumerate() {
+                pairs[r] = word_pair(sc(2 * p), sc(2 * p + 1));
             }
         }
-        let word = |r: usize, k: usize| i32::from_le_bytes(b[r][192 + 4 * k..196 + 4 * k].try_into().unwrap());
-        let mut scales = [_mm256_setzero_si256(); 4];
-        for (k, scales) in scales.iter_mut().enumerate() {
-            *scales = _mm256_cvtepi8_epi16(_mm_set_epi32(word(3, k), word(2, k), word(1, k), word(0, k)));
-        }
-        for h in 0..2 {
-            let quarters = [q6_quarters(b[0], h), q6_quarters(b[1], h), q6_quarters(b[2], h), q6_quarters(b[3], h)];
-            for k in 0..4 {
-                let columns = by_column([quarters[0][k], quarters[1][k], quarters[2][k], quarters[3][k]]);
-                weights[16 * h + 4 * k..16 * h + 4 * k + 4].copy_from_slice(&columns);
-            }
-        }
-        Q6KRows { d: per_row_pair(per_row(|r| f16_at(b[r], 208))), scales }
+        Q6KRows { d: halves(b, 208), scales: lanes(&scales), scale_pairs: lanes(&scale_pairs) }
     }
 
     #[inline(always)]
-    unsafe fn finish(rows: &Q6KRows, sumi: __m256i, _: [__m256; 3], xb: &[Q8Block], acc: __m256) -> __m256 {
-        // Weights are stored plus 32: subtract 32 · Σ_s scale_s · (half-block s's sum).
-        let mut offset = _mm256_setzero_si256();
-        for k in 0..2 {
-            let sums = pack_words(|s| xb[4 * k + s / 2].sum16[s % 2]);
-            offset = _mm256_add_epi32(offset, _mm256_madd_epi16(rows.scales[2 * k], _mm256_set1_epi64x(sums[0])));
-            offset = _mm256_add_epi32(offset, _mm256_madd_epi16(rows.scales[2 * k + 1], _mm256_set1_epi64x(sums[1])));
+    unsafe fn piece(b: &[&[u8]; ROWS], j: usize) -> [__m256i; 8] {
+        // Piece j is quarter k of half h: the low (k < 2) or high nibbles of 32 `ql`
+        // bytes, with bits 2k..2k + 2 of the half's `qh` bytes on top.
+        let (h, k) = (j / 4, j % 4);
+        let low = _mm256_set1_epi8(0x0F);
+        let mut v = [_mm256_setzero_si256(); ROWS];
+        for (v, b) in v.iter_mut().zip(b) {
+            let ql = _mm256_loadu_si256(b[64 * h + 32 * (k % 2)..][..32].as_ptr() as *const __m256i);
+            let qh = _mm256_loadu_si256(b[128 + 32 * h..][..32].as_ptr() as *const __m256i);
+            let nibble = _mm256_and_si256(if k < 2 { ql } else { _mm256_srli_epi16(ql, 4) }, low);
+            let top = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), _mm256_set1_epi8(3));
+            *v = _mm256_or_si256(nibble, _mm256_slli_epi16(top, 4));
         }
+        by_column(v)
+    }
+
+    #[inline(always)]
+    unsafe fn scale(rows: &Q6KRows, j: usize, g: usize) -> __m256i {
+        rows.scales[2 * j + g / 4]
+    }
+
+    #[inline(always)]
+    unsafe fn finish(rows: &Q6KRows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256 {
+        // Weights are stored plus 32: subtract 32 · Σ_s scale_s · (half-block s's sum).
+        let offset = weighted_half_sums(&rows.scale_pairs, xb);
         let net = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
         _mm256_fmadd_ps(_mm256_mul_ps(rows.d, _mm256_set1_ps(xb[0].d)), _mm256_cvtepi32_ps(net), acc)
     }
 }
 
-/// Prefill form over four weight rows (`rb` bytes apart): the K-quants over shared-scale
-/// activations, the 32-value formats over per-block ones. Each register holds eight
-/// weights of each of the four rows, so one broadcast of eight activation bytes serves all
-/// four, and a sub-block's products stay in 16-bit lanes until one `vpmaddwd` (per lane
-/// at most 8 · 31 · 127 = 31,496 for five-bit weights, 4 · 63 · 127 = 32,004 for Q6_K: no
-/// saturation). A K-quant's sub-block scales then apply in that same `vpmaddwd`; the
-/// conversion, scalings and minimums or offsets are shared by four rows, where the
-/// single-row kernels pay them per row.
-///
-/// Lanes `2r` and `2r + 1` carry row `r`'s partial sums to the end. The weights are
-/// unpacked once per chunk into a stack tile that every token of `T` reads, in the same
-/// order whatever `T` is (same bits alone and in a tile).
+/// One token's integer sums over one piece: row `r`'s in lane `r`.
 #[inline(always)]
-unsafe fn rows_kernel<M: MulSum, F: RowsFormat, const T: usize>(
+unsafe fn piece_sums<M: MulSum, F: RowsFormat>(
+    weights: &[__m256i; 8],
+    xb: &Q8Block,
+    rows: &F::Rows,
+    j: usize,
+) -> __m256i {
+    let x = xb.qs.as_ptr() as *const i32;
+    let mut sums = _mm256_setzero_si256();
+    for g0 in (0..8).step_by(F::SUMMED) {
+        let mut pairs = _mm256_setzero_si256();
+        for (g, &w) in weights.iter().enumerate().skip(g0).take(F::SUMMED) {
+            let xg = _mm256_set1_epi32(std::ptr::read_unaligned(x.add(g)));
+            let product = if F::SIGNED {
+                // |w| · (x with w's sign): the unsigned-by-signed multiply the hardware has.
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xg, w))
+            } else {
+                _mm256_maddubs_epi16(w, xg)
+            };
+            pairs = _mm256_add_epi16(pairs, product);
+        }
+        sums = M::add_scaled(sums, pairs, F::scale(rows, j, g0));
+    }
+    sums
+}
+
+/// Prefill over eight weight rows (`rb` bytes apart) and `n ≤ ROWS_TILE` tokens (token
+/// `t`'s blocks from `x[t·stride]`): `out[t·8 + r]`. Each register holds four weights of
+/// each row, so one broadcast of four activation bytes serves eight rows, and a piece's
+/// products end as one i32 per row with no horizontal sums. A piece's weights are
+/// unpacked into registers once and stay there while every token passes by; the
+/// per-chunk work (scales, conversions, minimums or offsets) is shared by eight rows.
+///
+/// Each token's sums are formed in the same order whatever `n` is (same bits alone and
+/// in a tile).
+#[inline(always)]
+unsafe fn rows_kernel<M: MulSum, F: RowsFormat>(
     w: &[u8],
     rb: usize,
     x: &[Q8Block],
     stride: usize,
-) -> [[f32; QUAD_ROWS]; T] {
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut weights = [_mm256_setzero_si256(); 32];
-    let mut scale = [_mm256_setzero_si256(); 16];
-    let groups_per_sub = F::SUB / 8;
-    for i in 0..rb.div_ceil(F::BYTES) {
-        let (start, end) = (i * F::BYTES, ((i + 1) * F::BYTES).min(rb));
-        let b = per_row(|r| &w[r * rb + start..r * rb + end]);
-        let rows = F::unpack(b, &mut weights, &mut scale);
-        let subs = (end - start) * (256 / F::SUB) / F::BYTES;
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let xb = &x[t * stride + 8 * i..t * stride + 8 * i + subs * F::SUB / 32];
-            let (mut sumi, mut local) = (_mm256_setzero_si256(), [_mm256_setzero_ps(); 3]);
-            for (sub, &scale) in scale[..subs].iter().enumerate() {
-                let mut pairs = _mm256_setzero_si256();
-                for g in groups_per_sub * sub..groups_per_sub * (sub + 1) {
-                    let at = xb[g / 4].qs.as_ptr().add(8 * (g % 4));
-                    let xg = _mm256_set1_epi64x(std::ptr::read_unaligned(at as *const i64));
-                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(weights[g], xg));
+    n: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [_mm256_setzero_ps(); ROWS_TILE];
+    let mut sumi = [_mm256_setzero_si256(); ROWS_TILE];
+    for i in 0..rb / F::BYTES {
+        let b = per_row(|r| &w[r * rb + i * F::BYTES..r * rb + (i + 1) * F::BYTES]);
+        let rows = F::rows(&b);
+        for j in 0..F::PIECES {
+            let weights = F::piece(&b, j);
+            let last = j + 1 == F::PIECES;
+            for t in 0..n {
+                // In bounds: the caller checked `n · stride` blocks, and every piece of
+                // the row lies within a token's `stride`.
+                let chunk = x.get_unchecked(t * stride + i * F::PIECES..t * stride + (i + 1) * F::PIECES);
+                let sums = piece_sums::<M, F>(&weights, &chunk[j], &rows, j);
+                let total = if j == 0 { sums } else { _mm256_add_epi32(sumi[t], sums) };
+                if last {
+                    acc[t] = F::finish(&rows, total, chunk, acc[t]);
+                } else {
+                    sumi[t] = total;
                 }
-                F::sub_block::<M>(&rows, sub, pairs, scale, xb, &mut sumi, &mut local);
             }
-            *acc = F::finish(&rows, sumi, local, xb, *acc);
         }
     }
-    let mut out = [[0f32; QUAD_ROWS]; T];
-    for (out, a) in out.iter_mut().zip(acc) {
-        let mut pairs = [0f32; 8];
-        _mm256_storeu_ps(pairs.as_mut_ptr(), _mm256_hadd_ps(a, a));
-        *out = [pairs[0], pairs[1], pairs[4], pairs[5]];
+    for (t, acc) in acc[..n].iter().enumerate() {
+        _mm256_storeu_ps(out[t * ROWS..(t + 1) * ROWS].as_mut_ptr(), *acc);
     }
-    out
 }
 
 /// `TILE` consecutive tokens' activation rows, `stride` blocks apart.
@@ -746,9 +787,9 @@ unsafe fn q5_unpack(b: &[u8], qh: usize) -> __m256i {
     _mm256_or_si256(nibbles(b.as_ptr().add(qh + 4)), high_bits(bits))
 }
 
-/// The single-token, `TILE`-token and four-row kernels of one 32-value block format.
+/// The single-token, `TILE`-token and eight-row kernels of one 32-value block format.
 macro_rules! block32_kernels {
-    ($mulsum:ty, $features:literal, $format:ty, $one:ident, $tile:ident, $rows:ident, $rows_tile:ident) => {
+    ($mulsum:ty, $features:literal, $format:ty, $one:ident, $tile:ident, $rows:ident) => {
         #[target_feature(enable = $features)]
         pub unsafe fn $one(w: &[u8], x: &[Q8Block]) -> f32 {
             block32::<$mulsum, $format>(w, x)
@@ -757,34 +798,31 @@ macro_rules! block32_kernels {
         pub unsafe fn $tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
             block32_multi::<$mulsum, $format, TILE>(w, tile(x, stride))
         }
-        rows_kernels!($mulsum, $features, $rows, $rows_tile, Blocks<$format>);
+        rows_kernel!($mulsum, $features, $rows, Blocks<$format>);
     };
 }
 
-/// The single-token and [`QUAD_TILE`]-token four-row kernels of one format.
-macro_rules! rows_kernels {
-    ($mulsum:ty, $features:literal, $one:ident, $tile:ident, $format:ty) => {
+/// The eight-row prefill kernel of one format.
+macro_rules! rows_kernel {
+    ($mulsum:ty, $features:literal, $name:ident, $format:ty) => {
         #[target_feature(enable = $features)]
-        pub unsafe fn $one(w: &[u8], rb: usize, x: &[Q8Block]) -> [f32; QUAD_ROWS] {
-            rows_kernel::<$mulsum, $format, 1>(w, rb, x, 0)[0]
-        }
-        #[target_feature(enable = $features)]
-        pub unsafe fn $tile(w: &[u8], rb: usize, x: &[Q8Block], stride: usize) -> [[f32; QUAD_ROWS]; QUAD_TILE] {
-            rows_kernel::<$mulsum, $format, QUAD_TILE>(w, rb, x, stride)
+        pub unsafe fn $name(w: &[u8], rb: usize, x: &[Q8Block], stride: usize, n: usize, out: &mut [f32]) {
+            rows_kernel::<$mulsum, $format>(w, rb, x, stride, n, out)
         }
     };
 }
 
 /// Instantiates every kernel for one [`MulSum`] under the target features it needs:
-/// single-token (`q4_0`, …) and `TILE`-token (`q4_0_tile`, …) forms.
+/// single-token (`q4_0`, …), `TILE`-token (`q4_0_tile`, …) and eight-row prefill
+/// (`q4_0_rows`, …) forms.
 macro_rules! kernels {
     ($module:ident, $mulsum:ty, $features:literal) => {
         pub mod $module {
             use super::*;
-            block32_kernels!($mulsum, $features, Q40, q4_0, q4_0_tile, q4_0_rows, q4_0_rows_tile);
-            block32_kernels!($mulsum, $features, Q41, q4_1, q4_1_tile, q4_1_rows, q4_1_rows_tile);
-            block32_kernels!($mulsum, $features, Q50, q5_0, q5_0_tile, q5_0_rows, q5_0_rows_tile);
-            block32_kernels!($mulsum, $features, Q51, q5_1, q5_1_tile, q5_1_rows, q5_1_rows_tile);
+            block32_kernels!($mulsum, $features, Q40, q4_0, q4_0_tile, q4_0_rows);
+            block32_kernels!($mulsum, $features, Q41, q4_1, q4_1_tile, q4_1_rows);
+            block32_kernels!($mulsum, $features, Q50, q5_0, q5_0_tile, q5_0_rows);
+            block32_kernels!($mulsum, $features, Q51, q5_1, q5_1_tile, q5_1_rows);
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0(w: &[u8], x: &[Q8Block]) -> f32 {
                 q8_0_::<$mulsum>(w, x)
@@ -815,9 +853,10 @@ macro_rules! kernels {
                 q6_k_shared_scale::<$mulsum, TILE>(w, tile(x, stride))
             }
 
-            rows_kernels!($mulsum, $features, q4_k_shared_rows, q4_k_shared_rows_tile, KQuant<false>);
-            rows_kernels!($mulsum, $features, q5_k_shared_rows, q5_k_shared_rows_tile, KQuant<true>);
-            rows_kernels!($mulsum, $features, q6_k_shared_rows, q6_k_shared_rows_tile, Q6K);
+            rows_kernel!($mulsum, $features, q8_0_rows, Blocks<Q80>);
+            rows_kernel!($mulsum, $features, q4_k_shared_rows, KQuant<false>);
+            rows_kernel!($mulsum, $features, q5_k_shared_rows, KQuant<true>);
+            rows_kernel!($mulsum, $features, q6_k_shared_rows, Q6K);
 
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {

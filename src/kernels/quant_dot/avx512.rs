@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 
 use super::super::q8::Q8Block;
 use super::scalar::k_scales_mins;
-use super::QUAD_TILE;
+use super::ROWS_TILE;
 
 /// Weight rows per register.
 pub const ROWS: usize = 4;
@@ -108,11 +108,20 @@ unsafe fn row_sums(v: __m512) -> [f32; ROWS] {
     [lanes[0], lanes[4], lanes[8], lanes[12]]
 }
 
-/// `T` tokens' activation rows, `stride` blocks apart, each `blocks` long; panics unless
-/// `x` holds them all.
+/// Activation block `i` of token `t`, tokens `stride` blocks apart. The entry point's
+/// caller checked that `x` holds `n · stride` blocks for the `n` tokens passed, and
+/// every block index of a row is below `stride`.
 #[inline(always)]
-fn token_rows<const T: usize>(x: &[Q8Block], stride: usize, blocks: usize) -> [&[Q8Block]; T] {
-    std::array::from_fn(|t| &x[t * stride..t * stride + blocks])
+unsafe fn token_block(x: &[Q8Block], stride: usize, t: usize, i: usize) -> &Q8Block {
+    x.get_unchecked(t * stride + i)
+}
+
+/// Writes each token's row sums to `out[t·ROWS..]`.
+#[inline(always)]
+unsafe fn store_sums(acc: &[__m512], out: &mut [f32]) {
+    for (t, &a) in acc.iter().enumerate() {
+        out[t * ROWS..(t + 1) * ROWS].copy_from_slice(&row_sums(a));
+    }
 }
 
 /// The 32-value block formats: `unpack(p, row_bytes)` turns four rows' blocks at `p` into
@@ -121,51 +130,45 @@ fn token_rows<const T: usize>(x: &[Q8Block], stride: usize, blocks: usize) -> [&
 /// constant `OFFSET` then scales once at the end (a minimum: `OFFSET` 1; Q4_0's −8·d: the
 /// scale itself, and `OFFSET` −8 — a power of two, so exact).
 #[inline(always)]
-unsafe fn block32<const T: usize, const OFFSET: i32>(
-    w: &[u8],
-    row_bytes: usize,
-    x: &[Q8Block],
-    stride: usize,
+#[allow(clippy::too_many_arguments)]
+unsafe fn block32<const OFFSET: i32>(
+    (w, row_bytes, x, stride, n, out): Args,
     ts: usize,
     unpack: impl Fn(*const u8, usize) -> (__m512i, __m512i),
     scales: impl Fn(*const u8, usize) -> (__m128, __m128),
-) -> [[f32; ROWS]; T] {
+) {
     let blocks = row_bytes / ts;
     assert!(row_bytes.is_multiple_of(ts) && w.len() >= ROWS * row_bytes, "quad kernel: weight shape");
-    let xs = token_rows::<T>(x, stride, blocks);
-    let mut acc = [_mm512_setzero_ps(); T];
-    let mut acc_min = [_mm512_setzero_ps(); T];
+    let mut acc = [_mm512_setzero_ps(); ROWS_TILE];
+    let mut acc_min = [_mm512_setzero_ps(); ROWS_TILE];
     for i in 0..blocks {
         let p = w.as_ptr().add(i * ts);
         let (lo, hi) = unpack(p, row_bytes);
         let (d4, m4) = scales(p, row_bytes);
         let (d, m) = (per_row(d4), per_row_first_lane(m4));
-        for t in 0..T {
-            let xb = xs[t].get_unchecked(i);
+        for t in 0..n {
+            let xb = token_block(x, stride, t, i);
             let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_block(lo, hi, xb)), d);
             acc[t] = _mm512_fmadd_ps(prod, _mm512_set1_ps(xb.d), acc[t]);
             acc_min[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb.ds), acc_min[t]);
         }
     }
     let offset = _mm512_set1_ps(OFFSET as f32);
-    std::array::from_fn(|t| row_sums(_mm512_fmadd_ps(acc_min[t], offset, acc[t])))
+    for t in 0..n {
+        acc[t] = _mm512_fmadd_ps(acc_min[t], offset, acc[t]);
+    }
+    store_sums(&acc[..n], out)
 }
 
 /// Q4_K and Q5_K: sub-block `j` of a 256-value super-block has its own 6-bit scale and
 /// minimum and matches activation block `8i + j`.
 #[inline(always)]
-unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
-    w: &[u8],
-    row_bytes: usize,
-    x: &[Q8Block],
-    stride: usize,
-) -> [[f32; ROWS]; T] {
+unsafe fn k_quant<const FIVE_BITS: bool>((w, row_bytes, x, stride, n, out): Args) {
     let ts = if FIVE_BITS { 176 } else { 144 };
     let super_blocks = row_bytes / ts;
     assert!(row_bytes.is_multiple_of(ts) && w.len() >= ROWS * row_bytes, "quad kernel: weight shape");
-    let xs = token_rows::<T>(x, stride, 8 * super_blocks);
     // One accumulator per token, minimums included: a second set spilled registers.
-    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc = [_mm512_setzero_ps(); ROWS_TILE];
     let sixteen = _mm512_set1_epi8(16);
     // Lane group r of sub-block j's scale vector reads entry 8r + j of the two halves
     // (rows 0–1, rows 2–3) of the per-super-block tables below.
@@ -209,16 +212,16 @@ unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
                 let index = _mm512_add_epi32(table_index, _mm512_set1_epi32(j as i32));
                 let d = _mm512_permutex2var_ps(scales.0, index, scales.1);
                 let m = _mm512_maskz_permutex2var_ps(0x1111, mins.0, index, mins.1);
-                for t in 0..T {
-                    let xb = xs[t].get_unchecked(8 * i + j);
+                for (t, acc) in acc[..n].iter_mut().enumerate() {
+                    let xb = token_block(x, stride, t, 8 * i + j);
                     let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_block(lo, hi, xb)), d);
-                    acc[t] = _mm512_fmadd_ps(prod, _mm512_set1_ps(xb.d), acc[t]);
-                    acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb.ds), acc[t]);
+                    *acc = _mm512_fmadd_ps(prod, _mm512_set1_ps(xb.d), *acc);
+                    *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(xb.ds), *acc);
                 }
             }
         }
     }
-    std::array::from_fn(|t| row_sums(acc[t]))
+    store_sums(&acc[..n], out)
 }
 
 /// Q6_K: 256 values in 16 groups of 16, each with its own signed 8-bit scale; weights are
@@ -227,11 +230,10 @@ unsafe fn k_quant<const FIVE_BITS: bool, const T: usize>(
 /// `sc[8h + 2k]` and `sc[8h + 2k + 1]`, so their products stay apart until scaled. The −32
 /// rides in the integer sums: each row's four lanes start from −8 · Σx of the half.
 #[inline(always)]
-unsafe fn q6_k_quad<const T: usize>(w: &[u8], row_bytes: usize, x: &[Q8Block], stride: usize) -> [[f32; ROWS]; T] {
+unsafe fn q6_k_quad((w, row_bytes, x, stride, n, out): Args) {
     let super_blocks = row_bytes / 210;
     assert!(row_bytes.is_multiple_of(210) && w.len() >= ROWS * row_bytes, "quad kernel: weight shape");
-    let xs = token_rows::<T>(x, stride, 8 * super_blocks);
-    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc = [_mm512_setzero_ps(); ROWS_TILE];
     for i in 0..super_blocks {
         let p = w.as_ptr().add(i * 210);
         let d4 = halves4(p.add(208), row_bytes);
@@ -246,18 +248,18 @@ unsafe fn q6_k_quad<const T: usize>(w: &[u8], row_bytes: usize, x: &[Q8Block], s
                 let sc = p.add(192 + 8 * h + 2 * k);
                 let s0 = per_row(_mm_mul_ps(d4, bytes4(sc, row_bytes)));
                 let s1 = per_row(_mm_mul_ps(d4, bytes4(sc.add(1), row_bytes)));
-                for t in 0..T {
-                    let xb = xs[t].get_unchecked(8 * i + 4 * h + k);
+                for (t, acc) in acc[..n].iter_mut().enumerate() {
+                    let xb = token_block(x, stride, t, 8 * i + 4 * h + k);
                     let p_lo = _mm512_dpbusd_epi32(_mm512_set1_epi32(-8 * xb.sum16[0] as i32), lo, x_half(xb, 0));
                     let p_hi = _mm512_dpbusd_epi32(_mm512_set1_epi32(-8 * xb.sum16[1] as i32), hi, x_half(xb, 1));
                     let prod =
                         _mm512_fmadd_ps(_mm512_cvtepi32_ps(p_hi), s1, _mm512_mul_ps(_mm512_cvtepi32_ps(p_lo), s0));
-                    acc[t] = _mm512_fmadd_ps(prod, _mm512_set1_ps(xb.d), acc[t]);
+                    *acc = _mm512_fmadd_ps(prod, _mm512_set1_ps(xb.d), *acc);
                 }
             }
         }
     }
-    std::array::from_fn(|t| row_sums(acc[t]))
+    store_sums(&acc[..n], out)
 }
 
 /// Quarter `K` of a Q6_K half: the low nibbles of `ql` (quarters 0, 1) or its high
@@ -306,102 +308,41 @@ unsafe fn q8_unpack(p: *const u8, stride: usize) -> (__m512i, __m512i) {
     (_mm512_xor_si512(load4(p.add(2), stride), flip), _mm512_xor_si512(load4(p.add(18), stride), flip))
 }
 
-/// One format's single-token and [`QUAD_TILE`]-token kernels.
-macro_rules! quad_kernels {
-    ($one:ident, $tile:ident, $body:ident) => {
+/// The arguments of every entry point: weights, bytes per row, activations, blocks per
+/// token, tokens, output.
+type Args<'a> = (&'a [u8], usize, &'a [Q8Block], usize, usize, &'a mut [f32]);
+
+/// One format's entry point over `n ≤ ROWS_TILE` tokens.
+macro_rules! rows_kernel {
+    ($name:ident, $body:expr) => {
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        pub unsafe fn $one(w: &[u8], row_bytes: usize, x: &[Q8Block]) -> [f32; ROWS] {
-            $body::<1>(w, row_bytes, x, 0)[0]
-        }
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        pub unsafe fn $tile(w: &[u8], row_bytes: usize, x: &[Q8Block], stride: usize) -> [[f32; ROWS]; QUAD_TILE] {
-            $body::<QUAD_TILE>(w, row_bytes, x, stride)
+        pub unsafe fn $name(w: &[u8], row_bytes: usize, x: &[Q8Block], stride: usize, n: usize, out: &mut [f32]) {
+            $body((w, row_bytes, x, stride, n, out))
         }
     };
 }
 
-// Each format's body is a plain `#[inline(always)]` function so the closures inline into
-// the `#[target_feature]` entry points above.
+// Each format's body is a plain `#[inline(always)]` function (or closure) so that it
+// inlines into the `#[target_feature]` entry points above.
 // Σ d(q − o)x = d·Σqx − o·d·Σx: offsets ride on the activation sums.
+rows_kernel!(q4_0, |a| block32::<-8>(a, 18, |p, st| split_nibbles(load4(p.add(2), st)), |p, st| same_scale(p, st)));
+rows_kernel!(q4_1, |a| block32::<1>(a, 20, |p, st| split_nibbles(load4(p.add(4), st)), |p, st| scale_and_min(p, st)));
+rows_kernel!(q5_0, |a| block32::<-16>(a, 22, |p, st| q5_unpack(p, st, 2), |p, st| same_scale(p, st)));
+rows_kernel!(q5_1, |a| block32::<1>(a, 24, |p, st| q5_unpack(p, st, 4), |p, st| scale_and_min(p, st)));
+rows_kernel!(q8_0, |a| block32::<-128>(a, 34, |p, st| q8_unpack(p, st), |p, st| same_scale(p, st)));
+rows_kernel!(q4_k, k_quant::<false>);
+rows_kernel!(q5_k, k_quant::<true>);
+rows_kernel!(q6_k, q6_k_quad);
+
+/// The four rows' scales, once as scales and once as what their offsets multiply.
 #[inline(always)]
-unsafe fn q4_0_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
-    block32::<T, -8>(
-        w,
-        rb,
-        x,
-        s,
-        18,
-        |p, st| split_nibbles(load4(p.add(2), st)),
-        |p, st| {
-            let d = halves4(p, st);
-            (d, d)
-        },
-    )
-}
-#[inline(always)]
-unsafe fn q4_1_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
-    block32::<T, 1>(
-        w,
-        rb,
-        x,
-        s,
-        20,
-        |p, st| split_nibbles(load4(p.add(4), st)),
-        |p, st| (halves4(p, st), halves4(p.add(2), st)),
-    )
-}
-#[inline(always)]
-unsafe fn q5_0_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
-    block32::<T, -16>(
-        w,
-        rb,
-        x,
-        s,
-        22,
-        |p, st| q5_unpack(p, st, 2),
-        |p, st| {
-            let d = halves4(p, st);
-            (d, d)
-        },
-    )
-}
-#[inline(always)]
-unsafe fn q5_1_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
-    block32::<T, 1>(w, rb, x, s, 24, |p, st| q5_unpack(p, st, 4), |p, st| (halves4(p, st), halves4(p.add(2), st)))
-}
-#[inline(always)]
-unsafe fn q8_0_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
-    block32::<T, -128>(
-        w,
-        rb,
-        x,
-        s,
-        34,
-        |p, st| q8_unpack(p, st),
-        |p, st| {
-            let d = halves4(p, st);
-            (d, d)
-        },
-    )
-}
-#[inline(always)]
-unsafe fn q4_k_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
-    k_quant::<false, T>(w, rb, x, s)
-}
-#[inline(always)]
-unsafe fn q6_k_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
-    q6_k_quad::<T>(w, rb, x, s)
-}
-#[inline(always)]
-unsafe fn q5_k_body<const T: usize>(w: &[u8], rb: usize, x: &[Q8Block], s: usize) -> [[f32; ROWS]; T] {
-    k_quant::<true, T>(w, rb, x, s)
+unsafe fn same_scale(p: *const u8, stride: usize) -> (__m128, __m128) {
+    let d = halves4(p, stride);
+    (d, d)
 }
 
-quad_kernels!(q4_0, q4_0_tile, q4_0_body);
-quad_kernels!(q4_1, q4_1_tile, q4_1_body);
-quad_kernels!(q5_0, q5_0_tile, q5_0_body);
-quad_kernels!(q5_1, q5_1_tile, q5_1_body);
-quad_kernels!(q8_0, q8_0_tile, q8_0_body);
-quad_kernels!(q4_k, q4_k_tile, q4_k_body);
-quad_kernels!(q5_k, q5_k_tile, q5_k_body);
-quad_kernels!(q6_k, q6_k_tile, q6_k_body);
+/// The four rows' scales and minimums.
+#[inline(always)]
+unsafe fn scale_and_min(p: *const u8, stride: usize) -> (__m128, __m128) {
+    (halves4(p, stride), halves4(p.add(2), stride))
+}
