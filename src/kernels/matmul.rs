@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::dequant::dequantize;
 use super::gemm::{gemm_nn, gemm_nt, Mat};
 use super::q8::{quantize_row, quantize_row_shared, Q8Block};
-use super::quant_dot::{self, Kernel, RowDot, RowDotTile, RowsKernel, ROWS_TILE, TILE};
+use super::quant_dot::{self, interleave, Kernel, RowDot, RowDotTile, RowsKernel, ROWS_TILE, TILE};
 use super::Batching;
 use crate::gguf::GgmlDType;
 use crate::threads::{current_num_threads, for_each_index, for_each_mut, DisjointMut};
@@ -122,10 +122,27 @@ fn rows_per_task(rows: usize) -> usize {
     (rows / (current_num_threads() * 4)).clamp(ROW_BLOCK, 512).next_multiple_of(8)
 }
 
+/// A call's quantized activations: per-block or shared scales (whichever its kernels
+/// read), token by token, and for the several-row kernels the same blocks interleaved
+/// tile by tile ([`interleave`]).
+#[derive(Default)]
+struct Activations {
+    per_block: Vec<Q8Block>,
+    shared: Vec<Q8Block>,
+    per_block_tiles: Vec<Q8Block>,
+    shared_tiles: Vec<Q8Block>,
+}
+
+impl Activations {
+    fn all(&mut self) -> [&mut Vec<Q8Block>; 4] {
+        [&mut self.per_block, &mut self.shared, &mut self.per_block_tiles, &mut self.shared_tiles]
+    }
+}
+
 thread_local! {
-    /// The calling thread's quantized activations (per-block and shared scales), kept from
-    /// call to call so that decode's products (four per layer) allocate nothing.
-    static ACTIVATIONS: Cell<(Vec<Q8Block>, Vec<Q8Block>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    /// The calling thread's activation scratch, kept from call to call so that decode's
+    /// products (four per layer) allocate nothing.
+    static ACTIVATIONS: Cell<Option<Activations>> = const { Cell::new(None) };
 }
 
 /// Activation scratch larger than this is freed after the call (a long prompt's blocks);
@@ -161,12 +178,14 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
     };
     let n_tasks: usize = counts.iter().sum();
 
-    let (mut xq, mut xq_shared) = ACTIVATIONS.take();
+    let mut act = ACTIVATIONS.take().unwrap_or_default();
     let as_decode = n_tokens == 1 || batching == Batching::AsDecode;
-    let wants_shared = |j: usize| weights[j].is_some_and(|(_, k)| Forms::of(k, as_decode).shared);
+    let forms: [Option<Forms>; MAX_JOBS] = std::array::from_fn(|j| weights[j].map(|(_, k)| Forms::of(k, as_decode)));
+    let wants = |shared: bool| forms.iter().flatten().any(|f| f.shared == shared);
+    let wants_tiles = |shared: bool| forms.iter().flatten().any(|f| f.shared == shared && f.rows.is_some());
     for (wanted, xq, quantize) in [
-        ((0..n_jobs).any(wants_shared), &mut xq_shared, quantize_row_shared as fn(&[f32], &mut [Q8Block])),
-        (!(0..n_jobs).all(wants_shared), &mut xq, quantize_row),
+        (wants(true), &mut act.shared, quantize_row_shared as fn(&[f32], &mut [Q8Block])),
+        (wants(false), &mut act.per_block, quantize_row),
     ] {
         if wanted {
             xq.clear();
@@ -179,10 +198,17 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
             }
         }
     }
+    if wants_tiles(true) {
+        interleave(&act.shared, blocks, n_tokens, &mut act.shared_tiles);
+    }
+    if wants_tiles(false) {
+        interleave(&act.per_block, blocks, n_tokens, &mut act.per_block_tiles);
+    }
     for_each_index(n_tasks, |i| {
         let (w, kernel, out, r0, r1) = task(i);
         let Forms { one, tile, rows, shared } = Forms::of(kernel, as_decode);
-        let xq = if shared { &xq_shared[..] } else { &xq[..] };
+        let (xq, tiles) =
+            if shared { (&act.shared, &act.shared_tiles) } else { (&act.per_block, &act.per_block_tiles) };
         if n_tokens == 1 {
             // Decode reads rows one at a time even where a several-row kernel exists: the
             // weights come from DRAM here, and four interleaved row streams measured
@@ -199,22 +225,23 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
         match rows {
             Some(rows) => {
                 let groups_end = r0 + (r1 - r0) / rows.rows * rows.rows;
-                batch.by_row_groups(rows, r0, groups_end);
+                batch.by_row_groups(rows, tiles, r0, groups_end);
                 batch.by_rows(one, tile, groups_end, r1);
             }
             // One row at a time, its tile form giving the bits of its single-token form.
             _ => batch.by_rows(one, tile, r0, r1),
         }
     });
-    for xq in [&mut xq, &mut xq_shared] {
+    for xq in act.all() {
         if xq.capacity() > KEEP_SCRATCH_BLOCKS {
             *xq = Vec::new();
         }
     }
-    ACTIVATIONS.set((xq, xq_shared));
+    ACTIVATIONS.set(Some(act));
 }
 
 /// The kernel forms one product runs, and which activations they read.
+#[derive(Clone, Copy)]
 struct Forms {
     one: RowDot,
     tile: RowDotTile,
@@ -247,18 +274,17 @@ struct Batch<'a> {
 
 impl Batch<'_> {
     /// Rows `r0..r1` (a multiple of `kernel.rows`) that many at a time, [`ROWS_TILE`]
-    /// tokens at a time: the tile's activations stay in cache while every row of the
-    /// range passes by.
-    fn by_row_groups(&self, kernel: RowsKernel, r0: usize, r1: usize) {
+    /// tokens at a time (`tiles`: the activations as [`interleave`] lays them out): the
+    /// tile's activations stay in cache while every row of the range passes by.
+    fn by_row_groups(&self, kernel: RowsKernel, tiles: &[Q8Block], r0: usize, r1: usize) {
         let (w, rb, blocks) = (self.w, self.w.row_bytes(), self.blocks);
         let bytes = w.bytes();
         let mut dots = [0f32; 8 * ROWS_TILE];
-        for t0 in (0..self.n_tokens).step_by(ROWS_TILE) {
-            let tokens = ROWS_TILE.min(self.n_tokens - t0);
-            let x = &self.xq[t0 * blocks..(t0 + tokens) * blocks];
+        for (t0, x) in (0..self.n_tokens).step_by(ROWS_TILE).zip(tiles.chunks(ROWS_TILE * blocks)) {
+            let tokens = x.len() / blocks;
             for r in (r0..r1).step_by(kernel.rows) {
                 let dots = &mut dots[..tokens * kernel.rows];
-                (kernel.dot)(&bytes[r * rb..(r + kernel.rows) * rb], rb, x, blocks, tokens, dots);
+                (kernel.dot)(&bytes[r * rb..(r + kernel.rows) * rb], rb, x, tokens, dots);
                 for (t, row_dots) in dots.chunks_exact(kernel.rows).enumerate() {
                     // SAFETY: rows `r0..r1` belong to this task alone.
                     unsafe { self.out.slice((t0 + t) * w.rows + r, kernel.rows) }.copy_from_slice(row_dots);

@@ -480,13 +480,28 @@ unsafe fn lanes<const N: usize>(v: &[[i32; ROWS]; N]) -> [__m256i; N] {
     out
 }
 
+/// One token's activation blocks over one chunk, as the interleaved tile holds them:
+/// block `p` at `x[p · step]`.
+#[derive(Clone, Copy)]
+struct TokenBlocks<'a> {
+    x: &'a [Q8Block],
+    step: usize,
+}
+
+impl<'a> TokenBlocks<'a> {
+    #[inline(always)]
+    fn at(self, p: usize) -> &'a Q8Block {
+        &self.x[p * self.step]
+    }
+}
+
 /// `Σ_p` (activation block `p`'s two half sums) · (the two words of `factors[p]`), per
 /// lane: minimums or offsets meeting the activation sums in integers.
 #[inline(always)]
-unsafe fn weighted_half_sums(factors: &[__m256i; 8], xb: &[Q8Block]) -> __m256i {
+unsafe fn weighted_half_sums(factors: &[__m256i; 8], xb: TokenBlocks) -> __m256i {
     let mut sum = _mm256_setzero_si256();
-    for (&f, xb) in factors.iter().zip(xb) {
-        let pair = _mm256_set1_epi32(std::ptr::read_unaligned(xb.sum16.as_ptr() as *const i32));
+    for (p, &f) in factors.iter().enumerate() {
+        let pair = _mm256_set1_epi32(std::ptr::read_unaligned(xb.at(p).sum16.as_ptr() as *const i32));
         sum = _mm256_add_epi32(sum, _mm256_madd_epi16(f, pair));
     }
     sum
@@ -516,8 +531,8 @@ trait RowsFormat {
     /// of lane `r` ([`word_pairs`]; ones where scales are applied in floats).
     unsafe fn scale(rows: &Self::Rows, j: usize, g: usize) -> __m256i;
     /// `acc` plus one token's products over the chunk, from its integer sums (row `r`'s in
-    /// lane `r`) and the chunk's activation blocks `xb`.
-    unsafe fn finish(rows: &Self::Rows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256;
+    /// lane `r`) and its activation blocks of the chunk.
+    unsafe fn finish(rows: &Self::Rows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256;
 }
 
 /// One 32-value format with a scale (and offset or minimum) per block.
@@ -562,12 +577,13 @@ impl<B: Block32> RowsFormat for Blocks<B> {
     }
 
     #[inline(always)]
-    unsafe fn finish(rows: &BlocksRows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256 {
-        let acc = _mm256_fmadd_ps(_mm256_mul_ps(rows.d, _mm256_set1_ps(xb[0].d)), _mm256_cvtepi32_ps(sumi), acc);
+    unsafe fn finish(rows: &BlocksRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
+        let xb = xb.at(0);
+        let acc = _mm256_fmadd_ps(_mm256_mul_ps(rows.d, _mm256_set1_ps(xb.d)), _mm256_cvtepi32_ps(sumi), acc);
         if B::BITS == 8 {
             acc
         } else {
-            _mm256_fmadd_ps(rows.offset, _mm256_set1_ps(xb[0].ds), acc)
+            _mm256_fmadd_ps(rows.offset, _mm256_set1_ps(xb.ds), acc)
         }
     }
 }
@@ -629,10 +645,10 @@ impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
     }
 
     #[inline(always)]
-    unsafe fn finish(rows: &KQuantRows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256 {
+    unsafe fn finish(rows: &KQuantRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
         // Σ_j m_j · (block j's sum): (m_j, m_j) times its two half sums.
         let min_sum = weighted_half_sums(&rows.mins, xb);
-        let xd = _mm256_set1_ps(xb[0].d);
+        let xd = _mm256_set1_ps(xb.at(0).d);
         let acc = _mm256_fmadd_ps(_mm256_mul_ps(rows.d, xd), _mm256_cvtepi32_ps(sumi), acc);
         _mm256_fnmadd_ps(_mm256_mul_ps(rows.dmin, xd), _mm256_cvtepi32_ps(min_sum), acc)
     }
@@ -694,11 +710,11 @@ impl RowsFormat for Q6K {
     }
 
     #[inline(always)]
-    unsafe fn finish(rows: &Q6KRows, sumi: __m256i, xb: &[Q8Block], acc: __m256) -> __m256 {
+    unsafe fn finish(rows: &Q6KRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
         // Weights are stored plus 32: subtract 32 · Σ_s scale_s · (half-block s's sum).
         let offset = weighted_half_sums(&rows.scale_pairs, xb);
         let net = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
-        _mm256_fmadd_ps(_mm256_mul_ps(rows.d, _mm256_set1_ps(xb[0].d)), _mm256_cvtepi32_ps(net), acc)
+        _mm256_fmadd_ps(_mm256_mul_ps(rows.d, _mm256_set1_ps(xb.at(0).d)), _mm256_cvtepi32_ps(net), acc)
     }
 }
 
@@ -729,40 +745,32 @@ unsafe fn piece_sums<M: MulSum, F: RowsFormat>(
     sums
 }
 
-/// Prefill over eight weight rows (`rb` bytes apart) and `n ≤ ROWS_TILE` tokens (token
-/// `t`'s blocks from `x[t·stride]`): `out[t·8 + r]`. Each register holds four weights of
-/// each row, so one broadcast of four activation bytes serves eight rows, and a piece's
-/// products end as one i32 per row with no horizontal sums. A piece's weights are
-/// unpacked into registers once and stay there while every token passes by; the
-/// per-chunk work (scales, conversions, minimums or offsets) is shared by eight rows.
+/// Prefill over eight weight rows (`rb` bytes apart) and `n ≤ ROWS_TILE` tokens whose
+/// activations are interleaved ([`interleave`](super::interleave)): `out[t·8 + r]`. Each
+/// register holds four weights of each row, so one broadcast of four activation bytes
+/// serves eight rows, and a piece's products end as one i32 per row with no horizontal
+/// sums. A piece's weights are unpacked into registers once and stay there while every
+/// token passes by, reading that piece's blocks in one sequential run; the per-chunk
+/// work (scales, conversions, minimums or offsets) is shared by eight rows.
 ///
 /// Each token's sums are formed in the same order whatever `n` is (same bits alone and
 /// in a tile).
 #[inline(always)]
-unsafe fn rows_kernel<M: MulSum, F: RowsFormat>(
-    w: &[u8],
-    rb: usize,
-    x: &[Q8Block],
-    stride: usize,
-    n: usize,
-    out: &mut [f32],
-) {
+unsafe fn rows_kernel<M: MulSum, F: RowsFormat>(w: &[u8], rb: usize, x: &[Q8Block], n: usize, out: &mut [f32]) {
     let mut acc = [_mm256_setzero_ps(); ROWS_TILE];
     let mut sumi = [_mm256_setzero_si256(); ROWS_TILE];
     for i in 0..rb / F::BYTES {
         let b = per_row(|r| &w[r * rb + i * F::BYTES..r * rb + (i + 1) * F::BYTES]);
         let rows = F::rows(&b);
+        let chunk = &x[i * F::PIECES * n..(i + 1) * F::PIECES * n];
         for j in 0..F::PIECES {
             let weights = F::piece(&b, j);
             let last = j + 1 == F::PIECES;
-            for t in 0..n {
-                // In bounds: the caller checked `n · stride` blocks, and every piece of
-                // the row lies within a token's `stride`.
-                let chunk = x.get_unchecked(t * stride + i * F::PIECES..t * stride + (i + 1) * F::PIECES);
-                let sums = piece_sums::<M, F>(&weights, &chunk[j], &rows, j);
+            for (t, xb) in chunk[j * n..(j + 1) * n].iter().enumerate() {
+                let sums = piece_sums::<M, F>(&weights, xb, &rows, j);
                 let total = if j == 0 { sums } else { _mm256_add_epi32(sumi[t], sums) };
                 if last {
-                    acc[t] = F::finish(&rows, total, chunk, acc[t]);
+                    acc[t] = F::finish(&rows, total, TokenBlocks { x: &chunk[t..], step: n }, acc[t]);
                 } else {
                     sumi[t] = total;
                 }
@@ -806,8 +814,8 @@ macro_rules! block32_kernels {
 macro_rules! rows_kernel {
     ($mulsum:ty, $features:literal, $name:ident, $format:ty) => {
         #[target_feature(enable = $features)]
-        pub unsafe fn $name(w: &[u8], rb: usize, x: &[Q8Block], stride: usize, n: usize, out: &mut [f32]) {
-            rows_kernel::<$mulsum, $format>(w, rb, x, stride, n, out)
+        pub unsafe fn $name(w: &[u8], rb: usize, x: &[Q8Block], n: usize, out: &mut [f32]) {
+            rows_kernel::<$mulsum, $format>(w, rb, x, n, out)
         }
     };
 }

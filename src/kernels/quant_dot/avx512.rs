@@ -108,12 +108,11 @@ unsafe fn row_sums(v: __m512) -> [f32; ROWS] {
     [lanes[0], lanes[4], lanes[8], lanes[12]]
 }
 
-/// Activation block `i` of token `t`, tokens `stride` blocks apart. The entry point's
-/// caller checked that `x` holds `n · stride` blocks for the `n` tokens passed, and
-/// every block index of a row is below `stride`.
+/// Activation block `i` of token `t` in a tile of `n` tokens interleaved block by block
+/// ([`interleave`](super::interleave)).
 #[inline(always)]
-unsafe fn token_block(x: &[Q8Block], stride: usize, t: usize, i: usize) -> &Q8Block {
-    x.get_unchecked(t * stride + i)
+fn token_block(x: &[Q8Block], n: usize, t: usize, i: usize) -> &Q8Block {
+    &x[i * n + t]
 }
 
 /// Writes each token's row sums to `out[t·ROWS..]`.
@@ -132,7 +131,7 @@ unsafe fn store_sums(acc: &[__m512], out: &mut [f32]) {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block32<const OFFSET: i32>(
-    (w, row_bytes, x, stride, n, out): Args,
+    (w, row_bytes, x, n, out): Args,
     ts: usize,
     unpack: impl Fn(*const u8, usize) -> (__m512i, __m512i),
     scales: impl Fn(*const u8, usize) -> (__m128, __m128),
@@ -147,7 +146,7 @@ unsafe fn block32<const OFFSET: i32>(
         let (d4, m4) = scales(p, row_bytes);
         let (d, m) = (per_row(d4), per_row_first_lane(m4));
         for t in 0..n {
-            let xb = token_block(x, stride, t, i);
+            let xb = token_block(x, n, t, i);
             let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_block(lo, hi, xb)), d);
             acc[t] = _mm512_fmadd_ps(prod, _mm512_set1_ps(xb.d), acc[t]);
             acc_min[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb.ds), acc_min[t]);
@@ -163,7 +162,7 @@ unsafe fn block32<const OFFSET: i32>(
 /// Q4_K and Q5_K: sub-block `j` of a 256-value super-block has its own 6-bit scale and
 /// minimum and matches activation block `8i + j`.
 #[inline(always)]
-unsafe fn k_quant<const FIVE_BITS: bool>((w, row_bytes, x, stride, n, out): Args) {
+unsafe fn k_quant<const FIVE_BITS: bool>((w, row_bytes, x, n, out): Args) {
     let ts = if FIVE_BITS { 176 } else { 144 };
     let super_blocks = row_bytes / ts;
     assert!(row_bytes.is_multiple_of(ts) && w.len() >= ROWS * row_bytes, "quad kernel: weight shape");
@@ -213,7 +212,7 @@ unsafe fn k_quant<const FIVE_BITS: bool>((w, row_bytes, x, stride, n, out): Args
                 let d = _mm512_permutex2var_ps(scales.0, index, scales.1);
                 let m = _mm512_maskz_permutex2var_ps(0x1111, mins.0, index, mins.1);
                 for (t, acc) in acc[..n].iter_mut().enumerate() {
-                    let xb = token_block(x, stride, t, 8 * i + j);
+                    let xb = token_block(x, n, t, 8 * i + j);
                     let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_block(lo, hi, xb)), d);
                     *acc = _mm512_fmadd_ps(prod, _mm512_set1_ps(xb.d), *acc);
                     *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(xb.ds), *acc);
@@ -230,7 +229,7 @@ unsafe fn k_quant<const FIVE_BITS: bool>((w, row_bytes, x, stride, n, out): Args
 /// `sc[8h + 2k]` and `sc[8h + 2k + 1]`, so their products stay apart until scaled. The −32
 /// rides in the integer sums: each row's four lanes start from −8 · Σx of the half.
 #[inline(always)]
-unsafe fn q6_k_quad((w, row_bytes, x, stride, n, out): Args) {
+unsafe fn q6_k_quad((w, row_bytes, x, n, out): Args) {
     let super_blocks = row_bytes / 210;
     assert!(row_bytes.is_multiple_of(210) && w.len() >= ROWS * row_bytes, "quad kernel: weight shape");
     let mut acc = [_mm512_setzero_ps(); ROWS_TILE];
@@ -249,7 +248,7 @@ unsafe fn q6_k_quad((w, row_bytes, x, stride, n, out): Args) {
                 let s0 = per_row(_mm_mul_ps(d4, bytes4(sc, row_bytes)));
                 let s1 = per_row(_mm_mul_ps(d4, bytes4(sc.add(1), row_bytes)));
                 for (t, acc) in acc[..n].iter_mut().enumerate() {
-                    let xb = token_block(x, stride, t, 8 * i + 4 * h + k);
+                    let xb = token_block(x, n, t, 8 * i + 4 * h + k);
                     let p_lo = _mm512_dpbusd_epi32(_mm512_set1_epi32(-8 * xb.sum16[0] as i32), lo, x_half(xb, 0));
                     let p_hi = _mm512_dpbusd_epi32(_mm512_set1_epi32(-8 * xb.sum16[1] as i32), hi, x_half(xb, 1));
                     let prod =
@@ -308,16 +307,16 @@ unsafe fn q8_unpack(p: *const u8, stride: usize) -> (__m512i, __m512i) {
     (_mm512_xor_si512(load4(p.add(2), stride), flip), _mm512_xor_si512(load4(p.add(18), stride), flip))
 }
 
-/// The arguments of every entry point: weights, bytes per row, activations, blocks per
-/// token, tokens, output.
-type Args<'a> = (&'a [u8], usize, &'a [Q8Block], usize, usize, &'a mut [f32]);
+/// The arguments of every entry point: weights, bytes per row, activations, tokens,
+/// output.
+type Args<'a> = (&'a [u8], usize, &'a [Q8Block], usize, &'a mut [f32]);
 
 /// One format's entry point over `n ≤ ROWS_TILE` tokens.
 macro_rules! rows_kernel {
     ($name:ident, $body:expr) => {
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        pub unsafe fn $name(w: &[u8], row_bytes: usize, x: &[Q8Block], stride: usize, n: usize, out: &mut [f32]) {
-            $body((w, row_bytes, x, stride, n, out))
+        pub unsafe fn $name(w: &[u8], row_bytes: usize, x: &[Q8Block], n: usize, out: &mut [f32]) {
+            $body((w, row_bytes, x, n, out))
         }
     };
 }

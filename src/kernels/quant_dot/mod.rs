@@ -30,9 +30,28 @@ pub type RowDotTile = fn(&[u8], &[Q8Block], usize) -> [f32; TILE];
 pub const ROWS_TILE: usize = 64;
 
 /// Several consecutive weight rows (`row_bytes` apart from the start of `w`) against
-/// `tokens` (1..=[`ROWS_TILE`]) tokens, token `t`'s blocks starting at `x[t·stride]`:
-/// writes row `r` · token `t` to `out[t·rows + r]`.
-pub type RowsDot = fn(w: &[u8], row_bytes: usize, x: &[Q8Block], stride: usize, tokens: usize, out: &mut [f32]);
+/// `tokens` (1..=[`ROWS_TILE`]) tokens whose activations are interleaved block by block
+/// (block `i` of token `t` at `x[i·tokens + t]`): writes row `r` · token `t` to
+/// `out[t·rows + r]`.
+pub type RowsDot = fn(w: &[u8], row_bytes: usize, x: &[Q8Block], tokens: usize, out: &mut [f32]);
+
+/// `xq` (`n_tokens` rows of `blocks`) regrouped into tiles of [`ROWS_TILE`] tokens (the
+/// last one shorter), each block-major: block `i` of the tile's token `t` at
+/// `tile[i·tokens + t]`. A several-row kernel then reads the tile's blocks of one piece
+/// as one sequential run instead of 64 streams 2–12 KiB apart (one per token), which the
+/// prefetcher cannot follow.
+pub fn interleave(xq: &[Q8Block], blocks: usize, n_tokens: usize, tiles: &mut Vec<Q8Block>) {
+    tiles.clear();
+    tiles.resize(xq.len(), Q8Block::ZERO);
+    for (t0, tile) in (0..n_tokens).step_by(ROWS_TILE).zip(tiles.chunks_mut(ROWS_TILE * blocks)) {
+        let tokens = ROWS_TILE.min(n_tokens - t0);
+        for (t, row) in xq[t0 * blocks..(t0 + tokens) * blocks].chunks_exact(blocks).enumerate() {
+            for (i, b) in row.iter().enumerate() {
+                tile[i * tokens + t] = *b;
+            }
+        }
+    }
+}
 
 /// A kernel that multiplies several rows per pass (AVX2: eight, one per 32-bit lane;
 /// AVX-512 VNNI: four, one per 128-bit lane): each activation load and each block's
@@ -113,28 +132,21 @@ fn lengths_disagree(dtype: GgmlDType, have: usize, need: usize) -> ! {
     panic!("quantized dot ({dtype}): the weight bytes and activation blocks disagree ({have} for {need})")
 }
 
-/// [`check_tile`] for `rows` rows `row_bytes` apart and `tokens` tokens, and an output
-/// for them all.
+/// Panics unless `w` holds `rows` rows of `row_bytes`, `x` exactly `tokens` tokens'
+/// activations for such a row, and `out` room for every product.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn check_rows(
-    dtype: GgmlDType,
-    w: &[u8],
-    row_bytes: usize,
-    rows: usize,
-    x: &[Q8Block],
-    stride: usize,
-    tokens: usize,
-    out: &[f32],
-) {
+fn check_rows(dtype: GgmlDType, w: &[u8], row_bytes: usize, rows: usize, x: &[Q8Block], tokens: usize, out: &[f32]) {
     if w.len() < rows * row_bytes {
         lengths_disagree(dtype, w.len(), rows * row_bytes);
     }
     if !(1..=ROWS_TILE).contains(&tokens) || out.len() < tokens * rows {
         lengths_disagree(dtype, out.len(), tokens * rows);
     }
-    check_tile(dtype, &w[..row_bytes], x, stride, tokens);
+    if !x.len().is_multiple_of(tokens) {
+        lengths_disagree(dtype, x.len(), tokens);
+    }
+    check_row(dtype, &w[..row_bytes], x.len() / tokens);
 }
 
 /// A [`Kernel`] whose forms call `unsafe` functions of one SIMD module after checking the
@@ -177,9 +189,9 @@ macro_rules! checked_rows {
     ($dtype:ident, $n:expr, $dot:path) => {
         RowsKernel {
             rows: $n,
-            dot: |w, rb, x, s, tokens, out| {
-                check_rows(GgmlDType::$dtype, w, rb, $n, x, s, tokens, out);
-                unsafe { $dot(w, rb, x, s, tokens, out) }
+            dot: |w, rb, x, tokens, out| {
+                check_rows(GgmlDType::$dtype, w, rb, $n, x, tokens, out);
+                unsafe { $dot(w, rb, x, tokens, out) }
             },
         }
     };
@@ -372,11 +384,12 @@ mod tests {
                 if let Some(rows) = k.rows.or(k.shared_scale.and_then(|s| s.rows)) {
                     let (n, mut out) = (rows.rows, vec![0f32; 8 * (ROWS_TILE + 1)]);
                     let mut dot = |w: &[u8], x: &[Q8Block], tokens: usize, out_len: usize| {
-                        refused(|| (rows.dot)(w, rb, x, 16, tokens, &mut out[..out_len]))
+                        refused(|| (rows.dot)(w, rb, x, tokens, &mut out[..out_len]))
                     };
                     assert!(dot(&w[..(n - 1) * rb], &x[..16], 1, n), "{dtype} {f:?}: rows, short w");
                     assert!(dot(&w, &x[..8], 1, n), "{dtype} {f:?}: rows, short x");
-                    assert!(dot(&w, &x[..16 * 3 - 1], 3, 3 * n), "{dtype} {f:?}: rows, short tile");
+                    assert!(dot(&w, &x[..16 * 3 - 1], 3, 3 * n), "{dtype} {f:?}: rows, ragged tile");
+                    assert!(dot(&w, &x[..16 * 3 - 3], 3, 3 * n), "{dtype} {f:?}: rows, short tile");
                     assert!(dot(&w, &x[..16 * 3], 3, 3 * n - 1), "{dtype} {f:?}: rows, short out");
                     assert!(
                         dot(&w, &x[..16 * (ROWS_TILE + 1)], ROWS_TILE + 1, 8 * (ROWS_TILE + 1)),
@@ -449,12 +462,14 @@ mod tests {
     fn check_rows_kernel(dtype: GgmlDType, label: &str, kernel: RowsKernel, w: &[u8], xq: &[Q8Block], blocks: usize) {
         let (n_rows, tokens) = (kernel.rows, xq.len() / blocks);
         let rb = w.len() / n_rows;
+        let mut interleaved = Vec::new();
+        interleave(xq, blocks, tokens, &mut interleaved);
         let mut tiled = vec![0f32; tokens * n_rows];
-        (kernel.dot)(w, rb, xq, blocks, tokens, &mut tiled);
+        (kernel.dot)(w, rb, &interleaved, tokens, &mut tiled);
         for t in 0..tokens {
             let xt = &xq[t * blocks..(t + 1) * blocks];
             let mut alone = vec![0f32; n_rows];
-            (kernel.dot)(w, rb, xt, blocks, 1, &mut alone);
+            (kernel.dot)(w, rb, xt, 1, &mut alone);
             for r in 0..n_rows {
                 let (want, tol) = scalar_reference(dtype, &w[r * rb..(r + 1) * rb], xt);
                 let got = alone[r];
