@@ -251,15 +251,11 @@ unsafe fn prefetch_ahead(b: &[u8], ts: usize) {
 }
 
 /// The `sum16` fields of a super-block's eight activation blocks, one i32 lane each (its
-/// two half sums as i16 pairs), by one gather: a scalar loop over them compiled to a
-/// chain of inserts and blends.
+/// two half sums as i16 pairs), by eight scalar loads.
 #[inline(always)]
 unsafe fn half_sums(xs: &[Q8Block]) -> __m256i {
-    assert!(xs.len() >= 8, "half_sums: a super-block has eight blocks");
-    let stride = std::mem::size_of::<Q8Block>() as i32;
-    let offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
-    let first = xs.as_ptr().cast::<u8>().add(std::mem::offset_of!(Q8Block, sum16));
-    _mm256_i32gather_epi32::<1>(first as *const i32, offsets)
+    let pair = |j: usize| std::ptr::read_unaligned(xs[j].sum16.as_ptr() as *const i32);
+    _mm256_setr_epi32(pair(0), pair(1), pair(2), pair(3), pair(4), pair(5), pair(6), pair(7))
 }
 
 /// Decode form of Q4_K / Q5_K, for activations with one scale per super-block
