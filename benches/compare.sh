@@ -8,8 +8,8 @@
 #
 # Defaults: 3 rounds; SmolLM2-135M-Instruct Q4_1 plus Q4_0, Q8_0 and Q4_K_M requantized
 # from it with llama-quantize into /tmp/pupil-requant. llama.cpp is built by
-# benches/llama-cpp.sh. Each round runs `-p 512 -n 128 -r $REPS -t $THREADS` in both tools
-# (REPS default 5, THREADS default 2).
+# benches/llama-cpp.sh. Each round runs `-p 512 -n $GEN -r $REPS -t $THREADS` in both tools
+# (REPS default 5, THREADS default 2, GEN default 128; GEN=0 measures prefill alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -19,6 +19,7 @@ cargo build --release -q
 PUPIL=target/release/pupil
 THREADS=${THREADS:-2}
 REPS=${REPS:-5}
+GEN=${GEN:-128}
 if [ $# -gt 0 ]; then
   FILES=("$@")
 else
@@ -34,14 +35,14 @@ fi
 RESULTS=$(mktemp)
 for f in "${FILES[@]}"; do
   for r in $(seq "$ROUNDS"); do
-    "$BIN/llama-bench" -m "$f" -p 512 -n 128 -r "$REPS" -t "$THREADS" -o jsonl 2>/dev/null |
+    "$BIN/llama-bench" -m "$f" -p 512 -n "$GEN" -r "$REPS" -t "$THREADS" -o jsonl 2>/dev/null |
       python3 -c 'import json,sys
 for l in sys.stdin:
     d=json.loads(l); t="pp%d"%d["n_prompt"] if d["n_prompt"] else "tg%d"%d["n_gen"]
     print(sys.argv[1], "llama.cpp", t, d["avg_ts"])' "$f" >>"$RESULTS"
     for tool in pupil ${BASELINE:+baseline}; do
       bin=$PUPIL; [ "$tool" = baseline ] && bin=$BASELINE
-      "$bin" bench -m "$f" -p 512 -n 128 -r "$REPS" -t "$THREADS" -o jsonl 2>/dev/null |
+      "$bin" bench -m "$f" -p 512 -n "$GEN" -r "$REPS" -t "$THREADS" -o jsonl 2>/dev/null |
         python3 -c 'import json,sys
 for l in sys.stdin:
     d=json.loads(l); print(sys.argv[1], sys.argv[2], d["test"], d["avg_ts"])' "$f" "$tool" >>"$RESULTS"
