@@ -156,21 +156,23 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
     let blocks = cols / 32;
     // Tasks write disjoint elements: each owns a distinct range of one product's rows and
     // writes only `out[t·rows + r]` for its rows `r`.
-    let mut weights: [Option<(&QMatrix, Kernel)>; MAX_JOBS] = [None; MAX_JOBS];
+    let as_decode = n_tokens == 1 || batching == Batching::AsDecode;
+    let mut weights: [Option<(&QMatrix, Forms)>; MAX_JOBS] = [None; MAX_JOBS];
     let mut outs: [Option<DisjointMut>; MAX_JOBS] = Default::default();
     for (j, (w, out)) in jobs.iter_mut().enumerate() {
-        weights[j] = Some((&**w, quant_dot::kernel(w.dtype).expect("matmul_many checked the kernel")));
+        let kernel = quant_dot::kernel(w.dtype).expect("matmul_many checked the kernel");
+        weights[j] = Some((&**w, Forms::of(kernel, as_decode)));
         outs[j] = Some(DisjointMut::new(out));
     }
     let chunks: [usize; MAX_JOBS] = std::array::from_fn(|j| weights[j].map_or(1, |(w, _)| rows_per_task(w.rows)));
     let counts: [usize; MAX_JOBS] = std::array::from_fn(|j| weights[j].map_or(0, |(w, _)| w.rows.div_ceil(chunks[j])));
-    // Task `i` → (product, its weight and kernel, its output, rows).
+    // Task `i` → (product, its weight and kernel forms, its output, rows).
     let task = |mut i: usize| {
         for j in 0..n_jobs {
             if i < counts[j] {
-                let (w, kernel) = weights[j].expect("job present");
+                let (w, forms) = weights[j].expect("job present");
                 let r0 = i * chunks[j];
-                return (w, kernel, outs[j].as_ref().expect("job present"), r0, (r0 + chunks[j]).min(w.rows));
+                return (w, forms, outs[j].as_ref().expect("job present"), r0, (r0 + chunks[j]).min(w.rows));
             }
             i -= counts[j];
         }
@@ -179,10 +181,9 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
     let n_tasks: usize = counts.iter().sum();
 
     let mut act = ACTIVATIONS.take().unwrap_or_default();
-    let as_decode = n_tokens == 1 || batching == Batching::AsDecode;
-    let forms: [Option<Forms>; MAX_JOBS] = std::array::from_fn(|j| weights[j].map(|(_, k)| Forms::of(k, as_decode)));
-    let wants = |shared: bool| forms.iter().flatten().any(|f| f.shared == shared);
-    let wants_tiles = |shared: bool| forms.iter().flatten().any(|f| f.shared == shared && f.rows.is_some());
+    let forms = || weights.iter().flatten().map(|(_, f)| f);
+    let wants = |shared: bool| forms().any(|f| f.shared == shared);
+    let wants_tiles = |shared: bool| forms().any(|f| f.shared == shared && f.rows.is_some());
     for (wanted, xq, quantize) in [
         (wants(true), &mut act.shared, quantize_row_shared as fn(&[f32], &mut [Q8Block])),
         (wants(false), &mut act.per_block, quantize_row),
@@ -205,15 +206,15 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
         interleave(&act.per_block, blocks, n_tokens, &mut act.per_block_tiles);
     }
     for_each_index(n_tasks, |i| {
-        let (w, kernel, out, r0, r1) = task(i);
-        let Forms { one, tile, rows, shared } = Forms::of(kernel, as_decode);
+        let (w, Forms { one, tile, rows, shared }, out, r0, r1) = task(i);
         let (xq, tiles) =
             if shared { (&act.shared, &act.shared_tiles) } else { (&act.per_block, &act.per_block_tiles) };
         if n_tokens == 1 {
             // Decode reads rows one at a time even where a several-row kernel exists: the
             // weights come from DRAM here, and four interleaved row streams measured
             // 25–30 % slower (Q4_0: 170 vs 236 t/s) than one sequential stream with its
-            // prefetch.
+            // prefetch; the eight-row kernels, whose unpacking one token cannot amortise,
+            // 2–4× slower.
             let (rb, bytes) = (w.row_bytes(), w.bytes());
             for r in r0..r1 {
                 // SAFETY: rows `r0..r1` of this product belong to this task alone.
