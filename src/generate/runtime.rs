@@ -56,7 +56,9 @@ impl Runtime {
     pub fn load_path_on(path: &Path, threads: usize, device: Device) -> Result<Self, LoadError> {
         let start = Instant::now();
         let file = GgufFile::open(path)?;
-        let model = Model::load_on(&file, device)?;
+        let pool = crate::threads::Pool::new(threads);
+        // In the pool: re-laying weights for the CPU kernels is shared out over its threads.
+        let model = pool.install(|| Model::load_on(&file, device))?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         if tokenizer.n_vocab() != model.cfg.n_vocab {
             return Err(LoadError::VocabMismatch { tokenizer: tokenizer.n_vocab(), model: model.cfg.n_vocab });
@@ -68,7 +70,6 @@ impl Runtime {
             &text(tokenizer.bos()),
             &text(tokenizer.eos()),
         )?;
-        let pool = crate::threads::Pool::new(threads);
         // Building the tokenizer churns through temporary strings; hand that heap back.
         crate::threads::release_free_heap();
         Ok(Self { file, model, tokenizer, template, pool, load_time: start.elapsed() })

@@ -142,6 +142,24 @@ impl GgufFile {
         &self.map
     }
 
+    /// Hands back the resident pages under `bytes` (a slice of this map) once the caller
+    /// has copied what it needs from them (weights re-laid for the CPU): the process then
+    /// does not hold both copies. The map stays valid; a later read faults the same bytes
+    /// back in from the file. A slice outside the map is ignored.
+    pub fn release(&self, bytes: &[u8]) {
+        let (base, start) = (self.map.as_ptr() as usize, bytes.as_ptr() as usize);
+        if start < base || start + bytes.len() > base + self.map.len() {
+            return;
+        }
+        // SAFETY: the map is a read-only shared file mapping. MADV_DONTNEED only drops its
+        // resident pages; every later read, through any live borrow, repopulates them
+        // from the file, so no borrow sees other bytes (the file must stay unmodified, as
+        // for the map itself). The call is advice: failure changes nothing.
+        #[cfg(unix)]
+        let _ =
+            unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start - base, bytes.len()) };
+    }
+
     /// Metadata in file order.
     pub fn metadata(&self) -> &[(String, Value)] {
         &self.metadata

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::dequant::dequantize;
 use super::gemm::{gemm_nn, gemm_nt, Mat};
+use super::interleave_rows;
 use super::q8::{quantize_row, quantize_row_shared, Q8Block};
 use super::quant_dot::{self, interleave, Kernel, RowDot, RowDotTile, RowsKernel, ROWS_TILE, TILE};
 use super::Batching;
@@ -31,7 +32,8 @@ const TOKEN_BLOCK: usize = 16;
 /// synthetic test weights plain memory.
 pub type WeightBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
-/// A 2-D weight matrix living in the memory-mapped file.
+/// A 2-D weight matrix living in the memory-mapped file, or re-laid in memory for the
+/// CPU's kernels ([`QMatrix::interleaved_for_cpu`]).
 #[derive(Clone)]
 pub struct QMatrix {
     pub dtype: GgmlDType,
@@ -39,6 +41,9 @@ pub struct QMatrix {
     pub cols: usize,
     data: WeightBytes,
     range: Range<usize>,
+    /// Rows interleaved eight at a time ([`interleave_rows`]) rather than the file's
+    /// row-major blocks.
+    interleaved: bool,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -53,11 +58,29 @@ impl QMatrix {
     /// number of blocks.
     pub fn new(dtype: GgmlDType, rows: usize, cols: usize, data: WeightBytes, range: Range<usize>) -> Self {
         debug_assert_eq!(dtype.bytes_for((rows * cols) as u64), Some(range.len() as u64));
-        Self { dtype, rows, cols, data, range }
+        Self { dtype, rows, cols, data, range, interleaved: false }
     }
 
+    /// The stored bytes: the file's layout unless [`Self::is_interleaved`].
     pub fn bytes(&self) -> &[u8] {
         &(*self.data).as_ref()[self.range.clone()]
+    }
+
+    pub fn is_interleaved(&self) -> bool {
+        self.interleaved
+    }
+
+    /// A copy of this matrix with its rows interleaved for the CPU's eight-row kernel
+    /// ([`Kernel::interleaved`]), if this CPU has one for the type and the rows come in
+    /// whole groups. Decode then multiplies eight rows per pass instead of one.
+    pub fn interleaved_for_cpu(&self) -> Option<QMatrix> {
+        if self.interleaved || !interleave_rows::applies(self.dtype, self.rows) {
+            return None;
+        }
+        quant_dot::kernel(self.dtype)?.interleaved?;
+        let bytes = interleave_rows::interleave(self.dtype, self.bytes(), self.row_bytes());
+        let range = 0..bytes.len();
+        Some(QMatrix { data: Arc::new(bytes), range, interleaved: true, ..*self })
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -68,7 +91,14 @@ impl QMatrix {
     /// without ever expanding the table.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let rb = self.row_bytes();
-        dequantize(self.dtype, &self.bytes()[r * rb..(r + 1) * rb], out);
+        if self.interleaved {
+            let g = r / interleave_rows::ROWS * interleave_rows::ROWS;
+            let mut row = vec![0u8; rb];
+            interleave_rows::row(self.dtype, &self.bytes()[g * rb..(g + interleave_rows::ROWS) * rb], r - g, &mut row);
+            dequantize(self.dtype, &row, out);
+        } else {
+            dequantize(self.dtype, &self.bytes()[r * rb..(r + 1) * rb], out);
+        }
     }
 }
 
@@ -161,7 +191,7 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
     let mut outs: [Option<DisjointMut>; MAX_JOBS] = Default::default();
     for (j, (w, out)) in jobs.iter_mut().enumerate() {
         let kernel = quant_dot::kernel(w.dtype).expect("matmul_many checked the kernel");
-        weights[j] = Some((&**w, Forms::of(kernel, as_decode)));
+        weights[j] = Some((&**w, Forms::of(kernel, as_decode, w.interleaved)));
         outs[j] = Some(DisjointMut::new(out));
     }
     let chunks: [usize; MAX_JOBS] = std::array::from_fn(|j| weights[j].map_or(1, |(w, _)| rows_per_task(w.rows)));
@@ -209,7 +239,7 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
         let (w, Forms { one, tile, rows, shared }, out, r0, r1) = task(i);
         let (xq, tiles) =
             if shared { (&act.shared, &act.shared_tiles) } else { (&act.per_block, &act.per_block_tiles) };
-        if n_tokens == 1 {
+        if n_tokens == 1 && !w.interleaved {
             // Decode reads rows one at a time even where a several-row kernel exists: the
             // weights come from DRAM here, and four interleaved row streams measured
             // 25–30 % slower (Q4_0: 170 vs 236 t/s) than one sequential stream with its
@@ -247,7 +277,8 @@ struct Forms {
     one: RowDot,
     tile: RowDotTile,
     /// Several rows at a time: prefill only, since their sums round differently from
-    /// decode's (decode-exact batches must give decode's bits).
+    /// decode's (decode-exact batches must give decode's bits); for interleaved weights,
+    /// every pass (their rows come in whole groups, so `one` and `tile` never run).
     rows: Option<RowsKernel>,
     /// Shared-scale activations (K-quant forms whose sub-block scales apply in integers)
     /// rather than per-block ones.
@@ -255,7 +286,13 @@ struct Forms {
 }
 
 impl Forms {
-    fn of(k: Kernel, as_decode: bool) -> Self {
+    fn of(k: Kernel, as_decode: bool, interleaved: bool) -> Self {
+        if interleaved {
+            // Every row group, every token count: the kernel gives a token the same bits
+            // alone and among others, so decode-exact batches may share it too.
+            let rows = Some(k.interleaved.expect("only matrices whose kernel reads the layout are interleaved"));
+            return Forms { one: k.one, tile: k.tile, rows, shared: false };
+        }
         match (k.rows, k.shared_scale) {
             (Some(rows), _) if !as_decode => Forms { one: k.one, tile: k.tile, rows: Some(rows), shared: false },
             (_, Some(s)) => Forms { one: s.one, tile: s.tile, rows: s.rows.filter(|_| !as_decode), shared: true },
@@ -424,6 +461,49 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A Q4_0 matrix re-laid for the CPU ([`QMatrix::interleaved_for_cpu`]): its rows
+    /// dequantize as the file's do, its products equal the file layout's to rounding, and
+    /// every pass, however many tokens and however batched, gives a token the bits it gets
+    /// alone (what decode-exact verification of drafts needs).
+    #[test]
+    fn interleaved_weights_multiply_like_the_files_layout() {
+        let (rows, cols) = if cfg!(miri) { (16, 64) } else { (48, 576) };
+        let dtype = GgmlDType::Q4_0;
+        let w = weight_from(dtype, rows, cols, &random_blocks(dtype, rows * cols, &mut Rng::new(4)));
+        let Some(iw) = w.interleaved_for_cpu() else {
+            assert!(quant_dot::kernel(dtype).is_none_or(|k| k.interleaved.is_none()), "a kernel but no layout");
+            return;
+        };
+        assert!(iw.is_interleaved() && iw.bytes() != w.bytes());
+        let (mut want_row, mut got_row) = (vec![0f32; cols], vec![0f32; cols]);
+        for r in 0..rows {
+            w.dequantize_row(r, &mut want_row);
+            iw.dequantize_row(r, &mut got_row);
+            assert_eq!(want_row, got_row, "row {r}");
+        }
+        let mut rng = Rng::new(10);
+        let n_tokens = ROWS_TILE + 6;
+        let x: Vec<f32> = (0..n_tokens * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let product = |m: &QMatrix, n: usize, batching: Batching| {
+            let mut out = vec![0f32; n * rows];
+            matmul_many(&mut [(m, &mut out[..])], &x[..n * cols], n, batching);
+            out
+        };
+        let want = product(&w, n_tokens, Batching::Tiled);
+        let tiled = product(&iw, n_tokens, Batching::Tiled);
+        let as_decode = product(&iw, n_tokens, Batching::AsDecode);
+        for (i, (&a, &b)) in want.iter().zip(&tiled).enumerate() {
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "product {i}: {b} vs {a}");
+        }
+        for t in 0..n_tokens {
+            let mut alone = vec![0f32; rows];
+            matmul(&iw, &x[t * cols..(t + 1) * cols], 1, &mut alone);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&alone), bits(&tiled[t * rows..(t + 1) * rows]), "token {t}: alone vs tiled");
+            assert_eq!(bits(&alone), bits(&as_decode[t * rows..(t + 1) * rows]), "token {t}: alone vs as decode");
         }
     }
 

@@ -10,6 +10,7 @@ pub mod dot;
 pub mod features;
 pub mod flash;
 pub mod gemm;
+pub mod interleave_rows;
 pub mod matmul;
 pub mod norm;
 pub mod q8;

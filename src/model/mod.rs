@@ -109,15 +109,17 @@ impl Model {
     }
 
     /// [`Model::load`], then runs on `device`: for a GPU the weights are uploaded once from
-    /// the map and every later forward pass runs there.
+    /// the map and every later forward pass runs there; on the CPU, weights whose fastest
+    /// kernel reads another layout are re-laid once ([`Weights::interleave_for_cpu`]).
     pub fn load_on(file: &GgufFile, device: Device) -> Result<Self, ModelError> {
         device.check_built()?;
-        #[allow(unused_mut)]
         let mut model = Self::load(file)?;
         #[cfg(feature = "gpu")]
         if !device.is_cpu() {
             model.gpu = Some(gpu::GpuWeights::upload(&model.weights, device)?);
+            return Ok(model);
         }
+        model.weights.interleave_for_cpu(|bytes| file.release(bytes));
         Ok(model)
     }
 

@@ -517,12 +517,17 @@ trait RowsFormat {
     const SUMMED: usize;
     /// Signed weights (Q8_0): multiplied as |w| by x with w's sign.
     const SIGNED: bool = false;
+    /// Where eight rows' chunk lies: eight row slices (the file's row-major layout), or
+    /// one slice where the rows were interleaved at load ([`super::super::packed`]).
+    type Chunk<'a>;
+    /// Chunk `i` of the eight rows that start at `w`, `rb` bytes apart.
+    unsafe fn chunk(w: &[u8], rb: usize, i: usize) -> Self::Chunk<'_>;
     /// What the format needs of eight rows' chunk besides the weights.
     type Rows;
-    unsafe fn rows(b: &[&[u8]; ROWS]) -> Self::Rows;
+    unsafe fn rows(b: &Self::Chunk<'_>) -> Self::Rows;
     /// Piece `j` of each row's chunk by column ([`by_column`]): unsigned weights, or signed
     /// ones where [`Self::SIGNED`].
-    unsafe fn piece(b: &[&[u8]; ROWS], j: usize) -> [__m256i; 8];
+    unsafe fn piece(b: &Self::Chunk<'_>, j: usize) -> [__m256i; 8];
     /// The integer factor of groups `g..g + SUMMED` of piece `j`: row `r`'s in both words
     /// of lane `r` ([`word_pairs`]; ones where scales are applied in floats).
     unsafe fn scale(rows: &Self::Rows, j: usize, g: usize) -> __m256i;
@@ -549,6 +554,12 @@ impl<B: Block32> RowsFormat for Blocks<B> {
     };
     const SIGNED: bool = B::BITS == 8;
     type Rows = BlocksRows;
+    type Chunk<'a> = [&'a [u8]; ROWS];
+
+    #[inline(always)]
+    unsafe fn chunk(w: &[u8], rb: usize, i: usize) -> [&[u8]; ROWS] {
+        per_row(|r| &w[r * rb + i * Self::BYTES..r * rb + (i + 1) * Self::BYTES])
+    }
 
     #[inline(always)]
     unsafe fn rows(b: &[&[u8]; ROWS]) -> BlocksRows {
@@ -574,13 +585,72 @@ impl<B: Block32> RowsFormat for Blocks<B> {
 
     #[inline(always)]
     unsafe fn finish(rows: &BlocksRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
+        rows.finish(sumi, xb, acc, B::BITS != 8)
+    }
+}
+
+impl BlocksRows {
+    /// `acc` plus one token's products over a block: `d·d_x·Σqx`, and where the format has
+    /// one, the offset or minimum times the activation block's scaled sum.
+    #[inline(always)]
+    unsafe fn finish(&self, sumi: __m256i, xb: TokenBlocks, acc: __m256, offset: bool) -> __m256 {
         let xb = xb.at(0);
-        let acc = _mm256_fmadd_ps(_mm256_mul_ps(rows.d, _mm256_set1_ps(xb.d)), _mm256_cvtepi32_ps(sumi), acc);
-        if B::BITS == 8 {
-            acc
+        let acc = _mm256_fmadd_ps(_mm256_mul_ps(self.d, _mm256_set1_ps(xb.d)), _mm256_cvtepi32_ps(sumi), acc);
+        if offset {
+            _mm256_fmadd_ps(self.offset, _mm256_set1_ps(xb.ds), acc)
         } else {
-            _mm256_fmadd_ps(rows.offset, _mm256_set1_ps(xb.ds), acc)
+            acc
         }
+    }
+}
+
+/// Q4_0 interleaved at load ([`interleave_rows`](crate::kernels::interleave_rows)): per
+/// block column the eight rows' scales, then four 32-byte runs that each hold four quant
+/// bytes of every row — the columns [`by_column`] builds from the file's layout, ready to
+/// load. Its sums are the row-major [`Blocks<Q40>`] kernel's, bit for bit. (Q8_0 the same
+/// way measured no faster at 1B: its one-row decode kernel already keeps up.)
+struct InterleavedQ40;
+
+impl RowsFormat for InterleavedQ40 {
+    const BYTES: usize = Q40::TS;
+    const PIECES: usize = 1;
+    const SUMMED: usize = Blocks::<Q40>::SUMMED;
+    type Chunk<'a> = &'a [u8];
+    type Rows = BlocksRows;
+
+    #[inline(always)]
+    unsafe fn chunk(w: &[u8], _: usize, i: usize) -> &[u8] {
+        &w[i * ROWS * Q40::TS..(i + 1) * ROWS * Q40::TS]
+    }
+
+    #[inline(always)]
+    unsafe fn rows(b: &&[u8]) -> BlocksRows {
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(b[..16].as_ptr() as *const __m128i));
+        BlocksRows { d, offset: _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) }
+    }
+
+    #[inline(always)]
+    unsafe fn piece(b: &&[u8], _: usize) -> [__m256i; 8] {
+        // Run c holds quant bytes 4c..4c + 4 of each row: weights 4c.. in the low nibbles,
+        // 16 + 4c.. in the high ones.
+        let low = _mm256_set1_epi8(0x0F);
+        let mut v = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            let q = _mm256_loadu_si256(b[16 + 32 * c..16 + 32 * (c + 1)].as_ptr() as *const __m256i);
+            v[c] = _mm256_and_si256(q, low);
+            v[c + 4] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+        }
+        v
+    }
+
+    #[inline(always)]
+    unsafe fn scale(_: &BlocksRows, _: usize, _: usize) -> __m256i {
+        _mm256_set1_epi16(1)
+    }
+
+    #[inline(always)]
+    unsafe fn finish(rows: &BlocksRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
+        rows.finish(sumi, xb, acc, true)
     }
 }
 
@@ -600,6 +670,12 @@ impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
     const PIECES: usize = 8;
     const SUMMED: usize = if FIVE_BITS { 4 } else { 8 };
     type Rows = KQuantRows;
+    type Chunk<'a> = [&'a [u8]; ROWS];
+
+    #[inline(always)]
+    unsafe fn chunk(w: &[u8], rb: usize, i: usize) -> [&[u8]; ROWS] {
+        per_row(|r| &w[r * rb + i * Self::BYTES..r * rb + (i + 1) * Self::BYTES])
+    }
 
     #[inline(always)]
     unsafe fn rows(b: &[&[u8]; ROWS]) -> KQuantRows {
@@ -667,6 +743,12 @@ impl RowsFormat for Q6K {
     const PIECES: usize = 8;
     const SUMMED: usize = 2;
     type Rows = Q6KRows;
+    type Chunk<'a> = [&'a [u8]; ROWS];
+
+    #[inline(always)]
+    unsafe fn chunk(w: &[u8], rb: usize, i: usize) -> [&[u8]; ROWS] {
+        per_row(|r| &w[r * rb + i * Self::BYTES..r * rb + (i + 1) * Self::BYTES])
+    }
 
     #[inline(always)]
     unsafe fn rows(b: &[&[u8]; ROWS]) -> Q6KRows {
@@ -756,7 +838,7 @@ unsafe fn rows_kernel<M: MulSum, F: RowsFormat>(w: &[u8], rb: usize, x: &[Q8Bloc
     let mut acc = [_mm256_setzero_ps(); ROWS_TILE];
     let mut sumi = [_mm256_setzero_si256(); ROWS_TILE];
     for i in 0..rb / F::BYTES {
-        let b = per_row(|r| &w[r * rb + i * F::BYTES..r * rb + (i + 1) * F::BYTES]);
+        let b = F::chunk(w, rb, i);
         let rows = F::rows(&b);
         let chunk = &x[i * F::PIECES * n..(i + 1) * F::PIECES * n];
         for j in 0..F::PIECES {
@@ -824,6 +906,7 @@ macro_rules! kernels {
         pub mod $module {
             use super::*;
             block32_kernels!($mulsum, $features, Q40, q4_0, q4_0_tile, q4_0_rows);
+            rows_kernel!($mulsum, $features, q4_0_interleaved, InterleavedQ40);
             block32_kernels!($mulsum, $features, Q41, q4_1, q4_1_tile, q4_1_rows);
             block32_kernels!($mulsum, $features, Q50, q5_0, q5_0_tile, q5_0_rows);
             block32_kernels!($mulsum, $features, Q51, q5_1, q5_1_tile, q5_1_rows);

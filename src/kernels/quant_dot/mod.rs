@@ -75,6 +75,11 @@ pub struct Kernel {
     /// ([`quantize_row_shared`](super::q8::quantize_row_shared)), where that is faster
     /// (K-quants: their sub-block scales then apply in integers).
     pub shared_scale: Option<SharedScale>,
+    /// Eight rows at a time over rows interleaved at load
+    /// ([`interleave_rows`](super::interleave_rows)), for every token count (decode
+    /// included): where the CPU has such a kernel, the model lays these weights out that
+    /// way. A token gets the same bits alone and among others.
+    pub interleaved: Option<RowsKernel>,
 }
 
 /// A K-quant kernel's forms over shared-scale activations: one token (decode) and
@@ -168,6 +173,7 @@ macro_rules! checked_kernel {
             },
             rows: None $(.or(Some(checked_rows!($dtype, $n_rows, $rows))))?,
             shared_scale: None,
+            interleaved: None,
         }
     };
     // The K-quants: forms over shared-scale activations, which every path takes except
@@ -213,6 +219,7 @@ pub fn scalar_kernel(dtype: GgmlDType) -> Option<Kernel> {
                 },
                 rows: None,
                 shared_scale: None,
+                interleaved: None,
             }
         };
     }
@@ -239,7 +246,10 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
         ($m:ident) => {{
             use avx2::$m as k;
             match dtype {
-                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; rows avx2::ROWS, k::q4_0_rows),
+                GgmlDType::Q4_0 => Kernel {
+                    interleaved: Some(checked_rows!(Q4_0, avx2::ROWS, k::q4_0_interleaved)),
+                    ..checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; rows avx2::ROWS, k::q4_0_rows)
+                },
                 GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; rows avx2::ROWS, k::q4_1_rows),
                 GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; rows avx2::ROWS, k::q5_0_rows),
                 GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; rows avx2::ROWS, k::q5_1_rows),
@@ -458,8 +468,17 @@ mod tests {
     const RAGGED_TILE: usize = 11;
 
     /// A several-row kernel on rows `w` and the tokens `xq` (`blocks` apart): every row
-    /// and token against the scalar kernel, each token bit for bit against itself alone.
-    fn check_rows_kernel(dtype: GgmlDType, label: &str, kernel: RowsKernel, w: &[u8], xq: &[Q8Block], blocks: usize) {
+    /// and token against the scalar kernel on `rows` (the same rows in the file's layout),
+    /// each token bit for bit against itself alone. Returns the products, `out[t·rows + r]`.
+    fn check_rows_kernel_on(
+        dtype: GgmlDType,
+        label: &str,
+        kernel: RowsKernel,
+        w: &[u8],
+        rows: &[u8],
+        xq: &[Q8Block],
+        blocks: usize,
+    ) -> Vec<f32> {
         let (n_rows, tokens) = (kernel.rows, xq.len() / blocks);
         let rb = w.len() / n_rows;
         let mut interleaved = Vec::new();
@@ -471,13 +490,49 @@ mod tests {
             let mut alone = vec![0f32; n_rows];
             (kernel.dot)(w, rb, xt, 1, &mut alone);
             for r in 0..n_rows {
-                let (want, tol) = scalar_reference(dtype, &w[r * rb..(r + 1) * rb], xt);
+                let (want, tol) = scalar_reference(dtype, &rows[r * rb..(r + 1) * rb], xt);
                 let got = alone[r];
                 assert!((got - want).abs() <= tol, "{dtype} {label} token {t} row {r}: {got} vs {want}");
                 let tile = tiled[t * n_rows + r];
                 assert_eq!(tile.to_bits(), got.to_bits(), "{dtype} {label} token {t} row {r}: tile vs alone");
             }
         }
+        tiled
+    }
+
+    /// [`check_rows_kernel_on`] for a kernel over the file's layout.
+    fn check_rows_kernel(dtype: GgmlDType, label: &str, kernel: RowsKernel, w: &[u8], xq: &[Q8Block], blocks: usize) {
+        check_rows_kernel_on(dtype, label, kernel, w, w, xq, blocks);
+    }
+
+    /// The kernels over interleaved rows ([`Kernel::interleaved`]) against the scalar
+    /// kernel on the rows before interleaving, each token bit for bit alone and in a tile,
+    /// and bit for bit against the eight-row kernel over the file's layout (the same sums
+    /// in the same order), so a model gives the same answers either way.
+    #[test]
+    fn interleaved_kernels_equal_row_major_kernels() {
+        let mut rng = Rng::new(31);
+        let mut checked = 0;
+        for (dtype, (name, f)) in TYPES.into_iter().flat_map(|d| simd_variants().into_iter().map(move |v| (d, v))) {
+            let Some(k) = kernel_for(dtype, f) else { continue };
+            let Some(kernel) = k.interleaved else { continue };
+            for n in [256, 576, 256 * 7 + 96] {
+                let rows = random_blocks(dtype, kernel.rows * n, &mut rng);
+                let w = crate::kernels::interleave_rows::interleave(dtype, &rows, rows.len() / kernel.rows);
+                let blocks = n / 32;
+                let (xf, _) = activations(RAGGED_TILE * n, &mut rng);
+                let mut xq = vec![Q8Block::ZERO; RAGGED_TILE * blocks];
+                quantize_row(&xf, &mut xq);
+                let label = format!("{name} interleaved n={n}");
+                let got = check_rows_kernel_on(dtype, &label, kernel, &w, &rows, &xq, blocks);
+                let row_major = k.rows.filter(|r| r.rows == kernel.rows).expect("an eight-row kernel beside it");
+                let want = check_rows_kernel_on(dtype, &label, row_major, &rows, &rows, &xq, blocks);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{dtype} {label}: interleaved vs row-major");
+                checked += 1;
+            }
+        }
+        assert!(cfg!(not(target_arch = "x86_64")) || !Features::detected().avx2 || checked > 0, "no kernel ran");
     }
 
     /// The forms over shared-scale activations: the single-token and several-row forms
