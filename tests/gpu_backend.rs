@@ -37,7 +37,8 @@ fn gpu() -> Device {
 fn pair(name: &str) -> Option<(Runtime, Runtime)> {
     let path = model(name)?;
     let cpu = Runtime::load_path(&path, 4).unwrap();
-    let dev = Runtime::load_path_on(&path, 4, gpu()).unwrap_or_else(|e| panic!("load {name} on {}: {e}", gpu()));
+    let dev = Runtime::load_path_on(&path, 4, gpu(), Default::default())
+        .unwrap_or_else(|e| panic!("load {name} on {}: {e}", gpu()));
     Some((cpu, dev))
 }
 

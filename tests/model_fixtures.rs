@@ -23,7 +23,10 @@ fn runtime() -> Option<Runtime> {
 
 fn runtime_of(name: &str) -> Option<Runtime> {
     let path = model(name)?;
-    Some(Runtime::load_path_on(&path, 2, device()).unwrap_or_else(|e| panic!("load {name} on {}: {e}", device())))
+    Some(
+        Runtime::load_path_on(&path, 2, device(), Default::default())
+            .unwrap_or_else(|e| panic!("load {name} on {}: {e}", device())),
+    )
 }
 
 #[test]

@@ -119,9 +119,10 @@ pub fn load_to_first_token(
     path: &std::path::Path,
     threads: usize,
     device: crate::model::Device,
+    layout: crate::generate::WeightLayout,
 ) -> Result<(f64, Runtime), crate::generate::LoadError> {
     let start = Instant::now();
-    let rt = Runtime::load_path_on(path, threads, device)?;
+    let rt = Runtime::load_path_on(path, threads, device, layout)?;
     let first = rt.tokenizer.bos().unwrap_or(0);
     let mut cache = rt.model.new_cache(8).map_err(crate::generate::LoadError::Model)?;
     let h = rt.pool.install(|| rt.model.forward(&[first], &mut cache)).map_err(crate::generate::LoadError::Model)?;

@@ -102,6 +102,7 @@ pub fn bench(
     a: BenchArgs,
     request: crate::model::DeviceRequest,
     cache: crate::model::CacheTypes,
+    layout: crate::generate::WeightLayout,
 ) -> anyhow::Result<()> {
     let device = DeviceInfo::detect();
     let on = request.resolve()?;
@@ -135,7 +136,7 @@ pub fn bench(
                 })
             });
             reset_peak();
-            let (load_ms, mut rt) = speed::load_to_first_token(&path, threads, on)?;
+            let (load_ms, mut rt) = speed::load_to_first_token(&path, threads, on, layout)?;
             rt.model.cache_types = cache;
             let mut peak_anon = memory_status().map_or(0, |m| m.rss_anon);
             let desc = describe(&rt);

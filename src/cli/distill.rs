@@ -6,8 +6,9 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::ModelArg;
+use super::{Exec, ModelArg};
 use crate::bench::memory::{memory_status, mib};
+use crate::generate::WeightLayout;
 use crate::model::Target;
 use crate::svg::{line_chart, Series};
 use crate::targets::TargetFile;
@@ -115,7 +116,9 @@ pub fn distill(a: DistillArgs, exec: super::Exec) -> anyhow::Result<()> {
         Some(p) => Some(TargetFile::open(p).with_context(|| format!("opening {}", p.display()))?),
         None => None,
     };
-    let rt = exec.load(&a.model.model)?;
+    // Training multiplies in f32 from dequantized rows: weights re-laid for the integer
+    // kernels would only cost load time.
+    let rt = Exec { layout: WeightLayout::Mapped, ..exec }.load(&a.model.model)?;
     let checkpoint = checkpoint_path(&a.output);
     if !a.resume && checkpoint.exists() {
         anyhow::bail!(

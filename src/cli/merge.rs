@@ -38,6 +38,7 @@ pub fn merge(a: MergeArgs) -> anyhow::Result<()> {
         threads: 1,
         device: crate::model::DeviceRequest::Exact(crate::model::Device::Cpu),
         cache: Default::default(),
+        layout: crate::generate::WeightLayout::Mapped,
     };
     let rt = a.adapters.load(&a.model.model, host)?;
     let adapters = rt.model.adapters();

@@ -14,7 +14,7 @@ mod targets;
 use clap::{Args, Parser, Subcommand};
 
 use crate::generate::draft::{DraftModel, Drafter};
-use crate::generate::{Rng, Runtime, SamplerConfig, Session};
+use crate::generate::{Rng, Runtime, SamplerConfig, Session, WeightLayout};
 use crate::model::{CacheType, CacheTypes, Device, DeviceRequest};
 
 /// Where and how wide a command runs the model: the global `--threads`, `--device` and
@@ -24,6 +24,7 @@ pub struct Exec {
     pub threads: usize,
     pub device: DeviceRequest,
     pub cache: CacheTypes,
+    pub layout: WeightLayout,
 }
 
 impl Exec {
@@ -34,7 +35,7 @@ impl Exec {
 
     /// Loads `model` (a path or catalog name, pulled if missing) on the chosen device.
     pub fn load(&self, model: &str) -> anyhow::Result<Runtime> {
-        let mut rt = Runtime::load_on(model, self.threads, self.device()?, true)?;
+        let mut rt = Runtime::load_on(model, self.threads, self.device()?, self.layout, true)?;
         rt.model.cache_types = self.cache;
         Ok(rt)
     }
@@ -57,6 +58,11 @@ pub struct Cli {
     /// How the KV cache stores values on the CPU: f16 or f32.
     #[arg(long = "cache-type-v", global = true, default_value = "f16", value_name = "TYPE")]
     pub cache_type_v: CacheType,
+    /// Read every weight in place from the memory map instead of re-laying Q4_0, Q4_1 and
+    /// Q8_0 matrices for the CPU's eight-row kernels at load (llama.cpp's flag): zero
+    /// copies, slower decode.
+    #[arg(long = "no-repack", global = true)]
+    pub no_repack: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -209,7 +215,8 @@ impl SamplingArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let threads = cli.threads;
     let cache = CacheTypes { k: cli.cache_type_k, v: cli.cache_type_v };
-    let exec = Exec { threads, device: cli.device, cache };
+    let layout = if cli.no_repack { WeightLayout::Mapped } else { WeightLayout::Repacked };
+    let exec = Exec { threads, device: cli.device, cache, layout };
     match cli.command {
         Command::Pull(a) => run::pull(a),
         Command::List => run::list(),
@@ -218,7 +225,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Complete(a) => run::complete(a, exec),
         Command::Chat(a) => run::chat(a, exec),
         Command::Perplexity(a) => measure::perplexity(a, exec),
-        Command::Bench(a) => bench::bench(a, cli.device, cache),
+        Command::Bench(a) => bench::bench(a, cli.device, cache, layout),
         Command::Targets(c) => targets::run(c, exec),
         Command::Distill(a) => distill::distill(a, exec),
         Command::Experiment(c) => experiment::run(c, exec),

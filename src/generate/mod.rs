@@ -7,6 +7,6 @@ pub mod sampler;
 pub mod session;
 
 pub use crate::rng::Rng;
-pub use runtime::{LoadError, Runtime};
+pub use runtime::{LoadError, Runtime, WeightLayout};
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{Generation, GenerationError, Session, StopReason, Timings};

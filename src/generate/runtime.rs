@@ -24,6 +24,20 @@ pub enum LoadError {
     VocabMismatch { tokenizer: usize, model: usize },
 }
 
+/// How a CPU model holds its weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// Re-laid once at load where the CPU's fastest kernel reads another layout (Q4_0,
+    /// Q4_1, Q8_0 on AVX2: eight rows interleaved), the map's pages handed back as each
+    /// matrix is copied: faster decode, the same resident total, but those weights become
+    /// anonymous memory, which the OS cannot drop and re-read under memory pressure.
+    /// llama.cpp's default too ("repack").
+    #[default]
+    Repacked,
+    /// Every weight read in place from the memory map (zero copies; `--no-repack`).
+    Mapped,
+}
+
 pub struct Runtime {
     pub file: GgufFile,
     pub model: Model,
@@ -38,27 +52,36 @@ impl Runtime {
     /// Loads `model` (a GGUF path or a catalog name, pulled if missing) with `threads`
     /// workers (0: one per core).
     pub fn load(model: &str, threads: usize, progress: bool) -> Result<Self, LoadError> {
-        Self::load_on(model, threads, Device::Cpu, progress)
+        Self::load_on(model, threads, Device::Cpu, WeightLayout::default(), progress)
     }
 
-    /// [`Runtime::load`] on `device`.
-    pub fn load_on(model: &str, threads: usize, device: Device, progress: bool) -> Result<Self, LoadError> {
+    /// [`Runtime::load`] on `device`, the weights held as `layout` says.
+    pub fn load_on(
+        model: &str,
+        threads: usize,
+        device: Device,
+        layout: WeightLayout,
+        progress: bool,
+    ) -> Result<Self, LoadError> {
         // Refuse a backend this build lacks before any download.
         device.check_built().map_err(ModelError::from)?;
         let path = crate::catalog::resolve(model, progress)?;
-        Self::load_path_on(&path, threads, device)
+        Self::load_path_on(&path, threads, device, layout)
     }
 
     pub fn load_path(path: &Path, threads: usize) -> Result<Self, LoadError> {
-        Self::load_path_on(path, threads, Device::Cpu)
+        Self::load_path_on(path, threads, Device::Cpu, WeightLayout::default())
     }
 
-    pub fn load_path_on(path: &Path, threads: usize, device: Device) -> Result<Self, LoadError> {
+    pub fn load_path_on(path: &Path, threads: usize, device: Device, layout: WeightLayout) -> Result<Self, LoadError> {
         let start = Instant::now();
         let file = GgufFile::open(path)?;
+        let mut model = Model::load_on(&file, device)?;
         let pool = crate::threads::Pool::new(threads);
-        // In the pool: re-laying weights for the CPU kernels is shared out over its threads.
-        let model = pool.install(|| Model::load_on(&file, device))?;
+        if layout == WeightLayout::Repacked {
+            // In the pool: the copying is shared out over its threads.
+            pool.install(|| model.repack_for_cpu(&file));
+        }
         let tokenizer = Tokenizer::from_gguf(&file)?;
         if tokenizer.n_vocab() != model.cfg.n_vocab {
             return Err(LoadError::VocabMismatch { tokenizer: tokenizer.n_vocab(), model: model.cfg.n_vocab });

@@ -10,12 +10,12 @@
 //! same way, for the same reason; the cost is a copy of those weights in anonymous memory
 //! instead of pages of the map (the map's pages are handed back as each matrix is done).
 //!
-//! The layout serves Q4_0 (18-byte blocks: a two-byte scale, 16 bytes of nibbles). Per
-//! group of eight rows and per block column (the group's blocks `i`, one per row, 144
-//! bytes): the eight rows' scales, row `r`'s at `2r`; then four 32-byte runs, run `c`
-//! holding quant bytes `4c..4c + 4` of each row, row `r`'s at `16 + 32c + 4r`. A group
-//! occupies exactly the bytes its eight rows did. (Q8_0 the same way measured no faster:
-//! its one-row decode kernel already keeps up with memory.)
+//! The layout serves the 32-value formats whose kernels read it (Q4_0, Q4_1, Q8_0). Per
+//! group of eight rows and per block column (the group's blocks `i`, one per row): each
+//! two-byte header field (scale, Q4_1's minimum) of the eight rows together, row `r`'s at
+//! `16·field + 2r`; then 32-byte runs, run `c` holding quant bytes `4c..4c + 4` of each
+//! row, row `r`'s at `16·fields + 32c + 4r`. A group occupies exactly the bytes its eight
+//! rows did.
 
 use crate::gguf::GgmlDType;
 use crate::threads::for_each_mut;
@@ -23,17 +23,31 @@ use crate::threads::for_each_mut;
 /// Rows interleaved together.
 pub const ROWS: usize = 8;
 
-/// Bytes of one Q4_0 block, and of its scale.
-const TS: usize = 18;
-const SCALE: usize = 2;
+/// Bytes of the largest block the layout serves (Q8_0's).
+pub const MAX_BLOCK: usize = 34;
+
+/// Calls `$f::<HEADER, TS>($args)` for `$dtype`'s block shape: `HEADER` bytes of two-byte
+/// fields before the quants, `TS` bytes in all. Constants, so the per-block moves unroll:
+/// the load re-lays hundreds of megabytes this way. `None` for other formats.
+macro_rules! by_shape {
+    ($dtype:expr, $f:ident($($args:expr),*)) => {
+        match $dtype {
+            GgmlDType::Q4_0 => Some($f::<2, 18>($($args),*)),
+            GgmlDType::Q4_1 => Some($f::<4, 20>($($args),*)),
+            GgmlDType::Q8_0 => Some($f::<2, 34>($($args),*)),
+            _ => None,
+        }
+    };
+}
 
 /// `move_field(column offset, block offset, N)` for each `N`-byte field of row `r`'s
-/// block: where it goes in the block's interleaved column. Constant bounds and sizes, so
-/// the moves unroll: the load re-lays hundreds of megabytes this way.
+/// block: where it goes in the block's interleaved column.
 #[inline(always)]
-fn for_each_field(r: usize, mut move_field: impl FnMut(usize, usize, usize)) {
-    move_field(2 * r, 0, SCALE);
-    for k in (SCALE..TS).step_by(4) {
+fn for_each_field<const HEADER: usize, const TS: usize>(r: usize, mut move_field: impl FnMut(usize, usize, usize)) {
+    for f in (0..HEADER).step_by(2) {
+        move_field(f * ROWS + 2 * r, f, 2);
+    }
+    for k in (HEADER..TS).step_by(4) {
         move_field(k * ROWS + 4 * r, k, 4);
     }
 }
@@ -51,32 +65,40 @@ fn copy_field(to: &mut [u8], from: &[u8], len: usize) {
 
 /// Whether a `rows`-row matrix of `dtype` can be interleaved.
 pub fn applies(dtype: GgmlDType, rows: usize) -> bool {
-    dtype == GgmlDType::Q4_0 && rows.is_multiple_of(ROWS)
+    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0) && rows.is_multiple_of(ROWS)
 }
 
 /// `bytes` (rows of `row_bytes`, row-major as in the file) in the interleaved layout;
 /// groups are spread over the current thread pool. The caller has checked [`applies`].
 pub fn interleave(dtype: GgmlDType, bytes: &[u8], row_bytes: usize) -> Vec<u8> {
-    assert!(dtype == GgmlDType::Q4_0 && bytes.len().is_multiple_of(ROWS * row_bytes), "interleave: shape");
+    assert!(bytes.len().is_multiple_of(ROWS * row_bytes), "interleave: not whole groups of rows");
+    by_shape!(dtype, interleave_shaped(bytes, row_bytes)).expect("interleave: a format the layout serves")
+}
+
+fn interleave_shaped<const HEADER: usize, const TS: usize>(bytes: &[u8], row_bytes: usize) -> Vec<u8> {
     let mut out = vec![0u8; bytes.len()];
     let mut groups: Vec<(&[u8], &mut [u8])> =
         bytes.chunks_exact(ROWS * row_bytes).zip(out.chunks_exact_mut(ROWS * row_bytes)).collect();
     for_each_mut(&mut groups, |(from, to)| {
         for (r, row) in from.chunks_exact(row_bytes).enumerate() {
             for (block, column) in row.chunks_exact(TS).zip(to.chunks_exact_mut(ROWS * TS)) {
-                for_each_field(r, |to, from, len| copy_field(&mut column[to..], &block[from..], len));
+                for_each_field::<HEADER, TS>(r, |to, from, len| copy_field(&mut column[to..], &block[from..], len));
             }
         }
     });
     out
 }
 
-/// Row `r` of the interleaved `group` (eight rows of `out.len()` bytes), back in the
-/// file's layout, into `out`.
+/// Row `r` of the interleaved `group` (eight rows of `out.len()` bytes, or any whole
+/// number of their block columns), back in the file's layout, into `out`.
 pub fn row(dtype: GgmlDType, group: &[u8], r: usize, out: &mut [u8]) {
-    assert!(dtype == GgmlDType::Q4_0 && r < ROWS && group.len() == ROWS * out.len(), "interleave_rows::row: shape");
+    assert!(r < ROWS && group.len() == ROWS * out.len(), "interleave_rows::row: shape");
+    by_shape!(dtype, row_shaped(group, r, out)).expect("interleave_rows::row: a format the layout serves")
+}
+
+fn row_shaped<const HEADER: usize, const TS: usize>(group: &[u8], r: usize, out: &mut [u8]) {
     for (block, column) in out.chunks_exact_mut(TS).zip(group.chunks_exact(ROWS * TS)) {
-        for_each_field(r, |from, to, len| copy_field(&mut block[to..], &column[from..], len));
+        for_each_field::<HEADER, TS>(r, |from, to, len| copy_field(&mut block[to..], &column[from..], len));
     }
 }
 
@@ -88,16 +110,18 @@ mod tests {
     #[test]
     fn rows_come_back_from_the_interleaved_layout() {
         let mut rng = Rng::new(5);
-        let row_bytes = 3 * TS;
-        let bytes: Vec<u8> = (0..2 * ROWS * row_bytes).map(|_| rng.next_u64() as u8).collect();
-        let packed = interleave(GgmlDType::Q4_0, &bytes, row_bytes);
-        assert_ne!(packed, bytes, "the layout must differ from the file's");
-        for (g, group) in packed.chunks_exact(ROWS * row_bytes).enumerate() {
-            for r in 0..ROWS {
-                let mut back = vec![0u8; row_bytes];
-                row(GgmlDType::Q4_0, group, r, &mut back);
-                let at = (g * ROWS + r) * row_bytes;
-                assert_eq!(back, bytes[at..at + row_bytes], "row {}", g * ROWS + r);
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let row_bytes = 3 * dtype.type_size();
+            let bytes: Vec<u8> = (0..2 * ROWS * row_bytes).map(|_| rng.next_u64() as u8).collect();
+            let packed = interleave(dtype, &bytes, row_bytes);
+            assert_ne!(packed, bytes, "{dtype}: the layout must differ from the file's");
+            for (g, group) in packed.chunks_exact(ROWS * row_bytes).enumerate() {
+                for r in 0..ROWS {
+                    let mut back = vec![0u8; row_bytes];
+                    row(dtype, group, r, &mut back);
+                    let at = (g * ROWS + r) * row_bytes;
+                    assert_eq!(back, bytes[at..at + row_bytes], "{dtype}: row {}", g * ROWS + r);
+                }
             }
         }
     }
@@ -105,7 +129,7 @@ mod tests {
     #[test]
     fn q4_0_columns_sit_where_the_kernels_load_them() {
         // Row r's block 1: scale bytes at 2r, quant bytes 4c..4c + 4 at 16 + 32c + 4r.
-        let (ts, row_bytes) = (TS, 2 * TS);
+        let (ts, row_bytes) = (18, 36);
         let bytes: Vec<u8> = (0..ROWS * row_bytes).map(|i| i as u8).collect();
         let packed = interleave(GgmlDType::Q4_0, &bytes, row_bytes);
         let column = &packed[ROWS * ts..2 * ROWS * ts];
@@ -122,7 +146,8 @@ mod tests {
     fn only_block_formats_with_whole_groups_apply() {
         assert!(applies(GgmlDType::Q4_0, 16));
         assert!(!applies(GgmlDType::Q4_0, 12));
-        assert!(!applies(GgmlDType::Q8_0, 16));
+        assert!(applies(GgmlDType::Q8_0, 16));
+        assert!(!applies(GgmlDType::Q5_0, 16));
         assert!(!applies(GgmlDType::Q4K, 16));
         assert!(!applies(GgmlDType::F16, 16));
     }

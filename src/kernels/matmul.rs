@@ -92,10 +92,15 @@ impl QMatrix {
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let rb = self.row_bytes();
         if self.interleaved {
-            let g = r / interleave_rows::ROWS * interleave_rows::ROWS;
-            let mut row = vec![0u8; rb];
-            interleave_rows::row(self.dtype, &self.bytes()[g * rb..(g + interleave_rows::ROWS) * rb], r - g, &mut row);
-            dequantize(self.dtype, &row, out);
+            // Block by block through a stack buffer: an embedding lookup allocates nothing.
+            let (ts, rows) = (self.dtype.type_size(), interleave_rows::ROWS);
+            let g = r / rows * rows;
+            let columns = self.bytes()[g * rb..(g + rows) * rb].chunks_exact(rows * ts);
+            let mut block = [0u8; interleave_rows::MAX_BLOCK];
+            for (column, out) in columns.zip(out.chunks_exact_mut(self.dtype.block_size())) {
+                interleave_rows::row(self.dtype, column, r - g, &mut block[..ts]);
+                dequantize(self.dtype, &block[..ts], out);
+            }
         } else {
             dequantize(self.dtype, &self.bytes()[r * rb..(r + 1) * rb], out);
         }
@@ -464,46 +469,48 @@ mod tests {
         }
     }
 
-    /// A Q4_0 matrix re-laid for the CPU ([`QMatrix::interleaved_for_cpu`]): its rows
-    /// dequantize as the file's do, its products equal the file layout's to rounding, and
-    /// every pass, however many tokens and however batched, gives a token the bits it gets
-    /// alone (what decode-exact verification of drafts needs).
+    /// Matrices re-laid for the CPU ([`QMatrix::interleaved_for_cpu`]): their rows
+    /// dequantize as the file's do, their products equal the file layout's to rounding,
+    /// and every pass, however many tokens and however batched, gives a token the bits it
+    /// gets alone (what decode-exact verification of drafts needs).
     #[test]
     fn interleaved_weights_multiply_like_the_files_layout() {
         let (rows, cols) = if cfg!(miri) { (16, 64) } else { (48, 576) };
-        let dtype = GgmlDType::Q4_0;
-        let w = weight_from(dtype, rows, cols, &random_blocks(dtype, rows * cols, &mut Rng::new(4)));
-        let Some(iw) = w.interleaved_for_cpu() else {
-            assert!(quant_dot::kernel(dtype).is_none_or(|k| k.interleaved.is_none()), "a kernel but no layout");
-            return;
-        };
-        assert!(iw.is_interleaved() && iw.bytes() != w.bytes());
-        let (mut want_row, mut got_row) = (vec![0f32; cols], vec![0f32; cols]);
-        for r in 0..rows {
-            w.dequantize_row(r, &mut want_row);
-            iw.dequantize_row(r, &mut got_row);
-            assert_eq!(want_row, got_row, "row {r}");
-        }
-        let mut rng = Rng::new(10);
-        let n_tokens = ROWS_TILE + 6;
-        let x: Vec<f32> = (0..n_tokens * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
-        let product = |m: &QMatrix, n: usize, batching: Batching| {
-            let mut out = vec![0f32; n * rows];
-            matmul_many(&mut [(m, &mut out[..])], &x[..n * cols], n, batching);
-            out
-        };
-        let want = product(&w, n_tokens, Batching::Tiled);
-        let tiled = product(&iw, n_tokens, Batching::Tiled);
-        let as_decode = product(&iw, n_tokens, Batching::AsDecode);
-        for (i, (&a, &b)) in want.iter().zip(&tiled).enumerate() {
-            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "product {i}: {b} vs {a}");
-        }
-        for t in 0..n_tokens {
-            let mut alone = vec![0f32; rows];
-            matmul(&iw, &x[t * cols..(t + 1) * cols], 1, &mut alone);
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let w = weight_from(dtype, rows, cols, &random_blocks(dtype, rows * cols, &mut Rng::new(4)));
+            let Some(iw) = w.interleaved_for_cpu() else {
+                assert!(quant_dot::kernel(dtype).is_none_or(|k| k.interleaved.is_none()), "{dtype}: kernel, no layout");
+                continue;
+            };
+            assert!(iw.is_interleaved() && iw.bytes() != w.bytes());
+            let (mut want_row, mut got_row) = (vec![0f32; cols], vec![0f32; cols]);
+            for r in 0..rows {
+                w.dequantize_row(r, &mut want_row);
+                iw.dequantize_row(r, &mut got_row);
+                assert_eq!(want_row, got_row, "{dtype} row {r}");
+            }
+            let mut rng = Rng::new(10);
+            let n_tokens = ROWS_TILE + 6;
+            let x: Vec<f32> = (0..n_tokens * cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            let product = |m: &QMatrix, batching: Batching| {
+                let mut out = vec![0f32; n_tokens * rows];
+                matmul_many(&mut [(m, &mut out[..])], &x, n_tokens, batching);
+                out
+            };
+            let want = product(&w, Batching::Tiled);
+            let tiled = product(&iw, Batching::Tiled);
+            let as_decode = product(&iw, Batching::AsDecode);
+            for (i, (&a, &b)) in want.iter().zip(&tiled).enumerate() {
+                assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{dtype} product {i}: {b} vs {a}");
+            }
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&alone), bits(&tiled[t * rows..(t + 1) * rows]), "token {t}: alone vs tiled");
-            assert_eq!(bits(&alone), bits(&as_decode[t * rows..(t + 1) * rows]), "token {t}: alone vs as decode");
+            for t in 0..n_tokens {
+                let mut alone = vec![0f32; rows];
+                matmul(&iw, &x[t * cols..(t + 1) * cols], 1, &mut alone);
+                let (tiled, as_decode) = (&tiled[t * rows..(t + 1) * rows], &as_decode[t * rows..(t + 1) * rows]);
+                assert_eq!(bits(&alone), bits(tiled), "{dtype} token {t}: alone vs tiled");
+                assert_eq!(bits(&alone), bits(as_decode), "{dtype} token {t}: alone vs as decode");
+            }
         }
     }
 

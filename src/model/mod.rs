@@ -109,18 +109,25 @@ impl Model {
     }
 
     /// [`Model::load`], then runs on `device`: for a GPU the weights are uploaded once from
-    /// the map and every later forward pass runs there; on the CPU, weights whose fastest
-    /// kernel reads another layout are re-laid once ([`Weights::interleave_for_cpu`]).
+    /// the map and every later forward pass runs there.
     pub fn load_on(file: &GgufFile, device: Device) -> Result<Self, ModelError> {
         device.check_built()?;
+        #[allow(unused_mut)]
         let mut model = Self::load(file)?;
         #[cfg(feature = "gpu")]
         if !device.is_cpu() {
             model.gpu = Some(gpu::GpuWeights::upload(&model.weights, device)?);
-            return Ok(model);
         }
-        model.weights.interleave_for_cpu(|bytes| file.release(bytes));
         Ok(model)
+    }
+
+    /// On the CPU, re-lays the weights whose fastest kernel reads another layout
+    /// ([`Weights::interleave_for_cpu`]), handing `file`'s pages of each back as soon as it
+    /// is copied; on a GPU nothing changes. Runs on the current thread pool.
+    pub fn repack_for_cpu(&mut self, file: &GgufFile) {
+        if self.device().is_cpu() {
+            self.weights.interleave_for_cpu(|bytes| file.release(bytes));
+        }
     }
 
     /// Where the forward pass runs.

@@ -608,42 +608,63 @@ impl BlocksRows {
     }
 }
 
-/// Q4_0 interleaved at load ([`interleave_rows`](crate::kernels::interleave_rows)): per
-/// block column the eight rows' scales, then four 32-byte runs that each hold four quant
-/// bytes of every row — the columns [`by_column`] builds from the file's layout, ready to
-/// load. Its sums are the row-major [`Blocks<Q40>`] kernel's, bit for bit. (Q8_0 the same
-/// way measured no faster at 1B: its one-row decode kernel already keeps up.)
-struct InterleavedQ40;
+/// Q4_0, Q4_1 or Q8_0 interleaved at load
+/// ([`interleave_rows`](crate::kernels::interleave_rows)): per block column the eight
+/// rows' header fields, then 32-byte runs that each hold four quant bytes of every row —
+/// the columns [`by_column`] builds from the file's layout, ready to load. Its sums are
+/// the row-major [`Blocks`] kernel's, bit for bit.
+struct Interleaved<B>(std::marker::PhantomData<B>);
 
-impl RowsFormat for InterleavedQ40 {
-    const BYTES: usize = Q40::TS;
-    const ONE_STREAM: bool = true;
+impl<B: Block32> Interleaved<B> {
+    /// Bytes of a block's header fields (scale, minimum) before its quants.
+    const HEADER: usize = B::TS - 4 * B::BITS as usize;
+}
+
+impl<B: Block32> RowsFormat for Interleaved<B> {
+    const BYTES: usize = B::TS;
     const PIECES: usize = 1;
-    const SUMMED: usize = Blocks::<Q40>::SUMMED;
+    const SUMMED: usize = Blocks::<B>::SUMMED;
+    const SIGNED: bool = B::BITS == 8;
+    const ONE_STREAM: bool = true;
     type Chunk<'a> = &'a [u8];
     type Rows = BlocksRows;
 
     #[inline(always)]
     unsafe fn chunk(w: &[u8], _: usize, i: usize) -> &[u8] {
-        &w[i * ROWS * Q40::TS..(i + 1) * ROWS * Q40::TS]
+        &w[i * ROWS * B::TS..(i + 1) * ROWS * B::TS]
     }
 
     #[inline(always)]
     unsafe fn rows(b: &&[u8]) -> BlocksRows {
-        let d = _mm256_cvtph_ps(_mm_loadu_si128(b[..16].as_ptr() as *const __m128i));
-        BlocksRows { d, offset: _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) }
+        // (A function, not a closure: a closure does not inherit the caller's target
+        // features, and its intrinsics were left as calls.)
+        #[inline(always)]
+        unsafe fn field(b: &[u8], f: usize) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(b[16 * f..16 * (f + 1)].as_ptr() as *const __m128i))
+        }
+        let d = field(b, 0);
+        // Q4_1's minimum is its second field; Q4_0's offset is −8·d (Q8_0 has none).
+        let offset = if Self::HEADER == 4 { field(b, 1) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
+        BlocksRows { d, offset }
     }
 
     #[inline(always)]
     unsafe fn piece(b: &&[u8], _: usize) -> [__m256i; 8] {
-        // Run c holds quant bytes 4c..4c + 4 of each row: weights 4c.. in the low nibbles,
-        // 16 + 4c.. in the high ones.
-        let low = _mm256_set1_epi8(0x0F);
+        let runs = &b[8 * Self::HEADER..];
         let mut v = [_mm256_setzero_si256(); 8];
-        for c in 0..4 {
-            let q = _mm256_loadu_si256(b[16 + 32 * c..16 + 32 * (c + 1)].as_ptr() as *const __m256i);
-            v[c] = _mm256_and_si256(q, low);
-            v[c + 4] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+        if B::BITS == 8 {
+            for (c, v) in v.iter_mut().enumerate() {
+                *v = _mm256_loadu_si256(runs[32 * c..32 * (c + 1)].as_ptr() as *const __m256i);
+            }
+        } else {
+            // Run c holds quant bytes 4c..4c + 4 of each row: weights 4c.. in the low
+            // nibbles, 16 + 4c.. in the high ones.
+            let low = _mm256_set1_epi8(0x0F);
+            for c in 0..4 {
+                let q = _mm256_loadu_si256(runs[32 * c..32 * (c + 1)].as_ptr() as *const __m256i);
+                v[c] = _mm256_and_si256(q, low);
+                v[c + 4] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+            }
         }
         v
     }
@@ -655,7 +676,7 @@ impl RowsFormat for InterleavedQ40 {
 
     #[inline(always)]
     unsafe fn finish(rows: &BlocksRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
-        rows.finish(sumi, xb, acc, true)
+        rows.finish(sumi, xb, acc, B::BITS != 8)
     }
 }
 
@@ -828,7 +849,7 @@ unsafe fn piece_sums<M: MulSum, F: RowsFormat>(
     sums
 }
 
-/// Prefill over eight weight rows (`rb` bytes apart) and `n ≤ ROWS_TILE` tokens whose
+/// Eight weight rows (`rb` bytes apart, or interleaved) and `n ≤ MAX` tokens whose
 /// activations are interleaved ([`interleave`](super::interleave)): `out[t·8 + r]`. Each
 /// register holds four weights of each row, so one broadcast of four activation bytes
 /// serves eight rows, and a piece's products end as one i32 per row with no horizontal
@@ -839,16 +860,22 @@ unsafe fn piece_sums<M: MulSum, F: RowsFormat>(
 /// Each token's sums are formed in the same order whatever `n` is (same bits alone and
 /// in a tile).
 #[inline(always)]
-unsafe fn rows_kernel<M: MulSum, F: RowsFormat>(w: &[u8], rb: usize, x: &[Q8Block], n: usize, out: &mut [f32]) {
-    let mut acc = [_mm256_setzero_ps(); ROWS_TILE];
-    let mut sumi = [_mm256_setzero_si256(); ROWS_TILE];
+unsafe fn rows_kernel<M: MulSum, F: RowsFormat, const MAX: usize>(
+    w: &[u8],
+    rb: usize,
+    x: &[Q8Block],
+    n: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [_mm256_setzero_ps(); MAX];
+    let mut sumi = [_mm256_setzero_si256(); MAX];
     for i in 0..rb / F::BYTES {
         if F::ONE_STREAM && n == 1 {
             // Decode: one token cannot hide the memory latency, and the group's chunks
-            // lie one after another (8 × BYTES ≤ 192 bytes: three lines cover one).
+            // lie one after another.
             let ahead = w.as_ptr().wrapping_add(i * ROWS * F::BYTES + PREFETCH_AHEAD);
-            for line in 0..3 {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
+            for line in (0..ROWS * F::BYTES).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
             }
         }
         let b = F::chunk(w, rb, i);
@@ -906,7 +933,13 @@ macro_rules! rows_kernel {
     ($mulsum:ty, $features:literal, $name:ident, $format:ty) => {
         #[target_feature(enable = $features)]
         pub unsafe fn $name(w: &[u8], rb: usize, x: &[Q8Block], n: usize, out: &mut [f32]) {
-            rows_kernel::<$mulsum, $format>(w, rb, x, n, out)
+            // One token (decode) on its own instance: the 64-token one zeroes 4 KiB of
+            // accumulators per call, as much as eight 576-wide rows of weights.
+            if n == 1 {
+                rows_kernel::<$mulsum, $format, 1>(w, rb, x, n, out)
+            } else {
+                rows_kernel::<$mulsum, $format, ROWS_TILE>(w, rb, x, n, out)
+            }
         }
     };
 }
@@ -919,7 +952,9 @@ macro_rules! kernels {
         pub mod $module {
             use super::*;
             block32_kernels!($mulsum, $features, Q40, q4_0, q4_0_tile, q4_0_rows);
-            rows_kernel!($mulsum, $features, q4_0_interleaved, InterleavedQ40);
+            rows_kernel!($mulsum, $features, q4_0_interleaved, Interleaved<Q40>);
+            rows_kernel!($mulsum, $features, q4_1_interleaved, Interleaved<Q41>);
+            rows_kernel!($mulsum, $features, q8_0_interleaved, Interleaved<Q80>);
             block32_kernels!($mulsum, $features, Q41, q4_1, q4_1_tile, q4_1_rows);
             block32_kernels!($mulsum, $features, Q50, q5_0, q5_0_tile, q5_0_rows);
             block32_kernels!($mulsum, $features, Q51, q5_1, q5_1_tile, q5_1_rows);

@@ -250,10 +250,16 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
                     interleaved: Some(checked_rows!(Q4_0, avx2::ROWS, k::q4_0_interleaved)),
                     ..checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; rows avx2::ROWS, k::q4_0_rows)
                 },
-                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; rows avx2::ROWS, k::q4_1_rows),
+                GgmlDType::Q4_1 => Kernel {
+                    interleaved: Some(checked_rows!(Q4_1, avx2::ROWS, k::q4_1_interleaved)),
+                    ..checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; rows avx2::ROWS, k::q4_1_rows)
+                },
                 GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; rows avx2::ROWS, k::q5_0_rows),
                 GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; rows avx2::ROWS, k::q5_1_rows),
-                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile; rows avx2::ROWS, k::q8_0_rows),
+                GgmlDType::Q8_0 => Kernel {
+                    interleaved: Some(checked_rows!(Q8_0, avx2::ROWS, k::q8_0_interleaved)),
+                    ..checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile; rows avx2::ROWS, k::q8_0_rows)
+                },
                 GgmlDType::Q4K => {
                     checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile, avx2::ROWS, k::q4_k_shared_rows)
                 }
