@@ -46,7 +46,7 @@ fn smollm2_memory_in_place_and_repacked() {
 /// generated tokens.
 fn after_32_tokens(rt: &Runtime) -> (u64, u64, u64, u64) {
     let after_load = memory_status().expect("/proc/self/status");
-    let mut session = Session::new(&rt, 4096).unwrap();
+    let mut session = Session::new(rt, 4096).unwrap();
     let prompt = rt.tokenizer.encode_prompt("The Llama jumped over the", true).unwrap();
     let mut sampler = Sampler::new(SamplerConfig::greedy());
     let g = session.generate(&prompt, 32, &mut sampler, |_| {}).unwrap();
