@@ -9,6 +9,7 @@
 //! F16, BF16) are dequantized a band of rows at a time and multiplied in f32
 //! ([`matmul_f32`]), the product training uses for every weight.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::ops::Range;
 use std::sync::Arc;
@@ -68,6 +69,22 @@ impl QMatrix {
 
     pub fn is_interleaved(&self) -> bool {
         self.interleaved
+    }
+
+    /// The weights in the file's row-major layout: the stored bytes, or for re-laid rows
+    /// a copy put back in that order (a GPU upload of a matrix the CPU re-laid).
+    pub fn file_layout(&self) -> Cow<'_, [u8]> {
+        if !self.interleaved {
+            return Cow::Borrowed(self.bytes());
+        }
+        let (rb, rows) = (self.row_bytes(), interleave_rows::ROWS);
+        let mut out = vec![0u8; self.bytes().len()];
+        for (group, to) in self.bytes().chunks_exact(rows * rb).zip(out.chunks_exact_mut(rows * rb)) {
+            for (r, row) in to.chunks_exact_mut(rb).enumerate() {
+                interleave_rows::row(self.dtype, group, r, row);
+            }
+        }
+        Cow::Owned(out)
     }
 
     /// A copy of this matrix with its rows interleaved for the CPU's eight-row kernel
@@ -483,6 +500,7 @@ mod tests {
                 continue;
             };
             assert!(iw.is_interleaved() && iw.bytes() != w.bytes());
+            assert!(iw.file_layout() == w.bytes(), "{dtype}: the file's layout back");
             let (mut want_row, mut got_row) = (vec![0f32; cols], vec![0f32; cols]);
             for r in 0..rows {
                 w.dequantize_row(r, &mut want_row);

@@ -7,7 +7,6 @@
 //! kernels; norms, RoPE and softmax use candle's fused device kernels; the KV cache lives
 //! on the device. Only token ids go up and final hidden states (or logits) come back.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -357,10 +356,11 @@ impl Ops for GpuPass<'_> {
 // The ops of the device pass, each a free function so that the op table
 // (`tests/op_table.rs`) runs exactly what the pass runs.
 
-/// Copies `m`'s blocks from the map to `dev`; `None` for a type candle has no kernels for.
+/// Copies `m`'s blocks from the map to `dev` (in the file's layout, whatever the CPU
+/// made of them); `None` for a type candle has no kernels for.
 pub fn upload_matrix(m: &QMatrix, dev: &candle_core::Device) -> candle_core::Result<Option<Arc<QTensor>>> {
     let Some(dtype) = candle_dtype(m.dtype) else { return Ok(None) };
-    let storage = QStorage::from_data(Cow::Borrowed(m.bytes()), dev, dtype)?;
+    let storage = QStorage::from_data(m.file_layout(), dev, dtype)?;
     Ok(Some(Arc::new(QTensor::new(storage, (m.rows, m.cols))?)))
 }
 
