@@ -533,8 +533,12 @@ trait RowsFormat {
     /// ones where [`Self::SIGNED`].
     unsafe fn piece(b: &Self::Chunk<'_>, j: usize) -> [__m256i; 8];
     /// The integer factor of groups `g..g + SUMMED` of piece `j`: row `r`'s in both words
-    /// of lane `r` ([`word_pairs`]; ones where scales are applied in floats).
-    unsafe fn scale(rows: &Self::Rows, j: usize, g: usize) -> __m256i;
+    /// of lane `r` ([`word_pairs`]); by default ones, for formats whose scales are
+    /// applied in floats.
+    #[inline(always)]
+    unsafe fn scale(_rows: &Self::Rows, _j: usize, _g: usize) -> __m256i {
+        _mm256_set1_epi16(1)
+    }
     /// `acc` plus one token's products over the chunk, from its integer sums (row `r`'s in
     /// lane `r`) and its activation blocks of the chunk.
     unsafe fn finish(rows: &Self::Rows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256;
@@ -580,11 +584,6 @@ impl<B: Block32> RowsFormat for Blocks<B> {
             *v = B::unpack(b);
         }
         by_column(v)
-    }
-
-    #[inline(always)]
-    unsafe fn scale(_: &BlocksRows, _: usize, _: usize) -> __m256i {
-        _mm256_set1_epi16(1)
     }
 
     #[inline(always)]
@@ -667,11 +666,6 @@ impl<B: Block32> RowsFormat for Interleaved<B> {
             }
         }
         v
-    }
-
-    #[inline(always)]
-    unsafe fn scale(_: &BlocksRows, _: usize, _: usize) -> __m256i {
-        _mm256_set1_epi16(1)
     }
 
     #[inline(always)]
