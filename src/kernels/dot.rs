@@ -100,12 +100,24 @@ unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `y += a · x` by the fastest form this CPU supports.
+#[inline]
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if active().avx2 {
+        // SAFETY: AVX2 and FMA detected; lengths are equal.
+        return unsafe { axpy_avx2(a, x, y) };
+    }
+    axpy_scalar(a, x, y)
+}
+
 /// One attention head over a run of positions: `scores[j] = scale · q·k_j`, then softmax,
 /// then `out = Σ_j scores[j] · v_j`, where position `j`'s key and value are `head_dim`
 /// values at `j · stride + offset` of `keys` / `values`, leaving the weights in `scores`:
 /// training's attention, whose backward pass reads them (inference uses the tiles of
-/// [`super::flash`]). Fused so the per-position dot products and sums run without a
-/// dispatch per call.
+/// [`super::flash`]). Its share of a training step is a few percent, so it is written
+/// once over the three vector kernels rather than fused per instruction set.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &[f32],
@@ -119,264 +131,14 @@ pub fn attend(
     out: &mut [f32],
 ) {
     let d = q.len();
-    let last = positions.end.saturating_sub(1) * stride + offset + d;
-    assert!(out.len() == d && keys.len() >= last && values.len() >= last, "attend: shapes");
-    #[cfg(target_arch = "x86_64")]
-    if active().avx512 {
-        // SAFETY: AVX-512F, AVX2 and FMA detected; every slice taken is in bounds (checked
-        // above for the last position, and positions are increasing).
-        return unsafe { attend_avx512(q, keys, values, positions, stride, offset, scale, scores, out) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if active().avx2 {
-        // SAFETY: AVX2 and FMA detected; bounds as above.
-        return unsafe { attend_avx2(q, keys, values, positions, stride, offset, scale, scores, out) };
-    }
-    attend_with(
-        q,
-        keys,
-        values,
-        positions,
-        stride,
-        offset,
-        scale,
-        scores,
-        out,
-        dot_scalar,
-        softmax_scalar,
-        axpy_scalar,
-    );
-}
-
-/// The body of [`attend`], given the three vector kernels.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn attend_with(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    positions: std::ops::Range<usize>,
-    stride: usize,
-    offset: usize,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-    dot: impl Fn(&[f32], &[f32]) -> f32,
-    softmax: impl Fn(&mut [f32]),
-    axpy: impl Fn(f32, &[f32], &mut [f32]),
-) {
-    let d = q.len();
+    assert_eq!(out.len(), d, "attend: shapes");
     scores.clear();
-    scores.extend(positions.clone().map(|j| dot(q, &keys[j * stride + offset..j * stride + offset + d]) * scale));
+    scores.extend(positions.clone().map(|j| dot(q, &keys[j * stride + offset..][..d]) * scale));
     softmax(scores);
     out.fill(0.0);
     for (j, &p) in positions.zip(scores.iter()) {
-        axpy(p, &values[j * stride + offset..j * stride + offset + d], out);
+        axpy(p, &values[j * stride + offset..][..d], out);
     }
-}
-
-/// Head dimensions the register-resident weighted sum takes at a time (eight ymm
-/// accumulators).
-#[cfg(target_arch = "x86_64")]
-const V_CHUNK: usize = 64;
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    positions: std::ops::Range<usize>,
-    stride: usize,
-    offset: usize,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let d = q.len();
-    if !d.is_multiple_of(V_CHUNK) {
-        // The closures are built here, so they inherit AVX2 and inline.
-        return attend_with(
-            q,
-            keys,
-            values,
-            positions,
-            stride,
-            offset,
-            scale,
-            scores,
-            out,
-            |a, b| dot_avx2(a, b),
-            |x| softmax_avx2(x),
-            |a, x, y| axpy_avx2(a, x, y),
-        );
-    }
-    let n = positions.len();
-    scores.clear();
-    scores.resize(n, 0.0);
-    let key = |i: usize| keys.as_ptr().add((positions.start + i) * stride + offset);
-    // Four keys at a time: each load of the query serves four keys, one reduction four dots.
-    let mut i = 0;
-    while i + 4 <= n {
-        let s = dot4_avx2(q.as_ptr(), [key(i), key(i + 1), key(i + 2), key(i + 3)], d);
-        _mm_storeu_ps(scores.as_mut_ptr().add(i), _mm_mul_ps(s, _mm_set1_ps(scale)));
-        i += 4;
-    }
-    for (i, s) in scores.iter_mut().enumerate().skip(i) {
-        *s = dot_avx2(q, std::slice::from_raw_parts(key(i), d)) * scale;
-    }
-    softmax_avx2(scores);
-    // The weighted sum, 64 dimensions at a time kept in registers over all positions
-    // (an axpy per position would load and store the output every time).
-    for c in (0..d).step_by(V_CHUNK) {
-        let mut acc = [_mm256_setzero_ps(); V_CHUNK / 8];
-        for (j, &p) in positions.clone().zip(scores.iter()) {
-            let v = values.as_ptr().add(j * stride + offset + c);
-            let vp = _mm256_set1_ps(p);
-            for (u, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(vp, _mm256_loadu_ps(v.add(8 * u)), *a);
-            }
-        }
-        for (u, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * u), *a);
-        }
-    }
-}
-
-/// [`attend_avx2`] in 512-bit registers, for CPUs that run them at full width (the FMAs
-/// of the value sum were the bound). Two positions at a time into separate accumulators
-/// keep eight FMA chains in flight with a 64-wide head.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx512(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    positions: std::ops::Range<usize>,
-    stride: usize,
-    offset: usize,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let d = q.len();
-    if !d.is_multiple_of(V_CHUNK) {
-        return attend_avx2(q, keys, values, positions, stride, offset, scale, scores, out);
-    }
-    let n = positions.len();
-    weights_avx512(q, d, keys, positions.clone(), stride, offset, scale, scores);
-    let at = |base: &[f32], i: usize| base.as_ptr().add((positions.start + i) * stride + offset);
-    for c in (0..d).step_by(V_CHUNK) {
-        let (mut even, mut odd) = ([_mm512_setzero_ps(); V_CHUNK / 16], [_mm512_setzero_ps(); V_CHUNK / 16]);
-        let mut j = 0;
-        while j + 2 <= n {
-            let (v0, v1) = (at(values, j).add(c), at(values, j + 1).add(c));
-            let (p0, p1) = (_mm512_set1_ps(scores[j]), _mm512_set1_ps(scores[j + 1]));
-            for u in 0..V_CHUNK / 16 {
-                even[u] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0.add(16 * u)), even[u]);
-                odd[u] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1.add(16 * u)), odd[u]);
-            }
-            j += 2;
-        }
-        if j < n {
-            let (v, p) = (at(values, j).add(c), _mm512_set1_ps(scores[j]));
-            for (u, e) in even.iter_mut().enumerate() {
-                *e = _mm512_fmadd_ps(p, _mm512_loadu_ps(v.add(16 * u)), *e);
-            }
-        }
-        for u in 0..V_CHUNK / 16 {
-            _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * u), _mm512_add_ps(even[u], odd[u]));
-        }
-    }
-}
-
-/// The softmaxed attention weights of the `q.len() / d` query heads in `q` (head after
-/// head) over `positions`, into `scores` (head after head): four keys at a time for every
-/// head while those keys sit in L1. `d` is a multiple of 32; the caller checked bounds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn weights_avx512(
-    q: &[f32],
-    d: usize,
-    keys: &[f32],
-    positions: std::ops::Range<usize>,
-    stride: usize,
-    offset: usize,
-    scale: f32,
-    scores: &mut Vec<f32>,
-) {
-    use std::arch::x86_64::*;
-    let (heads, n) = (q.len() / d, positions.len());
-    scores.clear();
-    scores.resize(heads * n, 0.0);
-    let key = |i: usize| keys.as_ptr().add((positions.start + i) * stride + offset);
-    let mut i = 0;
-    while i + 4 <= n {
-        let k = [key(i), key(i + 1), key(i + 2), key(i + 3)];
-        for h in 0..heads {
-            let s = dot4_avx512(q.as_ptr().add(h * d), k, d);
-            _mm_storeu_ps(scores.as_mut_ptr().add(h * n + i), _mm_mul_ps(s, _mm_set1_ps(scale)));
-        }
-        i += 4;
-    }
-    for i in i..n {
-        for h in 0..heads {
-            scores[h * n + i] = dot_avx2(&q[h * d..(h + 1) * d], std::slice::from_raw_parts(key(i), d)) * scale;
-        }
-    }
-    for head_scores in scores.chunks_exact_mut(n.max(1)) {
-        softmax_avx2(head_scores);
-    }
-}
-
-/// [`dot4_avx2`] in 512-bit registers; `d` a multiple of 32.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline]
-unsafe fn dot4_avx512(q: *const f32, k: [*const f32; 4], d: usize) -> std::arch::x86_64::__m128 {
-    use std::arch::x86_64::*;
-    let (mut even, mut odd) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
-    for e in (0..d).step_by(32) {
-        let (q0, q1) = (_mm512_loadu_ps(q.add(e)), _mm512_loadu_ps(q.add(e + 16)));
-        for i in 0..4 {
-            even[i] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(k[i].add(e)), even[i]);
-            odd[i] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(k[i].add(e + 16)), odd[i]);
-        }
-    }
-    let a: [__m256; 4] = std::array::from_fn(|i| {
-        let s = _mm512_add_ps(even[i], odd[i]);
-        _mm256_add_ps(_mm512_castps512_ps256(s), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s))))
-    });
-    let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
-}
-
-/// `q · k[i]` for four vectors of `d` (a multiple of 16) values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn dot4_avx2(q: *const f32, k: [*const f32; 4], d: usize) -> std::arch::x86_64::__m128 {
-    use std::arch::x86_64::*;
-    // Two accumulators per key (even and odd eight) so the FMA chains overlap; written
-    // out so they stay in registers (a runtime index would put them on the stack).
-    let (mut even, mut odd) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
-    for e in (0..d).step_by(16) {
-        let (q0, q1) = (_mm256_loadu_ps(q.add(e)), _mm256_loadu_ps(q.add(e + 8)));
-        for i in 0..4 {
-            even[i] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k[i].add(e)), even[i]);
-            odd[i] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k[i].add(e + 8)), odd[i]);
-        }
-    }
-    let a: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(even[i], odd[i]));
-    // [k0 k1 k2 k3 | k0 k1 k2 k3] partial sums, then the two halves added.
-    let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
 }
 
 /// Softmax in place, by the fastest form this CPU has (the one attention uses).
@@ -569,7 +331,7 @@ mod tests {
             }
             assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
-        // The fused head equals the separate steps.
+        // The head over dispatched kernels equals the portable steps.
         let (d, stride, offset) = (8, 24, 8);
         let kv: Vec<f32> = (0..stride * 10).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
         let q: Vec<f32> = (0..d).map(|i| i as f32 / 4.0 - 1.0).collect();
@@ -583,30 +345,6 @@ mod tests {
         }
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "attend: {a} vs {b}");
-        }
-        // A head of 64 (the register-tiled path), with a position count not a multiple of 4.
-        let (d, stride, offset) = (64, 192, 64);
-        let kv: Vec<f32> = (0..stride * 40).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
-        let q: Vec<f32> = (0..d).map(|i| (i % 9) as f32 / 4.0 - 1.0).collect();
-        out.resize(d, 0.0);
-        attend(&q, &kv, &kv[1..], 3..38, stride, offset, 0.125, &mut scores, &mut out);
-        let mut want_scores: Vec<f32> =
-            (3..38).map(|j| dot_scalar(&q, &kv[j * stride + offset..][..d]) * 0.125).collect();
-        softmax_scalar(&mut want_scores);
-        let mut want = vec![0f32; d];
-        for (j, &p) in (3..38).zip(&want_scores) {
-            axpy_scalar(p, &kv[1..][j * stride + offset..][..d], &mut want);
-        }
-        for (a, b) in out.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-5, "attend d=64: {a} vs {b}");
-        }
-        if active().avx512 {
-            // The dispatcher took the 512-bit form: check the 256-bit one too.
-            // SAFETY: AVX2 and FMA detected (implied by AVX-512 in a feature set); shapes as above.
-            unsafe { attend_avx2(&q, &kv, &kv[1..], 3..38, stride, offset, 0.125, &mut scores, &mut out) };
-            for (a, b) in out.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5, "attend_avx2 d=64: {a} vs {b}");
-            }
         }
         // Extreme spreads underflow to zero instead of producing NaN.
         let mut wide = vec![0.0, -200.0, 50.0, -1e30, 3.0, 2.0, 1.0, 0.5, 0.25];
