@@ -10,12 +10,14 @@
 //! same way, for the same reason; the cost is a copy of those weights in anonymous memory
 //! instead of pages of the map (the map's pages are handed back as each matrix is done).
 //!
-//! The layout serves the 32-value formats whose kernels read it (Q4_0, Q4_1, Q8_0). Per
-//! group of eight rows and per block column (the group's blocks `i`, one per row): each
-//! two-byte header field (scale, Q4_1's minimum) of the eight rows together, row `r`'s at
-//! `16·field + 2r`; then 32-byte runs, run `c` holding quant bytes `4c..4c + 4` of each
-//! row, row `r`'s at `16·fields + 32c + 4r`. A group occupies exactly the bytes its eight
-//! rows did.
+//! The layout serves the formats whose kernels read it: Q4_0, Q4_1, Q8_0 and the K-quants
+//! Q4_K, Q5_K, Q6_K. Per group of eight rows and per block column (the group's blocks `i`,
+//! one per row), byte `k` of row `r`'s block moves to `8k + 2r` if it belongs to a
+//! two-byte field (a scale or minimum: the leading fields, and Q6_K's trailing scale) and
+//! to `8k + 4r` otherwise (quants, and a K-quant's packed sub-block scales, four bytes at
+//! a time): each field of the eight rows lies together, and each 32-byte run holds four
+//! bytes of every row — the columns the kernels multiply. A group occupies exactly the
+//! bytes its eight rows did.
 
 use crate::gguf::GgmlDType;
 use crate::threads::for_each_mut;
@@ -23,18 +25,22 @@ use crate::threads::for_each_mut;
 /// Rows interleaved together.
 pub const ROWS: usize = 8;
 
-/// Bytes of the largest block the layout serves (Q8_0's).
-pub const MAX_BLOCK: usize = 34;
+/// Bytes of the largest block the layout serves (Q6_K's).
+pub const MAX_BLOCK: usize = 210;
 
-/// Calls `$f::<HEADER, TS>($args)` for `$dtype`'s block shape: `HEADER` bytes of two-byte
-/// fields before the quants, `TS` bytes in all. Constants, so the per-block moves unroll:
-/// the load re-lays hundreds of megabytes this way. `None` for other formats.
+/// Calls `$f::<HEAD, TS, TAIL>($args)` for `$dtype`'s block shape: `TS` bytes, of which
+/// the first `HEAD` and the last `TAIL` are two-byte fields. Constants, so the per-block
+/// moves unroll: the load re-lays hundreds of megabytes this way. `None` for other
+/// formats.
 macro_rules! by_shape {
     ($dtype:expr, $f:ident($($args:expr),*)) => {
         match $dtype {
-            GgmlDType::Q4_0 => Some($f::<2, 18>($($args),*)),
-            GgmlDType::Q4_1 => Some($f::<4, 20>($($args),*)),
-            GgmlDType::Q8_0 => Some($f::<2, 34>($($args),*)),
+            GgmlDType::Q4_0 => Some($f::<2, 18, 0>($($args),*)),
+            GgmlDType::Q4_1 => Some($f::<4, 20, 0>($($args),*)),
+            GgmlDType::Q8_0 => Some($f::<2, 34, 0>($($args),*)),
+            GgmlDType::Q4K => Some($f::<4, 144, 0>($($args),*)),
+            GgmlDType::Q5K => Some($f::<4, 176, 0>($($args),*)),
+            GgmlDType::Q6K => Some($f::<0, 210, 2>($($args),*)),
             _ => None,
         }
     };
@@ -43,11 +49,14 @@ macro_rules! by_shape {
 /// `move_field(column offset, block offset, N)` for each `N`-byte field of row `r`'s
 /// block: where it goes in the block's interleaved column.
 #[inline(always)]
-fn for_each_field<const HEADER: usize, const TS: usize>(r: usize, mut move_field: impl FnMut(usize, usize, usize)) {
-    for f in (0..HEADER).step_by(2) {
+fn for_each_field<const HEAD: usize, const TS: usize, const TAIL: usize>(
+    r: usize,
+    mut move_field: impl FnMut(usize, usize, usize),
+) {
+    for f in (0..HEAD).chain(TS - TAIL..TS).step_by(2) {
         move_field(f * ROWS + 2 * r, f, 2);
     }
-    for k in (HEADER..TS).step_by(4) {
+    for k in (HEAD..TS - TAIL).step_by(4) {
         move_field(k * ROWS + 4 * r, k, 4);
     }
 }
@@ -65,7 +74,8 @@ fn copy_field(to: &mut [u8], from: &[u8], len: usize) {
 
 /// Whether a `rows`-row matrix of `dtype` can be interleaved.
 pub fn applies(dtype: GgmlDType, rows: usize) -> bool {
-    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0) && rows.is_multiple_of(ROWS)
+    use GgmlDType::*;
+    matches!(dtype, Q4_0 | Q4_1 | Q8_0 | Q4K | Q5K | Q6K) && rows.is_multiple_of(ROWS)
 }
 
 /// `bytes` (rows of `row_bytes`, row-major as in the file) in the interleaved layout;
@@ -75,14 +85,14 @@ pub fn interleave(dtype: GgmlDType, bytes: &[u8], row_bytes: usize) -> Vec<u8> {
     by_shape!(dtype, interleave_shaped(bytes, row_bytes)).expect("interleave: a format the layout serves")
 }
 
-fn interleave_shaped<const HEADER: usize, const TS: usize>(bytes: &[u8], row_bytes: usize) -> Vec<u8> {
+fn interleave_shaped<const HEAD: usize, const TS: usize, const TAIL: usize>(bytes: &[u8], row_bytes: usize) -> Vec<u8> {
     let mut out = vec![0u8; bytes.len()];
     let mut groups: Vec<(&[u8], &mut [u8])> =
         bytes.chunks_exact(ROWS * row_bytes).zip(out.chunks_exact_mut(ROWS * row_bytes)).collect();
     for_each_mut(&mut groups, |(from, to)| {
         for (r, row) in from.chunks_exact(row_bytes).enumerate() {
             for (block, column) in row.chunks_exact(TS).zip(to.chunks_exact_mut(ROWS * TS)) {
-                for_each_field::<HEADER, TS>(r, |to, from, len| copy_field(&mut column[to..], &block[from..], len));
+                for_each_field::<HEAD, TS, TAIL>(r, |to, from, len| copy_field(&mut column[to..], &block[from..], len));
             }
         }
     });
@@ -96,9 +106,9 @@ pub fn row(dtype: GgmlDType, group: &[u8], r: usize, out: &mut [u8]) {
     by_shape!(dtype, row_shaped(group, r, out)).expect("interleave_rows::row: a format the layout serves")
 }
 
-fn row_shaped<const HEADER: usize, const TS: usize>(group: &[u8], r: usize, out: &mut [u8]) {
+fn row_shaped<const HEAD: usize, const TS: usize, const TAIL: usize>(group: &[u8], r: usize, out: &mut [u8]) {
     for (block, column) in out.chunks_exact_mut(TS).zip(group.chunks_exact(ROWS * TS)) {
-        for_each_field::<HEADER, TS>(r, |from, to, len| copy_field(&mut block[to..], &column[from..], len));
+        for_each_field::<HEAD, TS, TAIL>(r, |from, to, len| copy_field(&mut block[to..], &column[from..], len));
     }
 }
 
@@ -110,7 +120,8 @@ mod tests {
     #[test]
     fn rows_come_back_from_the_interleaved_layout() {
         let mut rng = Rng::new(5);
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        use GgmlDType::*;
+        for dtype in [Q4_0, Q4_1, Q8_0, Q4K, Q5K, Q6K] {
             let row_bytes = 3 * dtype.type_size();
             let bytes: Vec<u8> = (0..2 * ROWS * row_bytes).map(|_| rng.next_u64() as u8).collect();
             let packed = interleave(dtype, &bytes, row_bytes);
@@ -143,12 +154,29 @@ mod tests {
     }
 
     #[test]
+    fn q6_k_keeps_its_trailing_scale_as_a_field() {
+        // Row r: ql/qh/scale bytes 4c..4c + 4 at 32c + 4r, the f16 scale (bytes 208..210) at
+        // 8·208 + 2r.
+        let ts = 210;
+        let bytes: Vec<u8> = (0..ROWS * ts).map(|i| (i * 7) as u8).collect();
+        let packed = interleave(GgmlDType::Q6K, &bytes, ts);
+        for r in 0..ROWS {
+            let block = &bytes[r * ts..(r + 1) * ts];
+            assert_eq!(packed[8 * 208 + 2 * r..][..2], block[208..]);
+            for c in 0..52 {
+                assert_eq!(packed[32 * c + 4 * r..][..4], block[4 * c..4 * c + 4]);
+            }
+        }
+    }
+
+    #[test]
     fn only_block_formats_with_whole_groups_apply() {
         assert!(applies(GgmlDType::Q4_0, 16));
         assert!(!applies(GgmlDType::Q4_0, 12));
         assert!(applies(GgmlDType::Q8_0, 16));
         assert!(!applies(GgmlDType::Q5_0, 16));
-        assert!(!applies(GgmlDType::Q4K, 16));
+        assert!(applies(GgmlDType::Q6K, 16));
+        assert!(!applies(GgmlDType::Q6K, 4));
         assert!(!applies(GgmlDType::F16, 16));
     }
 }

@@ -313,7 +313,7 @@ impl Forms {
             // Every row group, every token count: the kernel gives a token the same bits
             // alone and among others, so decode-exact batches may share it too.
             let rows = Some(k.interleaved.expect("only matrices whose kernel reads the layout are interleaved"));
-            return Forms { one: k.one, tile: k.tile, rows, shared: false };
+            return Forms { one: k.one, tile: k.tile, rows, shared: k.shared_scale.is_some() };
         }
         match (k.rows, k.shared_scale) {
             (Some(rows), _) if !as_decode => Forms { one: k.one, tile: k.tile, rows: Some(rows), shared: false },

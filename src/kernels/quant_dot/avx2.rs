@@ -517,10 +517,13 @@ trait RowsFormat {
     const SUMMED: usize;
     /// Signed weights (Q8_0): multiplied as |w| by x with w's sign.
     const SIGNED: bool = false;
-    /// The eight rows' chunks lie one after another (rows interleaved at load), so decode
-    /// prefetches ahead in that one stream: at 8192 × 2048 Q4_0, 2 threads, 14–19 →
-    /// 21–27 GB/s (1.5 and 3 KiB ahead alike).
-    const ONE_STREAM: bool = false;
+    /// Where the eight rows' chunks lie one after another (rows interleaved at load),
+    /// decode prefetches this many bytes ahead in that one stream, a piece's share of a
+    /// chunk's lines per piece; 0: no prefetch (eight row streams). Measured at 1B width,
+    /// 2 threads: Q4_0 one row at a time 14–19 GB/s, interleaved with 1.5 KiB ahead 21–27;
+    /// for the K-quants' larger chunks 3 KiB ran decode 6–10 % faster than 1.5 KiB,
+    /// for Q4_0 and Q8_0 3–10 % slower.
+    const DECODE_PREFETCH: usize = 0;
     /// Where eight rows' chunk lies: eight row slices (the file's row-major layout), or
     /// one slice where the rows were interleaved at load ([`super::super::packed`]).
     type Chunk<'a>;
@@ -624,7 +627,7 @@ impl<B: Block32> RowsFormat for Interleaved<B> {
     const PIECES: usize = 1;
     const SUMMED: usize = Blocks::<B>::SUMMED;
     const SIGNED: bool = B::BITS == 8;
-    const ONE_STREAM: bool = true;
+    const DECODE_PREFETCH: usize = PREFETCH_AHEAD;
     type Chunk<'a> = &'a [u8];
     type Rows = BlocksRows;
 
@@ -738,11 +741,19 @@ impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
 
     #[inline(always)]
     unsafe fn finish(rows: &KQuantRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
+        rows.finish(sumi, xb, acc)
+    }
+}
+
+impl KQuantRows {
+    /// `acc` plus one token's products over a super-block, from its scaled integer sums.
+    #[inline(always)]
+    unsafe fn finish(&self, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
         // Σ_j m_j · (block j's sum): (m_j, m_j) times its two half sums.
-        let min_sum = weighted_half_sums(&rows.mins, xb);
+        let min_sum = weighted_half_sums(&self.mins, xb);
         let xd = _mm256_set1_ps(xb.at(0).d);
-        let acc = _mm256_fmadd_ps(_mm256_mul_ps(rows.d, xd), _mm256_cvtepi32_ps(sumi), acc);
-        _mm256_fnmadd_ps(_mm256_mul_ps(rows.dmin, xd), _mm256_cvtepi32_ps(min_sum), acc)
+        let acc = _mm256_fmadd_ps(_mm256_mul_ps(self.d, xd), _mm256_cvtepi32_ps(sumi), acc);
+        _mm256_fnmadd_ps(_mm256_mul_ps(self.dmin, xd), _mm256_cvtepi32_ps(min_sum), acc)
     }
 }
 
@@ -809,10 +820,187 @@ impl RowsFormat for Q6K {
 
     #[inline(always)]
     unsafe fn finish(rows: &Q6KRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
+        rows.finish(sumi, xb, acc)
+    }
+}
+
+impl Q6KRows {
+    /// `acc` plus one token's products over a super-block, from its scaled integer sums.
+    #[inline(always)]
+    unsafe fn finish(&self, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
         // Weights are stored plus 32: subtract 32 · Σ_s scale_s · (half-block s's sum).
-        let offset = weighted_half_sums(&rows.scale_pairs, xb);
+        let offset = weighted_half_sums(&self.scale_pairs, xb);
         let net = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
-        _mm256_fmadd_ps(_mm256_mul_ps(rows.d, _mm256_set1_ps(xb.at(0).d)), _mm256_cvtepi32_ps(net), acc)
+        _mm256_fmadd_ps(_mm256_mul_ps(self.d, _mm256_set1_ps(xb.at(0).d)), _mm256_cvtepi32_ps(net), acc)
+    }
+}
+
+/// The 32-byte run at byte `at` of an interleaved column.
+#[inline(always)]
+unsafe fn run(b: &[u8], at: usize) -> __m256i {
+    _mm256_loadu_si256(b[at..at + 32].as_ptr() as *const __m256i)
+}
+
+/// Eight f16 fields (one per row) at byte `at` of an interleaved column, as f32.
+#[inline(always)]
+unsafe fn field(b: &[u8], at: usize) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(b[at..at + 16].as_ptr() as *const __m128i))
+}
+
+/// Bytes `low` and `high` (0..4) of each 32-bit lane of `v`, each in the high byte of one
+/// of the lane's two words (an arithmetic shift by 8 then sign-extends them, a logical one
+/// zero-extends them).
+#[inline(always)]
+unsafe fn lane_bytes_high(v: __m256i, low: usize, high: usize) -> __m256i {
+    let (l, h) = (low as i8, high as i8);
+    let z = -128i8; // 0x80: a zero byte
+    let pick = _mm_setr_epi8(z, l, z, h, z, 4 + l, z, 4 + h, z, 8 + l, z, 8 + h, z, 12 + l, z, 12 + h);
+    _mm256_shuffle_epi8(v, _mm256_broadcastsi128_si256(pick))
+}
+
+/// Q4_K / Q5_K interleaved at load ([`interleave_rows`](crate::kernels::interleave_rows)):
+/// per super-block column the eight rows' `d`, then their `dmin`, then three runs that
+/// hold each row's twelve packed 6-bit scales and minimums four bytes a lane, then (Q5_K)
+/// eight runs of fifth bits and thirty-two runs of nibbles, four bytes of every row each.
+/// The scales unpack in vectors, eight rows at once; the sums are the row-major
+/// [`KQuant`] kernel's, bit for bit.
+struct InterleavedKQuant<const FIVE_BITS: bool>;
+
+impl<const FIVE_BITS: bool> InterleavedKQuant<FIVE_BITS> {
+    /// Where the run holding block bytes `k..k + 4` of every row starts.
+    const fn at(k: usize) -> usize {
+        8 * k
+    }
+}
+
+impl<const FIVE_BITS: bool> RowsFormat for InterleavedKQuant<FIVE_BITS> {
+    const BYTES: usize = KQuant::<FIVE_BITS>::BYTES;
+    const PIECES: usize = 8;
+    const SUMMED: usize = KQuant::<FIVE_BITS>::SUMMED;
+    const DECODE_PREFETCH: usize = 2 * PREFETCH_AHEAD;
+    type Rows = KQuantRows;
+    type Chunk<'a> = &'a [u8];
+
+    #[inline(always)]
+    unsafe fn chunk(w: &[u8], _: usize, i: usize) -> &[u8] {
+        &w[i * ROWS * Self::BYTES..(i + 1) * ROWS * Self::BYTES]
+    }
+
+    #[inline(always)]
+    unsafe fn rows(b: &&[u8]) -> KQuantRows {
+        // Packed bytes 0..4 (a), 4..8 (b) and 8..12 (c) of each row, a lane each. Sub-block
+        // j < 4: scale a_j & 63, minimum b_j & 63; j = 4 + k: scale (c_k & 15) with
+        // a_k's top two bits above, minimum (c_k >> 4) with b_k's top two bits above.
+        let (a, bb, c) = (run(b, Self::at(4)), run(b, Self::at(8)), run(b, Self::at(12)));
+        let (mut scales, mut mins) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
+        // (A function, not a closure: a closure does not inherit the caller's target
+        // features, and its intrinsics were left as calls.)
+        #[inline(always)]
+        unsafe fn word(v: __m256i, mask: i16) -> __m256i {
+            _mm256_and_si256(v, _mm256_set1_epi16(mask))
+        }
+        for k in 0..4 {
+            let (ak, bk, ck) = (
+                _mm256_srli_epi16(lane_bytes_high(a, k, k), 8),
+                _mm256_srli_epi16(lane_bytes_high(bb, k, k), 8),
+                _mm256_srli_epi16(lane_bytes_high(c, k, k), 8),
+            );
+            scales[k] = word(ak, 63);
+            mins[k] = word(bk, 63);
+            scales[4 + k] = _mm256_or_si256(word(ck, 15), word(_mm256_srli_epi16(ak, 2), 0x30));
+            mins[4 + k] = _mm256_or_si256(_mm256_srli_epi16(ck, 4), word(_mm256_srli_epi16(bk, 2), 0x30));
+        }
+        KQuantRows { d: field(b, 0), dmin: field(b, 16), scales, mins }
+    }
+
+    #[inline(always)]
+    unsafe fn piece(b: &&[u8], j: usize) -> [__m256i; 8] {
+        let low = _mm256_set1_epi8(0x0F);
+        let qs = if FIVE_BITS { 48 } else { 16 } + 32 * (j / 2);
+        let mut v = [_mm256_setzero_si256(); 8];
+        for (g, v) in v.iter_mut().enumerate() {
+            let q = run(b, Self::at(qs + 4 * g));
+            *v = _mm256_and_si256(if j.is_multiple_of(2) { q } else { _mm256_srli_epi16(q, 4) }, low);
+            if FIVE_BITS {
+                // Bit j of fifth-bit byte k is element k's: the run beside the nibbles'.
+                let qh = run(b, Self::at(16 + 4 * g));
+                let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1));
+                *v = _mm256_or_si256(*v, _mm256_slli_epi16(bit, 4));
+            }
+        }
+        v
+    }
+
+    #[inline(always)]
+    unsafe fn scale(rows: &KQuantRows, j: usize, _: usize) -> __m256i {
+        rows.scales[j]
+    }
+
+    #[inline(always)]
+    unsafe fn finish(rows: &KQuantRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
+        rows.finish(sumi, xb, acc)
+    }
+}
+
+/// Q6_K interleaved at load: per super-block column, runs of `ql`, `qh` and the signed
+/// scales, four bytes of every row each, then the eight rows' `d`. Sums as the
+/// row-major [`Q6K`] kernel's, bit for bit.
+struct InterleavedQ6K;
+
+impl RowsFormat for InterleavedQ6K {
+    const BYTES: usize = Q6K::BYTES;
+    const PIECES: usize = 8;
+    const SUMMED: usize = Q6K::SUMMED;
+    const DECODE_PREFETCH: usize = 2 * PREFETCH_AHEAD;
+    type Rows = Q6KRows;
+    type Chunk<'a> = &'a [u8];
+
+    #[inline(always)]
+    unsafe fn chunk(w: &[u8], _: usize, i: usize) -> &[u8] {
+        &w[i * ROWS * Self::BYTES..(i + 1) * ROWS * Self::BYTES]
+    }
+
+    #[inline(always)]
+    unsafe fn rows(b: &&[u8]) -> Q6KRows {
+        let (mut scales, mut scale_pairs) = ([_mm256_setzero_si256(); 16], [_mm256_setzero_si256(); 8]);
+        for q in 0..4 {
+            // Scales 4q..4q + 4 of each row, a lane each; `vpshufb` then `vpsraw` gives
+            // any two of them sign-extended as the lane's two words.
+            let s = run(b, 8 * (192 + 4 * q));
+            for i in 0..4 {
+                scales[4 * q + i] = _mm256_srai_epi16(lane_bytes_high(s, i, i), 8);
+            }
+            for i in 0..2 {
+                scale_pairs[2 * q + i] = _mm256_srai_epi16(lane_bytes_high(s, 2 * i, 2 * i + 1), 8);
+            }
+        }
+        Q6KRows { d: field(b, 8 * 208), scales, scale_pairs }
+    }
+
+    #[inline(always)]
+    unsafe fn piece(b: &&[u8], j: usize) -> [__m256i; 8] {
+        // As [`Q6K::piece`], column by column: quarter k of half h.
+        let (h, k) = (j / 4, j % 4);
+        let low = _mm256_set1_epi8(0x0F);
+        let mut v = [_mm256_setzero_si256(); 8];
+        for (g, v) in v.iter_mut().enumerate() {
+            let ql = run(b, 8 * (64 * h + 32 * (k % 2) + 4 * g));
+            let qh = run(b, 8 * (128 + 32 * h + 4 * g));
+            let nibble = _mm256_and_si256(if k < 2 { ql } else { _mm256_srli_epi16(ql, 4) }, low);
+            let top = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), _mm256_set1_epi8(3));
+            *v = _mm256_or_si256(nibble, _mm256_slli_epi16(top, 4));
+        }
+        v
+    }
+
+    #[inline(always)]
+    unsafe fn scale(rows: &Q6KRows, j: usize, g: usize) -> __m256i {
+        rows.scales[2 * j + g / 4]
+    }
+
+    #[inline(always)]
+    unsafe fn finish(rows: &Q6KRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
+        rows.finish(sumi, xb, acc)
     }
 }
 
@@ -864,18 +1052,18 @@ unsafe fn rows_kernel<M: MulSum, F: RowsFormat, const MAX: usize>(
     let mut acc = [_mm256_setzero_ps(); MAX];
     let mut sumi = [_mm256_setzero_si256(); MAX];
     for i in 0..rb / F::BYTES {
-        if F::ONE_STREAM && n == 1 {
-            // Decode: one token cannot hide the memory latency, and the group's chunks
-            // lie one after another.
-            let ahead = w.as_ptr().wrapping_add(i * ROWS * F::BYTES + PREFETCH_AHEAD);
-            for line in (0..ROWS * F::BYTES).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
-            }
-        }
         let b = F::chunk(w, rb, i);
         let rows = F::rows(&b);
         let chunk = &x[i * F::PIECES * n..(i + 1) * F::PIECES * n];
         for j in 0..F::PIECES {
+            if F::DECODE_PREFETCH > 0 && n == 1 {
+                // Decode: one token cannot hide the memory latency.
+                let span = ROWS * F::BYTES / F::PIECES;
+                let ahead = w.as_ptr().wrapping_add(i * ROWS * F::BYTES + j * span + F::DECODE_PREFETCH);
+                for line in (0..span).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
+                }
+            }
             let weights = F::piece(&b, j);
             let last = j + 1 == F::PIECES;
             for (t, xb) in chunk[j * n..(j + 1) * n].iter().enumerate() {
@@ -986,6 +1174,9 @@ macro_rules! kernels {
             rows_kernel!($mulsum, $features, q4_k_shared_rows, KQuant<false>);
             rows_kernel!($mulsum, $features, q5_k_shared_rows, KQuant<true>);
             rows_kernel!($mulsum, $features, q6_k_shared_rows, Q6K);
+            rows_kernel!($mulsum, $features, q4_k_interleaved, InterleavedKQuant<false>);
+            rows_kernel!($mulsum, $features, q5_k_interleaved, InterleavedKQuant<true>);
+            rows_kernel!($mulsum, $features, q6_k_interleaved, InterleavedQ6K);
 
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {

@@ -78,7 +78,8 @@ pub struct Kernel {
     /// Eight rows at a time over rows interleaved at load
     /// ([`interleave_rows`](super::interleave_rows)), for every token count (decode
     /// included): where the CPU has such a kernel, the model lays these weights out that
-    /// way. A token gets the same bits alone and among others.
+    /// way. A token gets the same bits alone and among others. A K-quant's reads
+    /// shared-scale activations, as its other forms do.
     pub interleaved: Option<RowsKernel>,
 }
 
@@ -260,15 +261,18 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
                     interleaved: Some(checked_rows!(Q8_0, avx2::ROWS, k::q8_0_interleaved)),
                     ..checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile; rows avx2::ROWS, k::q8_0_rows)
                 },
-                GgmlDType::Q4K => {
-                    checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile, avx2::ROWS, k::q4_k_shared_rows)
-                }
-                GgmlDType::Q5K => {
-                    checked_kernel!(Q5K; shared k::q5_k_shared, k::q5_k_shared_tile, avx2::ROWS, k::q5_k_shared_rows)
-                }
-                GgmlDType::Q6K => {
-                    checked_kernel!(Q6K; shared k::q6_k_shared, k::q6_k_shared_tile, avx2::ROWS, k::q6_k_shared_rows)
-                }
+                GgmlDType::Q4K => Kernel {
+                    interleaved: Some(checked_rows!(Q4K, avx2::ROWS, k::q4_k_interleaved)),
+                    ..checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile, avx2::ROWS, k::q4_k_shared_rows)
+                },
+                GgmlDType::Q5K => Kernel {
+                    interleaved: Some(checked_rows!(Q5K, avx2::ROWS, k::q5_k_interleaved)),
+                    ..checked_kernel!(Q5K; shared k::q5_k_shared, k::q5_k_shared_tile, avx2::ROWS, k::q5_k_shared_rows)
+                },
+                GgmlDType::Q6K => Kernel {
+                    interleaved: Some(checked_rows!(Q6K, avx2::ROWS, k::q6_k_interleaved)),
+                    ..checked_kernel!(Q6K; shared k::q6_k_shared, k::q6_k_shared_tile, avx2::ROWS, k::q6_k_shared_rows)
+                },
                 _ => return None,
             }
         }};
@@ -345,7 +349,7 @@ pub fn kernel(dtype: GgmlDType) -> Option<Kernel> {
 mod tests {
     use super::*;
     use crate::kernels::dequantize;
-    use crate::kernels::q8::{dequantize_row, quantize_row};
+    use crate::kernels::q8::{dequantize_row, quantize_row, quantize_row_shared};
     use crate::rng::Rng;
     use crate::synth::random_blocks;
 
@@ -522,16 +526,22 @@ mod tests {
         for (dtype, (name, f)) in TYPES.into_iter().flat_map(|d| simd_variants().into_iter().map(move |v| (d, v))) {
             let Some(k) = kernel_for(dtype, f) else { continue };
             let Some(kernel) = k.interleaved else { continue };
-            for n in [256, 576, 256 * 7 + 96] {
+            // K-quants: shared-scale activations, against the row-major kernel over them.
+            let row_major = k.shared_scale.map_or(k.rows, |s| s.rows);
+            let quantize = if k.shared_scale.is_some() { quantize_row_shared } else { quantize_row };
+            let widths = if dtype.block_size() == 256 { [256, 512, 256 * 7] } else { [256, 576, 256 * 7 + 96] };
+            for n in widths {
                 let rows = random_blocks(dtype, kernel.rows * n, &mut rng);
                 let w = crate::kernels::interleave_rows::interleave(dtype, &rows, rows.len() / kernel.rows);
                 let blocks = n / 32;
                 let (xf, _) = activations(RAGGED_TILE * n, &mut rng);
                 let mut xq = vec![Q8Block::ZERO; RAGGED_TILE * blocks];
-                quantize_row(&xf, &mut xq);
+                for (q, xt) in xq.chunks_exact_mut(blocks).zip(xf.chunks_exact(n)) {
+                    quantize(xt, q);
+                }
                 let label = format!("{name} interleaved n={n}");
                 let got = check_rows_kernel_on(dtype, &label, kernel, &w, &rows, &xq, blocks);
-                let row_major = k.rows.filter(|r| r.rows == kernel.rows).expect("an eight-row kernel beside it");
+                let row_major = row_major.filter(|r| r.rows == kernel.rows).expect("an eight-row kernel beside it");
                 let want = check_rows_kernel_on(dtype, &label, row_major, &rows, &rows, &xq, blocks);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "{dtype} {label}: interleaved vs row-major");
