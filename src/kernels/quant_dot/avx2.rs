@@ -610,6 +610,36 @@ impl BlocksRows {
     }
 }
 
+/// Block column `i` of a group of eight interleaved rows of `bytes`-byte blocks.
+#[inline(always)]
+fn group_column(w: &[u8], bytes: usize, i: usize) -> &[u8] {
+    &w[i * ROWS * bytes..(i + 1) * ROWS * bytes]
+}
+
+/// The 32-byte run of an interleaved column that holds block bytes `k..k + 4` of every
+/// row ([`interleave_rows`](crate::kernels::interleave_rows)).
+#[inline(always)]
+unsafe fn run(b: &[u8], k: usize) -> __m256i {
+    _mm256_loadu_si256(b[8 * k..8 * k + 32].as_ptr() as *const __m256i)
+}
+
+/// The eight rows' f16 field at block byte `k` of an interleaved column, as f32.
+#[inline(always)]
+unsafe fn field(b: &[u8], k: usize) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(b[8 * k..8 * k + 16].as_ptr() as *const __m128i))
+}
+
+/// Bytes `low` and `high` (0..4) of each 32-bit lane of `v`, each in the high byte of one
+/// of the lane's two words (an arithmetic shift by 8 then sign-extends them, a logical one
+/// zero-extends them).
+#[inline(always)]
+unsafe fn lane_bytes_high(v: __m256i, low: usize, high: usize) -> __m256i {
+    let (l, h) = (low as i8, high as i8);
+    let z = -128i8; // 0x80: a zero byte
+    let pick = _mm_setr_epi8(z, l, z, h, z, 4 + l, z, 4 + h, z, 8 + l, z, 8 + h, z, 12 + l, z, 12 + h);
+    _mm256_shuffle_epi8(v, _mm256_broadcastsi128_si256(pick))
+}
+
 /// Q4_0, Q4_1 or Q8_0 interleaved at load
 /// ([`interleave_rows`](crate::kernels::interleave_rows)): per block column the eight
 /// rows' header fields, then 32-byte runs that each hold four quant bytes of every row —
@@ -633,37 +663,30 @@ impl<B: Block32> RowsFormat for Interleaved<B> {
 
     #[inline(always)]
     unsafe fn chunk(w: &[u8], _: usize, i: usize) -> &[u8] {
-        &w[i * ROWS * B::TS..(i + 1) * ROWS * B::TS]
+        group_column(w, B::TS, i)
     }
 
     #[inline(always)]
     unsafe fn rows(b: &&[u8]) -> BlocksRows {
-        // (A function, not a closure: a closure does not inherit the caller's target
-        // features, and its intrinsics were left as calls.)
-        #[inline(always)]
-        unsafe fn field(b: &[u8], f: usize) -> __m256 {
-            _mm256_cvtph_ps(_mm_loadu_si128(b[16 * f..16 * (f + 1)].as_ptr() as *const __m128i))
-        }
         let d = field(b, 0);
         // Q4_1's minimum is its second field; Q4_0's offset is −8·d (Q8_0 has none).
-        let offset = if Self::HEADER == 4 { field(b, 1) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
+        let offset = if Self::HEADER == 4 { field(b, 2) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
         BlocksRows { d, offset }
     }
 
     #[inline(always)]
     unsafe fn piece(b: &&[u8], _: usize) -> [__m256i; 8] {
-        let runs = &b[8 * Self::HEADER..];
         let mut v = [_mm256_setzero_si256(); 8];
         if B::BITS == 8 {
             for (c, v) in v.iter_mut().enumerate() {
-                *v = _mm256_loadu_si256(runs[32 * c..32 * (c + 1)].as_ptr() as *const __m256i);
+                *v = run(b, Self::HEADER + 4 * c);
             }
         } else {
             // Run c holds quant bytes 4c..4c + 4 of each row: weights 4c.. in the low
             // nibbles, 16 + 4c.. in the high ones.
             let low = _mm256_set1_epi8(0x0F);
             for c in 0..4 {
-                let q = _mm256_loadu_si256(runs[32 * c..32 * (c + 1)].as_ptr() as *const __m256i);
+                let q = run(b, Self::HEADER + 4 * c);
                 v[c] = _mm256_and_si256(q, low);
                 v[c + 4] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
             }
@@ -835,29 +858,6 @@ impl Q6KRows {
     }
 }
 
-/// The 32-byte run at byte `at` of an interleaved column.
-#[inline(always)]
-unsafe fn run(b: &[u8], at: usize) -> __m256i {
-    _mm256_loadu_si256(b[at..at + 32].as_ptr() as *const __m256i)
-}
-
-/// Eight f16 fields (one per row) at byte `at` of an interleaved column, as f32.
-#[inline(always)]
-unsafe fn field(b: &[u8], at: usize) -> __m256 {
-    _mm256_cvtph_ps(_mm_loadu_si128(b[at..at + 16].as_ptr() as *const __m128i))
-}
-
-/// Bytes `low` and `high` (0..4) of each 32-bit lane of `v`, each in the high byte of one
-/// of the lane's two words (an arithmetic shift by 8 then sign-extends them, a logical one
-/// zero-extends them).
-#[inline(always)]
-unsafe fn lane_bytes_high(v: __m256i, low: usize, high: usize) -> __m256i {
-    let (l, h) = (low as i8, high as i8);
-    let z = -128i8; // 0x80: a zero byte
-    let pick = _mm_setr_epi8(z, l, z, h, z, 4 + l, z, 4 + h, z, 8 + l, z, 8 + h, z, 12 + l, z, 12 + h);
-    _mm256_shuffle_epi8(v, _mm256_broadcastsi128_si256(pick))
-}
-
 /// Q4_K / Q5_K interleaved at load ([`interleave_rows`](crate::kernels::interleave_rows)):
 /// per super-block column the eight rows' `d`, then their `dmin`, then three runs that
 /// hold each row's twelve packed 6-bit scales and minimums four bytes a lane, then (Q5_K)
@@ -865,13 +865,6 @@ unsafe fn lane_bytes_high(v: __m256i, low: usize, high: usize) -> __m256i {
 /// The scales unpack in vectors, eight rows at once; the sums are the row-major
 /// [`KQuant`] kernel's, bit for bit.
 struct InterleavedKQuant<const FIVE_BITS: bool>;
-
-impl<const FIVE_BITS: bool> InterleavedKQuant<FIVE_BITS> {
-    /// Where the run holding block bytes `k..k + 4` of every row starts.
-    const fn at(k: usize) -> usize {
-        8 * k
-    }
-}
 
 impl<const FIVE_BITS: bool> RowsFormat for InterleavedKQuant<FIVE_BITS> {
     const BYTES: usize = KQuant::<FIVE_BITS>::BYTES;
@@ -883,7 +876,7 @@ impl<const FIVE_BITS: bool> RowsFormat for InterleavedKQuant<FIVE_BITS> {
 
     #[inline(always)]
     unsafe fn chunk(w: &[u8], _: usize, i: usize) -> &[u8] {
-        &w[i * ROWS * Self::BYTES..(i + 1) * ROWS * Self::BYTES]
+        group_column(w, Self::BYTES, i)
     }
 
     #[inline(always)]
@@ -891,7 +884,7 @@ impl<const FIVE_BITS: bool> RowsFormat for InterleavedKQuant<FIVE_BITS> {
         // Packed bytes 0..4 (a), 4..8 (b) and 8..12 (c) of each row, a lane each. Sub-block
         // j < 4: scale a_j & 63, minimum b_j & 63; j = 4 + k: scale (c_k & 15) with
         // a_k's top two bits above, minimum (c_k >> 4) with b_k's top two bits above.
-        let (a, bb, c) = (run(b, Self::at(4)), run(b, Self::at(8)), run(b, Self::at(12)));
+        let (a, bb, c) = (run(b, 4), run(b, 8), run(b, 12));
         let (mut scales, mut mins) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
         // (A function, not a closure: a closure does not inherit the caller's target
         // features, and its intrinsics were left as calls.)
@@ -910,7 +903,7 @@ impl<const FIVE_BITS: bool> RowsFormat for InterleavedKQuant<FIVE_BITS> {
             scales[4 + k] = _mm256_or_si256(word(ck, 15), word(_mm256_srli_epi16(ak, 2), 0x30));
             mins[4 + k] = _mm256_or_si256(_mm256_srli_epi16(ck, 4), word(_mm256_srli_epi16(bk, 2), 0x30));
         }
-        KQuantRows { d: field(b, 0), dmin: field(b, 16), scales, mins }
+        KQuantRows { d: field(b, 0), dmin: field(b, 2), scales, mins }
     }
 
     #[inline(always)]
@@ -919,11 +912,11 @@ impl<const FIVE_BITS: bool> RowsFormat for InterleavedKQuant<FIVE_BITS> {
         let qs = if FIVE_BITS { 48 } else { 16 } + 32 * (j / 2);
         let mut v = [_mm256_setzero_si256(); 8];
         for (g, v) in v.iter_mut().enumerate() {
-            let q = run(b, Self::at(qs + 4 * g));
+            let q = run(b, qs + 4 * g);
             *v = _mm256_and_si256(if j.is_multiple_of(2) { q } else { _mm256_srli_epi16(q, 4) }, low);
             if FIVE_BITS {
                 // Bit j of fifth-bit byte k is element k's: the run beside the nibbles'.
-                let qh = run(b, Self::at(16 + 4 * g));
+                let qh = run(b, 16 + 4 * g);
                 let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1));
                 *v = _mm256_or_si256(*v, _mm256_slli_epi16(bit, 4));
             }
@@ -957,7 +950,7 @@ impl RowsFormat for InterleavedQ6K {
 
     #[inline(always)]
     unsafe fn chunk(w: &[u8], _: usize, i: usize) -> &[u8] {
-        &w[i * ROWS * Self::BYTES..(i + 1) * ROWS * Self::BYTES]
+        group_column(w, Self::BYTES, i)
     }
 
     #[inline(always)]
@@ -966,7 +959,7 @@ impl RowsFormat for InterleavedQ6K {
         for q in 0..4 {
             // Scales 4q..4q + 4 of each row, a lane each; `vpshufb` then `vpsraw` gives
             // any two of them sign-extended as the lane's two words.
-            let s = run(b, 8 * (192 + 4 * q));
+            let s = run(b, 192 + 4 * q);
             for i in 0..4 {
                 scales[4 * q + i] = _mm256_srai_epi16(lane_bytes_high(s, i, i), 8);
             }
@@ -974,7 +967,7 @@ impl RowsFormat for InterleavedQ6K {
                 scale_pairs[2 * q + i] = _mm256_srai_epi16(lane_bytes_high(s, 2 * i, 2 * i + 1), 8);
             }
         }
-        Q6KRows { d: field(b, 8 * 208), scales, scale_pairs }
+        Q6KRows { d: field(b, 208), scales, scale_pairs }
     }
 
     #[inline(always)]
@@ -984,8 +977,8 @@ impl RowsFormat for InterleavedQ6K {
         let low = _mm256_set1_epi8(0x0F);
         let mut v = [_mm256_setzero_si256(); 8];
         for (g, v) in v.iter_mut().enumerate() {
-            let ql = run(b, 8 * (64 * h + 32 * (k % 2) + 4 * g));
-            let qh = run(b, 8 * (128 + 32 * h + 4 * g));
+            let ql = run(b, 64 * h + 32 * (k % 2) + 4 * g);
+            let qh = run(b, 128 + 32 * h + 4 * g);
             let nibble = _mm256_and_si256(if k < 2 { ql } else { _mm256_srli_epi16(ql, 4) }, low);
             let top = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), _mm256_set1_epi8(3));
             *v = _mm256_or_si256(nibble, _mm256_slli_epi16(top, 4));
