@@ -9,11 +9,15 @@ use crate::threads::{for_each_index, Pool};
 
 /// Bytes streamed per pass: far beyond any last-level cache of the machines pupil runs on.
 const BUFFER_BYTES: usize = 1 << 30;
-/// Bytes per task: large sequential runs, as a weight matrix's rows are.
-const TASK_BYTES: usize = 4 << 20;
+/// Bytes per task: a sequential run the size of decode's tasks at 1B–3B widths (a few
+/// hundred rows of about a kilobyte), where both threads read near each other. 4 MiB
+/// tasks measured 25–31 GB/s here and decode outran them (up to 112 %); 256 KiB tasks,
+/// best of 20 passes, 31–35 GB/s.
+const TASK_BYTES: usize = 256 << 10;
 
 /// Read bandwidth in bytes per second with `threads` threads: the best of `passes` passes
-/// over a 1 GiB buffer (the best, as for a peak: every disturbance only slows a pass).
+/// over a 1 GiB buffer (the best, as for a peak: every disturbance only slows a pass, and
+/// on a shared VM there are many).
 pub fn read_bandwidth(threads: usize, passes: usize) -> f64 {
     let words = BUFFER_BYTES / 8;
     // Written first, so that every page is backed by memory, not the shared zero page.

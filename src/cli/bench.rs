@@ -130,7 +130,7 @@ pub fn bench(
             let roofline = a.bandwidth.then(|| {
                 *rooflines.entry(threads).or_insert_with(|| {
                     eprint!("pupil bench: memory read bandwidth t={threads} ...");
-                    let bw = crate::bench::bandwidth::read_bandwidth(threads, 5) / 1e9;
+                    let bw = crate::bench::bandwidth::read_bandwidth(threads, 20) / 1e9;
                     eprintln!(" {bw:.2} GB/s");
                     bw
                 })
