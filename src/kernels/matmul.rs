@@ -492,8 +492,15 @@ mod tests {
     /// gets alone (what decode-exact verification of drafts needs).
     #[test]
     fn interleaved_weights_multiply_like_the_files_layout() {
-        let (rows, cols) = if cfg!(miri) { (16, 64) } else { (48, 576) };
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        use GgmlDType::*;
+        for dtype in [Q4_0, Q4_1, Q8_0, Q4K, Q5K, Q6K] {
+            let k_quant = dtype.block_size() == 256;
+            let (rows, cols) = match (cfg!(miri), k_quant) {
+                (true, false) => (16, 64),
+                (true, true) => (16, 256),
+                (false, false) => (48, 576),
+                (false, true) => (48, 512),
+            };
             let w = weight_from(dtype, rows, cols, &random_blocks(dtype, rows * cols, &mut Rng::new(4)));
             let Some(iw) = w.interleaved_for_cpu() else {
                 assert!(quant_dot::kernel(dtype).is_none_or(|k| k.interleaved.is_none()), "{dtype}: kernel, no layout");

@@ -700,6 +700,30 @@ impl<B: Block32> RowsFormat for Interleaved<B> {
     }
 }
 
+/// Sub-block `j`'s weights of a Q4_K / Q5_K super-block from 32 quant bytes `q`: the low
+/// (even `j`) or high nibbles, and for Q5_K bit `j` of the matching fifth-bit bytes `qh`
+/// as bit 4 (16-bit shifts: each byte's own bit lands in its bit 0). The same for a row's
+/// bytes and for an interleaved column's.
+#[inline(always)]
+unsafe fn k_quant_weights<const FIVE_BITS: bool>(q: __m256i, qh: __m256i, j: usize) -> __m256i {
+    let nibbles =
+        _mm256_and_si256(if j.is_multiple_of(2) { q } else { _mm256_srli_epi16(q, 4) }, _mm256_set1_epi8(0x0F));
+    if !FIVE_BITS {
+        return nibbles;
+    }
+    let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1));
+    _mm256_or_si256(nibbles, _mm256_slli_epi16(bit, 4))
+}
+
+/// Quarter `k` of a Q6_K half's six-bit weights from 32 `ql` and 32 `qh` bytes: the low
+/// (`k < 2`) or high nibbles of `ql`, with bits `2k..2k + 2` of `qh` on top.
+#[inline(always)]
+unsafe fn q6_k_weights(ql: __m256i, qh: __m256i, k: usize) -> __m256i {
+    let nibble = _mm256_and_si256(if k < 2 { ql } else { _mm256_srli_epi16(ql, 4) }, _mm256_set1_epi8(0x0F));
+    let top = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), _mm256_set1_epi8(3));
+    _mm256_or_si256(nibble, _mm256_slli_epi16(top, 4))
+}
+
 struct KQuant<const FIVE_BITS: bool>;
 
 /// Q4_K / Q5_K: the rows' scales `d` and `dmin`, and per sub-block `j` their 6-bit scales
@@ -738,21 +762,14 @@ impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
 
     #[inline(always)]
     unsafe fn piece(b: &[&[u8]; ROWS], j: usize) -> [__m256i; 8] {
-        let low = _mm256_set1_epi8(0x0F);
         let qs = if FIVE_BITS { 48 } else { 16 } + 32 * (j / 2);
         // (Loops, not closures, over the rows: a closure does not inherit the caller's
         // target features, and its intrinsics were left as calls.)
         let mut v = [_mm256_setzero_si256(); ROWS];
         for (v, b) in v.iter_mut().zip(b) {
             let q = _mm256_loadu_si256(b[qs..qs + 32].as_ptr() as *const __m256i);
-            *v = _mm256_and_si256(if j.is_multiple_of(2) { q } else { _mm256_srli_epi16(q, 4) }, low);
-            if FIVE_BITS {
-                // Bit j of byte k is element k's fifth bit (16-bit shifts: each byte's own
-                // bit lands in its bit 0).
-                let qh = _mm256_loadu_si256(b[16..48].as_ptr() as *const __m256i);
-                let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1));
-                *v = _mm256_or_si256(*v, _mm256_slli_epi16(bit, 4));
-            }
+            let qh = if FIVE_BITS { _mm256_loadu_si256(b[16..48].as_ptr() as *const __m256i) } else { q };
+            *v = k_quant_weights::<FIVE_BITS>(q, qh, j);
         }
         by_column(v)
     }
@@ -824,14 +841,11 @@ impl RowsFormat for Q6K {
         // Piece j is quarter k of half h: the low (k < 2) or high nibbles of 32 `ql`
         // bytes, with bits 2k..2k + 2 of the half's `qh` bytes on top.
         let (h, k) = (j / 4, j % 4);
-        let low = _mm256_set1_epi8(0x0F);
         let mut v = [_mm256_setzero_si256(); ROWS];
         for (v, b) in v.iter_mut().zip(b) {
             let ql = _mm256_loadu_si256(b[64 * h + 32 * (k % 2)..][..32].as_ptr() as *const __m256i);
             let qh = _mm256_loadu_si256(b[128 + 32 * h..][..32].as_ptr() as *const __m256i);
-            let nibble = _mm256_and_si256(if k < 2 { ql } else { _mm256_srli_epi16(ql, 4) }, low);
-            let top = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), _mm256_set1_epi8(3));
-            *v = _mm256_or_si256(nibble, _mm256_slli_epi16(top, 4));
+            *v = q6_k_weights(ql, qh, k);
         }
         by_column(v)
     }
@@ -908,18 +922,13 @@ impl<const FIVE_BITS: bool> RowsFormat for InterleavedKQuant<FIVE_BITS> {
 
     #[inline(always)]
     unsafe fn piece(b: &&[u8], j: usize) -> [__m256i; 8] {
-        let low = _mm256_set1_epi8(0x0F);
+        // As [`KQuant::piece`], column by column: the fifth bits of the weights in run
+        // `qs + 4g` are the run `16 + 4g`'s.
         let qs = if FIVE_BITS { 48 } else { 16 } + 32 * (j / 2);
         let mut v = [_mm256_setzero_si256(); 8];
         for (g, v) in v.iter_mut().enumerate() {
             let q = run(b, qs + 4 * g);
-            *v = _mm256_and_si256(if j.is_multiple_of(2) { q } else { _mm256_srli_epi16(q, 4) }, low);
-            if FIVE_BITS {
-                // Bit j of fifth-bit byte k is element k's: the run beside the nibbles'.
-                let qh = run(b, 16 + 4 * g);
-                let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), _mm256_set1_epi8(1));
-                *v = _mm256_or_si256(*v, _mm256_slli_epi16(bit, 4));
-            }
+            *v = k_quant_weights::<FIVE_BITS>(q, if FIVE_BITS { run(b, 16 + 4 * g) } else { q }, j);
         }
         v
     }
@@ -974,14 +983,9 @@ impl RowsFormat for InterleavedQ6K {
     unsafe fn piece(b: &&[u8], j: usize) -> [__m256i; 8] {
         // As [`Q6K::piece`], column by column: quarter k of half h.
         let (h, k) = (j / 4, j % 4);
-        let low = _mm256_set1_epi8(0x0F);
         let mut v = [_mm256_setzero_si256(); 8];
         for (g, v) in v.iter_mut().enumerate() {
-            let ql = run(b, 64 * h + 32 * (k % 2) + 4 * g);
-            let qh = run(b, 128 + 32 * h + 4 * g);
-            let nibble = _mm256_and_si256(if k < 2 { ql } else { _mm256_srli_epi16(ql, 4) }, low);
-            let top = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), _mm256_set1_epi8(3));
-            *v = _mm256_or_si256(nibble, _mm256_slli_epi16(top, 4));
+            *v = q6_k_weights(run(b, 64 * h + 32 * (k % 2) + 4 * g), run(b, 128 + 32 * h + 4 * g), k);
         }
         v
     }
