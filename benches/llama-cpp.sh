@@ -21,7 +21,21 @@ if [ ! -x build/bin/llama-bench ]; then
     curl -sL -o sdist.tar.gz "$url"
     mkdir src && tar -xzf sdist.tar.gz -C src --strip-components=1
   fi
+  # Some VMs report AMX (cpuinfo's amx_tile) but fault on the first tile instruction, and a
+  # native build then dies with SIGILL in ggml's AMX mat-mul: probe it, and leave AMX out of
+  # the build where it cannot run.
+  NO_AMX=
+  if grep -qw amx_tile /proc/cpuinfo; then
+    printf '%s\n' '#include <immintrin.h>' '#include <sys/syscall.h>' '#include <unistd.h>' \
+      'int main(void) { unsigned char c[64] = {1}; if (syscall(SYS_arch_prctl, 0x1023, 18)) return 1;' \
+      '  c[16] = 64; c[48] = 16; _tile_loadconfig(c); _tile_zero(0); _tile_release(); return 0; }' >amx-probe.c
+    if ! { cc -O2 -mamx-tile amx-probe.c -o amx-probe && ./amx-probe; } 2>/dev/null; then
+      NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+      echo "llama-cpp.sh: this CPU reports AMX but cannot run it; building without" >&2
+    fi
+  fi
   venv/bin/cmake -S src/vendor/llama.cpp -B build -G Ninja -DCMAKE_MAKE_PROGRAM="$PWD/venv/bin/ninja" \
+    -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
     -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON >/dev/null
   venv/bin/cmake --build build --target llama-bench llama-quantize llama-perplexity -j 2 >/dev/null
