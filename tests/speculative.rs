@@ -128,8 +128,8 @@ fn interleaved_q4_0_weights_answer_as_the_files_layout_and_keep_drafts_exact() {
     };
     let (want, got) = (logits(&file_layout), logits(&rt.model));
     for (what, want, got) in [("prefill", &want.0, &got.0), ("decode", &want.1, &got.1)] {
-        // Decode sums each row in another order than the file layout's one-row kernels
-        // (as prefill does on AVX-512), and a rounding now and then moves an 8-bit
+        // The interleaved kernels sum each row in another order than the file layout's
+        // one-row kernels, and a rounding now and then moves an 8-bit
         // activation a step: agreement as two correct runs, by the fixtures' KL measure.
         let kl = pupil::train::loss::full_kl(want, got);
         eprintln!("interleaved Q4_0 {what}: KL(file layout ‖ interleaved) {kl:.2e}");

@@ -68,8 +68,8 @@ fn generation_rows(rt: &Runtime, prompt: &[u32], reply: &[u32]) -> Vec<Vec<f64>>
 }
 
 /// Two target files agree as two runs of `targets make` on different CPUs do: the same
-/// tokens and flags, and distributions equal up to kernel rounding. Prefill kernels differ
-/// between AVX-512, AVX2 and portable builds, and with 8-bit activations a rounding
+/// tokens and flags, and distributions equal up to kernel rounding. Kernels differ between
+/// SIMD and portable builds, and with 8-bit activations a rounding
 /// difference now and then moves an activation a whole step: some positions shift by a
 /// few tenths (as pupil and llama.cpp differ on the same file).
 fn assert_same_targets(got: &[SequenceRecord], want: &[SequenceRecord], name: &str) {
@@ -99,7 +99,8 @@ fn assert_same_targets(got: &[SequenceRecord], want: &[SequenceRecord], name: &s
     }
     let mean = sum / n.max(1) as f64;
     eprintln!("{name}: {n} common ids, mean |Δ logprob| {mean:.4}, worst {worst:.3}, {missing} top-k ids not in both");
-    // Measured between the AVX2 and the AVX-512 prefill kernels: mean 0.082, worst 0.59,
+    // Measured between two SIMD prefill paths (AVX2, and AVX-512 four-row kernels since
+    // removed): mean 0.082, worst 0.59,
     // 3.6 % of ids swapped out of the top 16. Another model or a shifted position is far
     // outside these.
     assert!(mean <= 0.15, "{name}: mean |Δ logprob| {mean:.4}");

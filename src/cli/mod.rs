@@ -58,9 +58,9 @@ pub struct Cli {
     /// How the KV cache stores values on the CPU: f16 or f32.
     #[arg(long = "cache-type-v", global = true, default_value = "f16", value_name = "TYPE")]
     pub cache_type_v: CacheType,
-    /// Read every weight in place from the memory map instead of re-laying Q4_0, Q4_1 and
-    /// Q8_0 matrices for the CPU's eight-row kernels at load (llama.cpp's flag): zero
-    /// copies, slower decode.
+    /// Read every weight in place from the memory map instead of re-laying quantized
+    /// matrices for the CPU's eight-row kernels at load (llama.cpp's flag): zero copies,
+    /// slower decode and prefill.
     #[arg(long = "no-repack", global = true)]
     pub no_repack: bool,
     #[command(subcommand)]

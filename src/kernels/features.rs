@@ -14,15 +14,13 @@ pub struct Features {
     pub avx2: bool,
     /// x86-64 AVX-512 VNNI with VL: `vpdpbusd` on 256-bit registers.
     pub vnni: bool,
-    /// x86-64 AVX-512 F and BW: 512-bit registers.
-    pub avx512: bool,
     /// aarch64 dot-product extension (`sdot`, Armv8.2); NEON itself is part of aarch64.
     pub dotprod: bool,
 }
 
 impl Features {
     /// Nothing beyond the base instruction set: the portable kernels everywhere.
-    pub const PORTABLE: Features = Features { avx2: false, vnni: false, avx512: false, dotprod: false };
+    pub const PORTABLE: Features = Features { avx2: false, vnni: false, dotprod: false };
 
     /// The set this CPU has, detected once per process.
     pub fn detected() -> Features {
@@ -30,21 +28,11 @@ impl Features {
         *DETECTED.get_or_init(detect)
     }
 
-    /// Both sets' common features; each kernel family also needs the ones below it (VNNI
-    /// and AVX-512 kernels are AVX2 code), so a set without AVX2 has neither.
+    /// Both sets' common features; the VNNI kernels are AVX2 code, so a set without AVX2
+    /// has no VNNI either.
     pub fn and(self, other: Features) -> Features {
         let avx2 = self.avx2 && other.avx2;
-        Features {
-            avx2,
-            vnni: avx2 && self.vnni && other.vnni,
-            avx512: avx2 && self.avx512 && other.avx512,
-            dotprod: self.dotprod && other.dotprod,
-        }
-    }
-
-    /// Whether the four-row AVX-512 VNNI kernels can run.
-    pub fn avx512_vnni(self) -> bool {
-        self.vnni && self.avx512
+        Features { avx2, vnni: avx2 && self.vnni && other.vnni, dotprod: self.dotprod && other.dotprod }
     }
 
     /// The quantized-dot path this set selects, for `--verbose` and benchmark rows.
@@ -52,10 +40,9 @@ impl Features {
         if cfg!(target_arch = "aarch64") {
             return if self.dotprod { "neon+dotprod" } else { "neon" };
         }
-        match (self.avx2, self.vnni, self.avx512) {
-            (true, true, true) => "avx512vnni",
-            (true, true, false) => "avx2+vnni",
-            (true, false, _) => "avx2",
+        match (self.avx2, self.vnni) {
+            (true, true) => "avx2+vnni",
+            (true, false) => "avx2",
             _ => "scalar",
         }
     }
@@ -68,7 +55,6 @@ fn detect() -> Features {
         let raw = Features {
             avx2: has!("avx2") && has!("fma") && has!("f16c"),
             vnni: has!("avx512vnni") && has!("avx512vl"),
-            avx512: has!("avx512f") && has!("avx512bw"),
             dotprod: false,
         };
         raw.and(raw)
@@ -137,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_limit_narrows_and_never_widens() {
-        let all = Features { avx2: true, vnni: true, avx512: true, dotprod: true };
+        let all = Features { avx2: true, vnni: true, dotprod: true };
         assert_eq!(limited_to(all, active), Features::detected(), "a limit cannot add features");
         assert_eq!(limited_to(Features::PORTABLE, active), Features::PORTABLE);
         assert_eq!(limited_to(Features::PORTABLE, || active().kernel_name()), {
@@ -147,7 +133,7 @@ mod tests {
                 "scalar"
             }
         });
-        // VNNI and AVX-512 kernels are AVX2 code: without AVX2 they are off too.
+        // The VNNI kernels are AVX2 code: without AVX2 they are off too.
         let no_avx2 = Features { avx2: false, ..all };
         assert_eq!(all.and(no_avx2), Features { dotprod: true, ..Features::PORTABLE });
         assert_eq!(active(), Features::detected(), "the limit ends with the call");

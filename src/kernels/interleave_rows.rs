@@ -10,14 +10,15 @@
 //! same way, for the same reason; the cost is a copy of those weights in anonymous memory
 //! instead of pages of the map (the map's pages are handed back as each matrix is done).
 //!
-//! The layout serves the formats whose kernels read it: Q4_0, Q4_1, Q8_0 and the K-quants
-//! Q4_K, Q5_K, Q6_K. Per group of eight rows and per block column (the group's blocks `i`,
-//! one per row), byte `k` of row `r`'s block moves to `8k + 2r` if it belongs to a
-//! two-byte field (a scale or minimum: the leading fields, and Q6_K's trailing scale) and
-//! to `8k + 4r` otherwise (quants, and a K-quant's packed sub-block scales, four bytes at
-//! a time): each field of the eight rows lies together, and each 32-byte run holds four
-//! bytes of every row — the columns the kernels multiply. A group occupies exactly the
-//! bytes its eight rows did.
+//! The layout serves the formats whose kernels read it: the 32-value block formats Q4_0,
+//! Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q4_K, Q5_K, Q6_K. Per group of eight rows and
+//! per block column (the group's blocks `i`, one per row), byte `k` of row `r`'s block
+//! moves to `8k + 2r` if it belongs to a two-byte field (a scale or minimum: the leading
+//! fields, and Q6_K's trailing scale) and to `8k + 4r` otherwise (quants, a five-bit
+//! block's high-bit word and a K-quant's packed sub-block scales, four bytes at a time):
+//! each field of the eight rows lies together, and each 32-byte run holds four bytes of
+//! every row — the columns the kernels multiply. A group occupies exactly the bytes its
+//! eight rows did.
 
 use crate::gguf::GgmlDType;
 use crate::threads::for_each_mut;
@@ -37,6 +38,8 @@ macro_rules! by_shape {
         match $dtype {
             GgmlDType::Q4_0 => Some($f::<2, 18, 0>($($args),*)),
             GgmlDType::Q4_1 => Some($f::<4, 20, 0>($($args),*)),
+            GgmlDType::Q5_0 => Some($f::<2, 22, 0>($($args),*)),
+            GgmlDType::Q5_1 => Some($f::<4, 24, 0>($($args),*)),
             GgmlDType::Q8_0 => Some($f::<2, 34, 0>($($args),*)),
             GgmlDType::Q4K => Some($f::<4, 144, 0>($($args),*)),
             GgmlDType::Q5K => Some($f::<4, 176, 0>($($args),*)),
@@ -74,8 +77,7 @@ fn copy_field(to: &mut [u8], from: &[u8], len: usize) {
 
 /// Whether a `rows`-row matrix of `dtype` can be interleaved.
 pub fn applies(dtype: GgmlDType, rows: usize) -> bool {
-    use GgmlDType::*;
-    matches!(dtype, Q4_0 | Q4_1 | Q8_0 | Q4K | Q5K | Q6K) && rows.is_multiple_of(ROWS)
+    super::quant_dot::has_kernel(dtype) && rows.is_multiple_of(ROWS)
 }
 
 /// `bytes` (rows of `row_bytes`, row-major as in the file) in the interleaved layout;
@@ -120,8 +122,7 @@ mod tests {
     #[test]
     fn rows_come_back_from_the_interleaved_layout() {
         let mut rng = Rng::new(5);
-        use GgmlDType::*;
-        for dtype in [Q4_0, Q4_1, Q8_0, Q4K, Q5K, Q6K] {
+        for dtype in crate::kernels::quant_dot::TYPES {
             let row_bytes = 3 * dtype.type_size();
             let bytes: Vec<u8> = (0..2 * ROWS * row_bytes).map(|_| rng.next_u64() as u8).collect();
             let packed = interleave(dtype, &bytes, row_bytes);
@@ -170,11 +171,11 @@ mod tests {
     }
 
     #[test]
-    fn only_block_formats_with_whole_groups_apply() {
+    fn only_quantized_formats_with_whole_groups_apply() {
         assert!(applies(GgmlDType::Q4_0, 16));
         assert!(!applies(GgmlDType::Q4_0, 12));
         assert!(applies(GgmlDType::Q8_0, 16));
-        assert!(!applies(GgmlDType::Q5_0, 16));
+        assert!(applies(GgmlDType::Q5_0, 16));
         assert!(applies(GgmlDType::Q6K, 16));
         assert!(!applies(GgmlDType::Q6K, 4));
         assert!(!applies(GgmlDType::F16, 16));

@@ -153,7 +153,7 @@ pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usi
         assert_eq!(out.len(), n_tokens * w.rows, "matmul: output shape");
     }
     if jobs.iter().all(|(w, _)| quant_dot::has_kernel(w.dtype)) {
-        matmul_q8(jobs, x, n_tokens, batching);
+        matmul_q8(jobs, x, n_tokens);
     } else if batching == Batching::AsDecode {
         for (w, out) in jobs.iter_mut() {
             for (xt, yt) in x.chunks_exact(cols).zip(out.chunks_exact_mut(w.rows)) {
@@ -168,8 +168,7 @@ pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usi
 }
 
 /// Rows per parallel task: enough tasks to balance the threads, few enough that
-/// scheduling stays negligible; a multiple of the rows every [`RowsKernel`] takes (four or
-/// eight).
+/// scheduling stays negligible; a multiple of the rows every [`RowsKernel`] takes (eight).
 fn rows_per_task(rows: usize) -> usize {
     (rows / (current_num_threads() * 4)).clamp(ROW_BLOCK, 512).next_multiple_of(8)
 }
@@ -202,18 +201,18 @@ thread_local! {
 const KEEP_SCRATCH_BLOCKS: usize = 4096;
 
 /// At most [`MAX_JOBS`] products whose weights all have integer kernels.
-fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, batching: Batching) {
+/// Every form gives a token the bits it gets alone, so [`Batching`] changes nothing here.
+fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize) {
     let n_jobs = jobs.len();
     let cols = jobs[0].0.cols;
     let blocks = cols / 32;
     // Tasks write disjoint elements: each owns a distinct range of one product's rows and
     // writes only `out[t·rows + r]` for its rows `r`.
-    let as_decode = n_tokens == 1 || batching == Batching::AsDecode;
     let mut weights: [Option<(&QMatrix, Forms)>; MAX_JOBS] = [None; MAX_JOBS];
     let mut outs: [Option<DisjointMut>; MAX_JOBS] = Default::default();
     for (j, (w, out)) in jobs.iter_mut().enumerate() {
         let kernel = quant_dot::kernel(w.dtype).expect("matmul_many checked the kernel");
-        weights[j] = Some((&**w, Forms::of(kernel, as_decode, w.interleaved)));
+        weights[j] = Some((&**w, Forms::of(kernel, w.interleaved)));
         outs[j] = Some(DisjointMut::new(out));
     }
     let chunks: [usize; MAX_JOBS] = std::array::from_fn(|j| weights[j].map_or(1, |(w, _)| rows_per_task(w.rows)));
@@ -261,28 +260,14 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
         let (w, Forms { one, tile, rows, shared }, out, r0, r1) = task(i);
         let (xq, tiles) =
             if shared { (&act.shared, &act.shared_tiles) } else { (&act.per_block, &act.per_block_tiles) };
-        if n_tokens == 1 && !w.interleaved {
-            // Decode reads rows one at a time even where a several-row kernel exists: the
-            // weights come from DRAM here, and four interleaved row streams measured
-            // 25–30 % slower (Q4_0: 170 vs 236 t/s) than one sequential stream with its
-            // prefetch; the eight-row kernels, whose unpacking one token cannot amortise,
-            // 2–4× slower.
-            let (rb, bytes) = (w.row_bytes(), w.bytes());
-            for r in r0..r1 {
-                // SAFETY: rows `r0..r1` of this product belong to this task alone.
-                unsafe { out.write(r, one(&bytes[r * rb..(r + 1) * rb], xq)) };
-            }
-            return;
-        }
         let batch = Batch { w, xq, blocks, n_tokens, out };
         match rows {
-            Some(rows) => {
-                let groups_end = r0 + (r1 - r0) / rows.rows * rows.rows;
-                batch.by_row_groups(rows, tiles, r0, groups_end);
-                batch.by_rows(one, tile, groups_end, r1);
-            }
-            // One row at a time, its tile form giving the bits of its single-token form.
-            _ => batch.by_rows(one, tile, r0, r1),
+            // Interleaved rows: whole groups, and every task's range a multiple of eight.
+            Some(rows) => batch.by_row_groups(rows, tiles, r0, r1),
+            // Rows in place, one at a time: one sequential stream, which decode's kernels
+            // prefetch (four interleaved row streams measured 25–30 % slower); the tile
+            // form gives each token the bits of the single-token form.
+            None => batch.by_rows(one, tile, r0, r1),
         }
     });
     for xq in act.all() {
@@ -298,9 +283,9 @@ fn matmul_q8(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usize, ba
 struct Forms {
     one: RowDot,
     tile: RowDotTile,
-    /// Several rows at a time: prefill only, since their sums round differently from
-    /// decode's (decode-exact batches must give decode's bits); for interleaved weights,
-    /// every pass (their rows come in whole groups, so `one` and `tile` never run).
+    /// Eight rows at a time, for weights interleaved at load: every pass (their rows come
+    /// in whole groups, so `one` and `tile` never run) and every token count, since the
+    /// kernel gives a token the same bits alone and among others.
     rows: Option<RowsKernel>,
     /// Shared-scale activations (K-quant forms whose sub-block scales apply in integers)
     /// rather than per-block ones.
@@ -308,22 +293,17 @@ struct Forms {
 }
 
 impl Forms {
-    fn of(k: Kernel, as_decode: bool, interleaved: bool) -> Self {
-        if interleaved {
-            // Every row group, every token count: the kernel gives a token the same bits
-            // alone and among others, so decode-exact batches may share it too.
-            let rows = Some(k.interleaved.expect("only matrices whose kernel reads the layout are interleaved"));
-            return Forms { one: k.one, tile: k.tile, rows, shared: k.shared_scale.is_some() };
-        }
-        match (k.rows, k.shared_scale) {
-            (Some(rows), _) if !as_decode => Forms { one: k.one, tile: k.tile, rows: Some(rows), shared: false },
-            (_, Some(s)) => Forms { one: s.one, tile: s.tile, rows: s.rows.filter(|_| !as_decode), shared: true },
-            _ => Forms { one: k.one, tile: k.tile, rows: None, shared: false },
+    fn of(k: Kernel, interleaved: bool) -> Self {
+        let rows =
+            interleaved.then(|| k.interleaved.expect("only matrices whose kernel reads the layout are interleaved"));
+        match k.shared_scale {
+            Some(s) => Forms { one: s.one, tile: s.tile, rows, shared: true },
+            None => Forms { one: k.one, tile: k.tile, rows, shared: false },
         }
     }
 }
 
-/// One prefill product seen by one task: all tokens against some of the rows.
+/// One product seen by one task: all tokens against some of the rows.
 struct Batch<'a> {
     w: &'a QMatrix,
     xq: &'a [Q8Block],
@@ -492,8 +472,7 @@ mod tests {
     /// gets alone (what decode-exact verification of drafts needs).
     #[test]
     fn interleaved_weights_multiply_like_the_files_layout() {
-        use GgmlDType::*;
-        for dtype in [Q4_0, Q4_1, Q8_0, Q4K, Q5K, Q6K] {
+        for dtype in quant_dot::TYPES {
             let k_quant = dtype.block_size() == 256;
             let (rows, cols) = match (cfg!(miri), k_quant) {
                 (true, false) => (16, 64),

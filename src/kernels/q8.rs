@@ -40,8 +40,7 @@ pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
 /// [`quantize_row`] with one scale per [`SHARED_GROUP`] values (`x` a multiple of it long):
 /// the eight blocks of a K-quant super-block share `d`, so a kernel can add their scaled
 /// integer sums before one conversion to float (llama.cpp's Q8_K shares its scale the same
-/// way). Coarser than per-block scales, so only the K-quant kernels use it, and on
-/// AVX-512 only for decode (its prefill kernels read per-block activations).
+/// way). Coarser than per-block scales, so only the K-quant kernels use it.
 pub fn quantize_row_shared(x: &[f32], out: &mut [Q8Block]) {
     quantize_groups(x, out, SHARED_GROUP);
 }

@@ -419,63 +419,6 @@ block32_format!(
     Q80, 34, 8, |b| _mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i), |_| 0.0
 );
 
-/// Eight rows' 32-byte pieces (`v[r]`) regrouped by four-byte column: result `g` holds
-/// bytes `4g..4g + 4` of each row, row `r` in 32-bit lane `r` (an 8 × 8 transpose of
-/// 32-bit elements).
-#[inline(always)]
-unsafe fn by_column(v: [__m256i; ROWS]) -> [__m256i; 8] {
-    let pairs = |a: __m256i, b: __m256i| (_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
-    let (a0, a1) = pairs(v[0], v[1]);
-    let (a2, a3) = pairs(v[2], v[3]);
-    let (a4, a5) = pairs(v[4], v[5]);
-    let (a6, a7) = pairs(v[6], v[7]);
-    let quads = |a: __m256i, b: __m256i| (_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
-    let (b0, b1) = quads(a0, a2);
-    let (b2, b3) = quads(a1, a3);
-    let (b4, b5) = quads(a4, a6);
-    let (b6, b7) = quads(a5, a7);
-    [
-        _mm256_permute2x128_si256::<0x20>(b0, b4),
-        _mm256_permute2x128_si256::<0x20>(b1, b5),
-        _mm256_permute2x128_si256::<0x20>(b2, b6),
-        _mm256_permute2x128_si256::<0x20>(b3, b7),
-        _mm256_permute2x128_si256::<0x31>(b0, b4),
-        _mm256_permute2x128_si256::<0x31>(b1, b5),
-        _mm256_permute2x128_si256::<0x31>(b2, b6),
-        _mm256_permute2x128_si256::<0x31>(b3, b7),
-    ]
-}
-
-/// `f(r)` for each of the eight rows.
-#[inline(always)]
-fn per_row<T>(f: impl Fn(usize) -> T) -> [T; ROWS] {
-    [f(0), f(1), f(2), f(3), f(4), f(5), f(6), f(7)]
-}
-
-/// The f16 at byte `at` of each row's chunk, one row per lane.
-#[inline(always)]
-unsafe fn halves(b: &[&[u8]; ROWS], at: usize) -> __m256 {
-    let h = per_row(|r| u16::from_le_bytes([b[r][at], b[r][at + 1]]) as i16);
-    _mm256_cvtph_ps(_mm_setr_epi16(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]))
-}
-
-/// Two words as one lane: what `vpmaddwd` multiplies a pair of sums by.
-#[inline(always)]
-fn word_pair(low: i16, high: i16) -> i32 {
-    (low as u16 as u32 | (high as u16 as u32) << 16) as i32
-}
-
-/// Per-row lanes built in general registers, as vectors (a plain loop: a closure would
-/// not inherit the caller's target features, and its intrinsics were left as calls).
-#[inline(always)]
-unsafe fn lanes<const N: usize>(v: &[[i32; ROWS]; N]) -> [__m256i; N] {
-    let mut out = [_mm256_setzero_si256(); N];
-    for (out, v) in out.iter_mut().zip(v) {
-        *out = _mm256_loadu_si256(v.as_ptr() as *const __m256i);
-    }
-    out
-}
-
 /// One token's activation blocks over one chunk, as the interleaved tile holds them:
 /// block `p` at `x[p · step]`.
 #[derive(Clone, Copy)]
@@ -503,9 +446,10 @@ unsafe fn weighted_half_sums(factors: &[__m256i; 8], xb: TokenBlocks) -> __m256i
     sum
 }
 
-/// A weight format as the eight-row prefill kernel ([`rows_kernel`]) sees it: each row
-/// is a run of chunks (a K-quant super-block, or one 32-value block), a chunk a run of
-/// 32-value pieces that each meet one activation block.
+/// A weight format as the eight-row kernel ([`rows_kernel`]) sees it: eight rows
+/// interleaved at load ([`interleave_rows`](crate::kernels::interleave_rows)) are a run
+/// of chunks (one K-quant super-block or one 32-value block of each row), a chunk a run
+/// of 32-value pieces that each meet one activation block.
 trait RowsFormat {
     /// Bytes per chunk of one row.
     const BYTES: usize;
@@ -517,27 +461,20 @@ trait RowsFormat {
     const SUMMED: usize;
     /// Signed weights (Q8_0): multiplied as |w| by x with w's sign.
     const SIGNED: bool = false;
-    /// Where the eight rows' chunks lie one after another (rows interleaved at load),
-    /// decode prefetches this many bytes ahead in that one stream, a piece's share of a
-    /// chunk's lines per piece; 0: no prefetch (eight row streams). Measured at 1B width,
-    /// 2 threads: Q4_0 one row at a time 14–19 GB/s, interleaved with 1.5 KiB ahead 21–27;
-    /// for the K-quants' larger chunks 3 KiB ran decode 6–10 % faster than 1.5 KiB,
-    /// for Q4_0 and Q8_0 3–10 % slower.
-    const DECODE_PREFETCH: usize = 0;
-    /// Where eight rows' chunk lies: eight row slices (the file's row-major layout), or
-    /// one slice where the rows were interleaved at load ([`super::super::packed`]).
-    type Chunk<'a>;
-    /// Chunk `i` of the eight rows that start at `w`, `rb` bytes apart.
-    unsafe fn chunk(w: &[u8], rb: usize, i: usize) -> Self::Chunk<'_>;
+    /// How far ahead decode prefetches in the group's one stream, a piece's share of a
+    /// chunk's lines per piece. Measured at 1B width, 2 threads: Q4_0 one row at a time
+    /// 14–19 GB/s, interleaved with 1.5 KiB ahead 21–27; for the K-quants' larger chunks
+    /// 3 KiB ran decode 6–10 % faster than 1.5 KiB, for Q4_0 and Q8_0 3–10 % slower.
+    const DECODE_PREFETCH: usize;
     /// What the format needs of eight rows' chunk besides the weights.
     type Rows;
-    unsafe fn rows(b: &Self::Chunk<'_>) -> Self::Rows;
-    /// Piece `j` of each row's chunk by column ([`by_column`]): unsigned weights, or signed
-    /// ones where [`Self::SIGNED`].
-    unsafe fn piece(b: &Self::Chunk<'_>, j: usize) -> [__m256i; 8];
+    unsafe fn rows(b: &[u8]) -> Self::Rows;
+    /// Piece `j` of the chunk `b` as eight registers, register `g` holding weights
+    /// `4g..4g + 4` of the piece for every row, row `r` in lane `r`: unsigned weights, or
+    /// signed ones where [`Self::SIGNED`].
+    unsafe fn piece(b: &[u8], j: usize) -> [__m256i; 8];
     /// The integer factor of groups `g..g + SUMMED` of piece `j`: row `r`'s in both words
-    /// of lane `r` ([`word_pairs`]); by default ones, for formats whose scales are
-    /// applied in floats.
+    /// of lane `r`; by default ones, for formats whose scales are applied in floats.
     #[inline(always)]
     unsafe fn scale(_rows: &Self::Rows, _j: usize, _g: usize) -> __m256i {
         _mm256_set1_epi16(1)
@@ -547,52 +484,10 @@ trait RowsFormat {
     unsafe fn finish(rows: &Self::Rows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256;
 }
 
-/// One 32-value format with a scale (and offset or minimum) per block.
-struct Blocks<B>(std::marker::PhantomData<B>);
-
+/// A 32-value block format's scales `d` and offsets or minimums, eight rows' in lanes.
 struct BlocksRows {
     d: __m256,
     offset: __m256,
-}
-
-impl<B: Block32> RowsFormat for Blocks<B> {
-    const BYTES: usize = B::TS;
-    const PIECES: usize = 1;
-    const SUMMED: usize = match B::BITS {
-        4 => 8,
-        5 => 4,
-        _ => 1,
-    };
-    const SIGNED: bool = B::BITS == 8;
-    type Rows = BlocksRows;
-    type Chunk<'a> = [&'a [u8]; ROWS];
-
-    #[inline(always)]
-    unsafe fn chunk(w: &[u8], rb: usize, i: usize) -> [&[u8]; ROWS] {
-        per_row(|r| &w[r * rb + i * Self::BYTES..r * rb + (i + 1) * Self::BYTES])
-    }
-
-    #[inline(always)]
-    unsafe fn rows(b: &[&[u8]; ROWS]) -> BlocksRows {
-        let offset = per_row(|r| B::offset(b[r]));
-        let offset =
-            _mm256_setr_ps(offset[0], offset[1], offset[2], offset[3], offset[4], offset[5], offset[6], offset[7]);
-        BlocksRows { d: halves(b, 0), offset }
-    }
-
-    #[inline(always)]
-    unsafe fn piece(b: &[&[u8]; ROWS], _: usize) -> [__m256i; 8] {
-        let mut v = [_mm256_setzero_si256(); ROWS];
-        for (v, b) in v.iter_mut().zip(b) {
-            *v = B::unpack(b);
-        }
-        by_column(v)
-    }
-
-    #[inline(always)]
-    unsafe fn finish(rows: &BlocksRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
-        rows.finish(sumi, xb, acc, B::BITS != 8)
-    }
 }
 
 impl BlocksRows {
@@ -608,12 +503,6 @@ impl BlocksRows {
             acc
         }
     }
-}
-
-/// Block column `i` of a group of eight interleaved rows of `bytes`-byte blocks.
-#[inline(always)]
-fn group_column(w: &[u8], bytes: usize, i: usize) -> &[u8] {
-    &w[i * ROWS * bytes..(i + 1) * ROWS * bytes]
 }
 
 /// The 32-byte run of an interleaved column that holds block bytes `k..k + 4` of every
@@ -640,55 +529,95 @@ unsafe fn lane_bytes_high(v: __m256i, low: usize, high: usize) -> __m256i {
     _mm256_shuffle_epi8(v, _mm256_broadcastsi128_si256(pick))
 }
 
-/// Q4_0, Q4_1 or Q8_0 interleaved at load
+/// A 32-value block format interleaved at load
 /// ([`interleave_rows`](crate::kernels::interleave_rows)): per block column the eight
-/// rows' header fields, then 32-byte runs that each hold four quant bytes of every row —
-/// the columns [`by_column`] builds from the file's layout, ready to load. Its sums are
-/// the row-major [`Blocks`] kernel's, bit for bit.
-struct Interleaved<B>(std::marker::PhantomData<B>);
+/// rows' header fields, for five-bit formats their fifth-bit words, then 32-byte runs that
+/// each hold four quant bytes of every row, ready to multiply.
+struct Blocks<B>(std::marker::PhantomData<B>);
 
-impl<B: Block32> Interleaved<B> {
-    /// Bytes of a block's header fields (scale, minimum) before its quants.
+impl<B: Block32> Blocks<B> {
+    /// Bytes of a block's two-byte header fields (scale, minimum).
     const HEADER: usize = B::TS - 4 * B::BITS as usize;
+    /// Where the quant bytes start: after the header and a five-bit format's `qh` word.
+    const QUANTS: usize = if B::BITS == 5 { Self::HEADER + 4 } else { Self::HEADER };
 }
 
-impl<B: Block32> RowsFormat for Interleaved<B> {
+/// Bit 4 of each byte of a lane: bits `4·half + b` (b = 0..4, byte b of the lane) of byte
+/// `byte` of the lane's 32-bit word in `qh` — a five-bit block's high bits for the four
+/// weights one interleaved quant byte run holds per row.
+#[inline(always)]
+unsafe fn fifth_bits(qh: __m256i, byte: i8, half: u32) -> __m256i {
+    let pick = _mm_setr_epi8(
+        byte,
+        byte,
+        byte,
+        byte,
+        4 + byte,
+        4 + byte,
+        4 + byte,
+        4 + byte,
+        8 + byte,
+        8 + byte,
+        8 + byte,
+        8 + byte,
+        12 + byte,
+        12 + byte,
+        12 + byte,
+        12 + byte,
+    );
+    let bits = _mm256_set1_epi32((0x0804_0201u32 << (4 * half)) as i32);
+    let set =
+        _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, _mm256_broadcastsi128_si256(pick)), bits), bits);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+impl<B: Block32> RowsFormat for Blocks<B> {
     const BYTES: usize = B::TS;
     const PIECES: usize = 1;
-    const SUMMED: usize = Blocks::<B>::SUMMED;
+    const SUMMED: usize = match B::BITS {
+        4 => 8,
+        5 => 4,
+        _ => 1,
+    };
     const SIGNED: bool = B::BITS == 8;
     const DECODE_PREFETCH: usize = PREFETCH_AHEAD;
-    type Chunk<'a> = &'a [u8];
     type Rows = BlocksRows;
 
     #[inline(always)]
-    unsafe fn chunk(w: &[u8], _: usize, i: usize) -> &[u8] {
-        group_column(w, B::TS, i)
-    }
-
-    #[inline(always)]
-    unsafe fn rows(b: &&[u8]) -> BlocksRows {
+    unsafe fn rows(b: &[u8]) -> BlocksRows {
         let d = field(b, 0);
-        // Q4_1's minimum is its second field; Q4_0's offset is −8·d (Q8_0 has none).
-        let offset = if Self::HEADER == 4 { field(b, 2) } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
+        // Q4_1's and Q5_1's minimum is their second field; Q4_0's offset is −8·d and
+        // Q5_0's −16·d (Q8_0 has none).
+        let offset = if Self::HEADER == 4 {
+            field(b, 2)
+        } else {
+            _mm256_mul_ps(d, _mm256_set1_ps(-((1u32 << (B::BITS - 1)) as f32)))
+        };
         BlocksRows { d, offset }
     }
 
     #[inline(always)]
-    unsafe fn piece(b: &&[u8], _: usize) -> [__m256i; 8] {
+    unsafe fn piece(b: &[u8], _: usize) -> [__m256i; 8] {
         let mut v = [_mm256_setzero_si256(); 8];
         if B::BITS == 8 {
             for (c, v) in v.iter_mut().enumerate() {
-                *v = run(b, Self::HEADER + 4 * c);
+                *v = run(b, Self::QUANTS + 4 * c);
             }
-        } else {
-            // Run c holds quant bytes 4c..4c + 4 of each row: weights 4c.. in the low
-            // nibbles, 16 + 4c.. in the high ones.
-            let low = _mm256_set1_epi8(0x0F);
-            for c in 0..4 {
-                let q = run(b, Self::HEADER + 4 * c);
-                v[c] = _mm256_and_si256(q, low);
-                v[c + 4] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+            return v;
+        }
+        // Run c holds quant bytes 4c..4c + 4 of each row: weights 4c.. in the low
+        // nibbles, 16 + 4c.. in the high ones; their fifth bits are bits 4c.. and
+        // 16 + 4c.. of the row's `qh` word.
+        let low = _mm256_set1_epi8(0x0F);
+        let qh = if B::BITS == 5 { run(b, Self::HEADER) } else { _mm256_setzero_si256() };
+        for c in 0..4 {
+            let q = run(b, Self::QUANTS + 4 * c);
+            v[c] = _mm256_and_si256(q, low);
+            v[c + 4] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+            if B::BITS == 5 {
+                let (byte, half) = ((c / 2) as i8, (c % 2) as u32);
+                v[c] = _mm256_or_si256(v[c], fifth_bits(qh, byte, half));
+                v[c + 4] = _mm256_or_si256(v[c + 4], fifth_bits(qh, 2 + byte, half));
             }
         }
         v
@@ -702,8 +631,7 @@ impl<B: Block32> RowsFormat for Interleaved<B> {
 
 /// Sub-block `j`'s weights of a Q4_K / Q5_K super-block from 32 quant bytes `q`: the low
 /// (even `j`) or high nibbles, and for Q5_K bit `j` of the matching fifth-bit bytes `qh`
-/// as bit 4 (16-bit shifts: each byte's own bit lands in its bit 0). The same for a row's
-/// bytes and for an interleaved column's.
+/// as bit 4 (16-bit shifts: each byte's own bit lands in its bit 0).
 #[inline(always)]
 unsafe fn k_quant_weights<const FIVE_BITS: bool>(q: __m256i, qh: __m256i, j: usize) -> __m256i {
     let nibbles =
@@ -724,65 +652,13 @@ unsafe fn q6_k_weights(ql: __m256i, qh: __m256i, k: usize) -> __m256i {
     _mm256_or_si256(nibble, _mm256_slli_epi16(top, 4))
 }
 
-struct KQuant<const FIVE_BITS: bool>;
-
 /// Q4_K / Q5_K: the rows' scales `d` and `dmin`, and per sub-block `j` their 6-bit scales
-/// and minimums, each in both words of its row's lane ([`word_pair`]).
+/// and minimums, each in both words of its row's lane.
 struct KQuantRows {
     d: __m256,
     dmin: __m256,
     scales: [__m256i; 8],
     mins: [__m256i; 8],
-}
-
-impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
-    const BYTES: usize = if FIVE_BITS { 176 } else { 144 };
-    const PIECES: usize = 8;
-    const SUMMED: usize = if FIVE_BITS { 4 } else { 8 };
-    type Rows = KQuantRows;
-    type Chunk<'a> = [&'a [u8]; ROWS];
-
-    #[inline(always)]
-    unsafe fn chunk(w: &[u8], rb: usize, i: usize) -> [&[u8]; ROWS] {
-        per_row(|r| &w[r * rb + i * Self::BYTES..r * rb + (i + 1) * Self::BYTES])
-    }
-
-    #[inline(always)]
-    unsafe fn rows(b: &[&[u8]; ROWS]) -> KQuantRows {
-        let (mut scales, mut mins) = ([[0; ROWS]; 8], [[0; ROWS]; 8]);
-        for (r, b) in b.iter().enumerate() {
-            let (s, m) = k_scales_mins(b[4..16].try_into().unwrap());
-            for j in 0..8 {
-                let (s, m) = ((s >> (8 * j)) as u8 as i16, (m >> (8 * j)) as u8 as i16);
-                (scales[j][r], mins[j][r]) = (word_pair(s, s), word_pair(m, m));
-            }
-        }
-        KQuantRows { d: halves(b, 0), dmin: halves(b, 2), scales: lanes(&scales), mins: lanes(&mins) }
-    }
-
-    #[inline(always)]
-    unsafe fn piece(b: &[&[u8]; ROWS], j: usize) -> [__m256i; 8] {
-        let qs = if FIVE_BITS { 48 } else { 16 } + 32 * (j / 2);
-        // (Loops, not closures, over the rows: a closure does not inherit the caller's
-        // target features, and its intrinsics were left as calls.)
-        let mut v = [_mm256_setzero_si256(); ROWS];
-        for (v, b) in v.iter_mut().zip(b) {
-            let q = _mm256_loadu_si256(b[qs..qs + 32].as_ptr() as *const __m256i);
-            let qh = if FIVE_BITS { _mm256_loadu_si256(b[16..48].as_ptr() as *const __m256i) } else { q };
-            *v = k_quant_weights::<FIVE_BITS>(q, qh, j);
-        }
-        by_column(v)
-    }
-
-    #[inline(always)]
-    unsafe fn scale(rows: &KQuantRows, j: usize, _: usize) -> __m256i {
-        rows.scales[j]
-    }
-
-    #[inline(always)]
-    unsafe fn finish(rows: &KQuantRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
-        rows.finish(sumi, xb, acc)
-    }
 }
 
 impl KQuantRows {
@@ -797,68 +673,14 @@ impl KQuantRows {
     }
 }
 
-struct Q6K;
-
 /// Q6_K: the rows' scale `d` and their sixteen signed scales, each in both words of its
-/// row's lane ([`word_pair`]).
+/// row's lane.
 struct Q6KRows {
     d: __m256,
     scales: [__m256i; 16],
     /// Scales `2p` and `2p + 1` of each row as the two words of its lane: what block
     /// `p`'s half sums are multiplied by.
     scale_pairs: [__m256i; 8],
-}
-
-impl RowsFormat for Q6K {
-    const BYTES: usize = 210;
-    const PIECES: usize = 8;
-    const SUMMED: usize = 2;
-    type Rows = Q6KRows;
-    type Chunk<'a> = [&'a [u8]; ROWS];
-
-    #[inline(always)]
-    unsafe fn chunk(w: &[u8], rb: usize, i: usize) -> [&[u8]; ROWS] {
-        per_row(|r| &w[r * rb + i * Self::BYTES..r * rb + (i + 1) * Self::BYTES])
-    }
-
-    #[inline(always)]
-    unsafe fn rows(b: &[&[u8]; ROWS]) -> Q6KRows {
-        let (mut scales, mut scale_pairs) = ([[0; ROWS]; 16], [[0; ROWS]; 8]);
-        for (r, b) in b.iter().enumerate() {
-            let sc = |s: usize| b[192 + s] as i8 as i16;
-            for (s, scales) in scales.iter_mut().enumerate() {
-                scales[r] = word_pair(sc(s), sc(s));
-            }
-            for (p, pairs) in scale_pairs.iter_mut().enumerate() {
-                pairs[r] = word_pair(sc(2 * p), sc(2 * p + 1));
-            }
-        }
-        Q6KRows { d: halves(b, 208), scales: lanes(&scales), scale_pairs: lanes(&scale_pairs) }
-    }
-
-    #[inline(always)]
-    unsafe fn piece(b: &[&[u8]; ROWS], j: usize) -> [__m256i; 8] {
-        // Piece j is quarter k of half h: the low (k < 2) or high nibbles of 32 `ql`
-        // bytes, with bits 2k..2k + 2 of the half's `qh` bytes on top.
-        let (h, k) = (j / 4, j % 4);
-        let mut v = [_mm256_setzero_si256(); ROWS];
-        for (v, b) in v.iter_mut().zip(b) {
-            let ql = _mm256_loadu_si256(b[64 * h + 32 * (k % 2)..][..32].as_ptr() as *const __m256i);
-            let qh = _mm256_loadu_si256(b[128 + 32 * h..][..32].as_ptr() as *const __m256i);
-            *v = q6_k_weights(ql, qh, k);
-        }
-        by_column(v)
-    }
-
-    #[inline(always)]
-    unsafe fn scale(rows: &Q6KRows, j: usize, g: usize) -> __m256i {
-        rows.scales[2 * j + g / 4]
-    }
-
-    #[inline(always)]
-    unsafe fn finish(rows: &Q6KRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
-        rows.finish(sumi, xb, acc)
-    }
 }
 
 impl Q6KRows {
@@ -876,25 +698,18 @@ impl Q6KRows {
 /// per super-block column the eight rows' `d`, then their `dmin`, then three runs that
 /// hold each row's twelve packed 6-bit scales and minimums four bytes a lane, then (Q5_K)
 /// eight runs of fifth bits and thirty-two runs of nibbles, four bytes of every row each.
-/// The scales unpack in vectors, eight rows at once; the sums are the row-major
-/// [`KQuant`] kernel's, bit for bit.
-struct InterleavedKQuant<const FIVE_BITS: bool>;
+/// The scales unpack in vectors, eight rows at once.
+struct KQuant<const FIVE_BITS: bool>;
 
-impl<const FIVE_BITS: bool> RowsFormat for InterleavedKQuant<FIVE_BITS> {
-    const BYTES: usize = KQuant::<FIVE_BITS>::BYTES;
+impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
+    const BYTES: usize = if FIVE_BITS { 176 } else { 144 };
     const PIECES: usize = 8;
-    const SUMMED: usize = KQuant::<FIVE_BITS>::SUMMED;
+    const SUMMED: usize = if FIVE_BITS { 4 } else { 8 };
     const DECODE_PREFETCH: usize = 2 * PREFETCH_AHEAD;
     type Rows = KQuantRows;
-    type Chunk<'a> = &'a [u8];
 
     #[inline(always)]
-    unsafe fn chunk(w: &[u8], _: usize, i: usize) -> &[u8] {
-        group_column(w, Self::BYTES, i)
-    }
-
-    #[inline(always)]
-    unsafe fn rows(b: &&[u8]) -> KQuantRows {
+    unsafe fn rows(b: &[u8]) -> KQuantRows {
         // Packed bytes 0..4 (a), 4..8 (b) and 8..12 (c) of each row, a lane each. Sub-block
         // j < 4: scale a_j & 63, minimum b_j & 63; j = 4 + k: scale (c_k & 15) with
         // a_k's top two bits above, minimum (c_k >> 4) with b_k's top two bits above.
@@ -921,9 +736,9 @@ impl<const FIVE_BITS: bool> RowsFormat for InterleavedKQuant<FIVE_BITS> {
     }
 
     #[inline(always)]
-    unsafe fn piece(b: &&[u8], j: usize) -> [__m256i; 8] {
-        // As [`KQuant::piece`], column by column: the fifth bits of the weights in run
-        // `qs + 4g` are the run `16 + 4g`'s.
+    unsafe fn piece(b: &[u8], j: usize) -> [__m256i; 8] {
+        // Sub-block j's 32 quant bytes are the runs from `qs`; the fifth bits of the
+        // weights in run `qs + 4g` are the run `16 + 4g`'s.
         let qs = if FIVE_BITS { 48 } else { 16 } + 32 * (j / 2);
         let mut v = [_mm256_setzero_si256(); 8];
         for (g, v) in v.iter_mut().enumerate() {
@@ -945,25 +760,18 @@ impl<const FIVE_BITS: bool> RowsFormat for InterleavedKQuant<FIVE_BITS> {
 }
 
 /// Q6_K interleaved at load: per super-block column, runs of `ql`, `qh` and the signed
-/// scales, four bytes of every row each, then the eight rows' `d`. Sums as the
-/// row-major [`Q6K`] kernel's, bit for bit.
-struct InterleavedQ6K;
+/// scales, four bytes of every row each, then the eight rows' `d`.
+struct Q6K;
 
-impl RowsFormat for InterleavedQ6K {
-    const BYTES: usize = Q6K::BYTES;
+impl RowsFormat for Q6K {
+    const BYTES: usize = 210;
     const PIECES: usize = 8;
-    const SUMMED: usize = Q6K::SUMMED;
+    const SUMMED: usize = 2;
     const DECODE_PREFETCH: usize = 2 * PREFETCH_AHEAD;
     type Rows = Q6KRows;
-    type Chunk<'a> = &'a [u8];
 
     #[inline(always)]
-    unsafe fn chunk(w: &[u8], _: usize, i: usize) -> &[u8] {
-        group_column(w, Self::BYTES, i)
-    }
-
-    #[inline(always)]
-    unsafe fn rows(b: &&[u8]) -> Q6KRows {
+    unsafe fn rows(b: &[u8]) -> Q6KRows {
         let (mut scales, mut scale_pairs) = ([_mm256_setzero_si256(); 16], [_mm256_setzero_si256(); 8]);
         for q in 0..4 {
             // Scales 4q..4q + 4 of each row, a lane each; `vpshufb` then `vpsraw` gives
@@ -980,8 +788,9 @@ impl RowsFormat for InterleavedQ6K {
     }
 
     #[inline(always)]
-    unsafe fn piece(b: &&[u8], j: usize) -> [__m256i; 8] {
-        // As [`Q6K::piece`], column by column: quarter k of half h.
+    unsafe fn piece(b: &[u8], j: usize) -> [__m256i; 8] {
+        // Piece j is quarter k of half h: the low (k < 2) or high nibbles of 32 `ql`
+        // bytes, with bits 2k..2k + 2 of the half's `qh` bytes on top.
         let (h, k) = (j / 4, j % 4);
         let mut v = [_mm256_setzero_si256(); 8];
         for (g, v) in v.iter_mut().enumerate() {
@@ -1028,7 +837,7 @@ unsafe fn piece_sums<M: MulSum, F: RowsFormat>(
     sums
 }
 
-/// Eight weight rows (`rb` bytes apart, or interleaved) and `n ≤ MAX` tokens whose
+/// Eight weight rows of `rb` bytes, interleaved at load, and `n ≤ MAX` tokens whose
 /// activations are interleaved ([`interleave`](super::interleave)): `out[t·8 + r]`. Each
 /// register holds four weights of each row, so one broadcast of four activation bytes
 /// serves eight rows, and a piece's products end as one i32 per row with no horizontal
@@ -1049,8 +858,8 @@ unsafe fn rows_kernel<M: MulSum, F: RowsFormat, const MAX: usize>(
     let mut acc = [_mm256_setzero_ps(); MAX];
     let mut sumi = [_mm256_setzero_si256(); MAX];
     for i in 0..rb / F::BYTES {
-        let b = F::chunk(w, rb, i);
-        let rows = F::rows(&b);
+        let b = &w[i * ROWS * F::BYTES..(i + 1) * ROWS * F::BYTES];
+        let rows = F::rows(b);
         let chunk = &x[i * F::PIECES * n..(i + 1) * F::PIECES * n];
         for j in 0..F::PIECES {
             if F::DECODE_PREFETCH > 0 && n == 1 {
@@ -1061,7 +870,7 @@ unsafe fn rows_kernel<M: MulSum, F: RowsFormat, const MAX: usize>(
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
                 }
             }
-            let weights = F::piece(&b, j);
+            let weights = F::piece(b, j);
             let last = j + 1 == F::PIECES;
             for (t, xb) in chunk[j * n..(j + 1) * n].iter().enumerate() {
                 let sums = piece_sums::<M, F>(&weights, xb, &rows, j);
@@ -1092,7 +901,8 @@ unsafe fn q5_unpack(b: &[u8], qh: usize) -> __m256i {
     _mm256_or_si256(nibbles(b.as_ptr().add(qh + 4)), high_bits(bits))
 }
 
-/// The single-token, `TILE`-token and eight-row kernels of one 32-value block format.
+/// The single-token, `TILE`-token and eight-row (interleaved) kernels of one 32-value
+/// block format.
 macro_rules! block32_kernels {
     ($mulsum:ty, $features:literal, $format:ty, $one:ident, $tile:ident, $rows:ident) => {
         #[target_feature(enable = $features)]
@@ -1107,7 +917,7 @@ macro_rules! block32_kernels {
     };
 }
 
-/// The eight-row prefill kernel of one format.
+/// The eight-row kernel of one format, for any number of tokens.
 macro_rules! rows_kernel {
     ($mulsum:ty, $features:literal, $name:ident, $format:ty) => {
         #[target_feature(enable = $features)]
@@ -1124,19 +934,16 @@ macro_rules! rows_kernel {
 }
 
 /// Instantiates every kernel for one [`MulSum`] under the target features it needs:
-/// single-token (`q4_0`, …), `TILE`-token (`q4_0_tile`, …) and eight-row prefill
-/// (`q4_0_rows`, …) forms.
+/// single-token (`q4_0`, …), `TILE`-token (`q4_0_tile`, …) and eight-row forms over rows
+/// interleaved at load (`q4_0_interleaved`, …).
 macro_rules! kernels {
     ($module:ident, $mulsum:ty, $features:literal) => {
         pub mod $module {
             use super::*;
-            block32_kernels!($mulsum, $features, Q40, q4_0, q4_0_tile, q4_0_rows);
-            rows_kernel!($mulsum, $features, q4_0_interleaved, Interleaved<Q40>);
-            rows_kernel!($mulsum, $features, q4_1_interleaved, Interleaved<Q41>);
-            rows_kernel!($mulsum, $features, q8_0_interleaved, Interleaved<Q80>);
-            block32_kernels!($mulsum, $features, Q41, q4_1, q4_1_tile, q4_1_rows);
-            block32_kernels!($mulsum, $features, Q50, q5_0, q5_0_tile, q5_0_rows);
-            block32_kernels!($mulsum, $features, Q51, q5_1, q5_1_tile, q5_1_rows);
+            block32_kernels!($mulsum, $features, Q40, q4_0, q4_0_tile, q4_0_interleaved);
+            block32_kernels!($mulsum, $features, Q41, q4_1, q4_1_tile, q4_1_interleaved);
+            block32_kernels!($mulsum, $features, Q50, q5_0, q5_0_tile, q5_0_interleaved);
+            block32_kernels!($mulsum, $features, Q51, q5_1, q5_1_tile, q5_1_interleaved);
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0(w: &[u8], x: &[Q8Block]) -> f32 {
                 q8_0_::<$mulsum>(w, x)
@@ -1167,13 +974,10 @@ macro_rules! kernels {
                 q6_k_shared_scale::<$mulsum, TILE>(w, tile(x, stride))
             }
 
-            rows_kernel!($mulsum, $features, q8_0_rows, Blocks<Q80>);
-            rows_kernel!($mulsum, $features, q4_k_shared_rows, KQuant<false>);
-            rows_kernel!($mulsum, $features, q5_k_shared_rows, KQuant<true>);
-            rows_kernel!($mulsum, $features, q6_k_shared_rows, Q6K);
-            rows_kernel!($mulsum, $features, q4_k_interleaved, InterleavedKQuant<false>);
-            rows_kernel!($mulsum, $features, q5_k_interleaved, InterleavedKQuant<true>);
-            rows_kernel!($mulsum, $features, q6_k_interleaved, InterleavedQ6K);
+            rows_kernel!($mulsum, $features, q8_0_interleaved, Blocks<Q80>);
+            rows_kernel!($mulsum, $features, q4_k_interleaved, KQuant<false>);
+            rows_kernel!($mulsum, $features, q5_k_interleaved, KQuant<true>);
+            rows_kernel!($mulsum, $features, q6_k_interleaved, Q6K);
 
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {

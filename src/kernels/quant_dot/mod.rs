@@ -4,8 +4,6 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod scalar;
@@ -53,24 +51,22 @@ pub fn interleave(xq: &[Q8Block], blocks: usize, n_tokens: usize, tiles: &mut Ve
     }
 }
 
-/// A kernel that multiplies several rows per pass (AVX2: eight, one per 32-bit lane;
-/// AVX-512 VNNI: four, one per 128-bit lane): each activation load and each block's
-/// float work serves every row (prefill). A token gets the same bits alone and among
-/// others.
+/// A kernel that multiplies several rows per pass (AVX2: eight, one per 32-bit lane):
+/// each activation load and each block's float work serves every row. A token gets the
+/// same bits alone and among others.
 #[derive(Clone, Copy)]
 pub struct RowsKernel {
     pub rows: usize,
     pub dot: RowsDot,
 }
 
-/// The forms of one weight type's kernel: one row at a time (always; decode), and several
-/// rows at a time where the CPU has a kernel for it (then prefill takes rows that many at
-/// a time and only a remainder uses `one`/`tile`).
+/// The forms of one weight type's kernel: one row at a time for one token and for
+/// [`TILE`] tokens (always), and eight rows at a time where the CPU has a kernel over
+/// rows re-laid for it.
 #[derive(Clone, Copy)]
 pub struct Kernel {
     pub one: RowDot,
     pub tile: RowDotTile,
-    pub rows: Option<RowsKernel>,
     /// Forms over activations quantized with one scale per super-block
     /// ([`quantize_row_shared`](super::q8::quantize_row_shared)), where that is faster
     /// (K-quants: their sub-block scales then apply in integers).
@@ -84,13 +80,11 @@ pub struct Kernel {
 }
 
 /// A K-quant kernel's forms over shared-scale activations: one token (decode) and
-/// [`TILE`] tokens, the tile giving each token the bits of the single form; and where the
-/// CPU has no [`Kernel::rows`], eight rows at a time for prefill (AVX2).
+/// [`TILE`] tokens, the tile giving each token the bits of the single form.
 #[derive(Clone, Copy)]
 pub struct SharedScale {
     pub one: RowDot,
     pub tile: RowDotTile,
-    pub rows: Option<RowsKernel>,
 }
 
 /// The weight types with an 8-bit-activation kernel.
@@ -162,7 +156,7 @@ fn check_rows(dtype: GgmlDType, w: &[u8], row_bytes: usize, rows: usize, x: &[Q8
 /// features were found in the [`Features`] set the caller passes, which is never wider
 /// than what the CPU has ([`features::active`]); the lengths are checked first.
 macro_rules! checked_kernel {
-    ($dtype:ident, $one:path, $tile:path $(; rows $n_rows:expr, $rows:path)?) => {
+    ($dtype:ident, $one:path, $tile:path $(; interleaved $rows:path)?) => {
         Kernel {
             one: |w, x| {
                 check_row(GgmlDType::$dtype, w, x.len());
@@ -172,18 +166,17 @@ macro_rules! checked_kernel {
                 check_tile(GgmlDType::$dtype, w, x, s, TILE);
                 unsafe { $tile(w, x, s) }
             },
-            rows: None $(.or(Some(checked_rows!($dtype, $n_rows, $rows))))?,
             shared_scale: None,
-            interleaved: None,
+            interleaved: None $(.or(Some(checked_rows!($dtype, avx2::ROWS, $rows))))?,
         }
     };
-    // The K-quants: forms over shared-scale activations, which every path takes except
-    // AVX-512 prefill's four-row kernels. Per-block activations then reach only the
-    // portable forms (the remainder rows of such a pass, if a matrix has any).
-    ($dtype:ident; shared $one:path, $tile:path, $n_rows:expr, $rows:path) => {{
-        let shared = checked_kernel!($dtype, $one, $tile; rows $n_rows, $rows);
+    // The K-quants: every SIMD form reads shared-scale activations. Per-block activations
+    // reach only the portable forms.
+    ($dtype:ident; shared $one:path, $tile:path; interleaved $rows:path) => {{
+        let shared = checked_kernel!($dtype, $one, $tile; interleaved $rows);
         Kernel {
-            shared_scale: Some(SharedScale { one: shared.one, tile: shared.tile, rows: shared.rows }),
+            shared_scale: Some(SharedScale { one: shared.one, tile: shared.tile }),
+            interleaved: shared.interleaved,
             ..scalar_kernel(GgmlDType::$dtype).expect("every K-quant has a portable kernel")
         }
     }};
@@ -218,7 +211,6 @@ pub fn scalar_kernel(dtype: GgmlDType) -> Option<Kernel> {
                     check_tile($t, w, x, s, TILE);
                     std::array::from_fn(|t| scalar::vec_dot($t, w, &x[t * s..(t + 1) * s]))
                 },
-                rows: None,
                 shared_scale: None,
                 interleaved: None,
             }
@@ -247,63 +239,25 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
         ($m:ident) => {{
             use avx2::$m as k;
             match dtype {
-                GgmlDType::Q4_0 => Kernel {
-                    interleaved: Some(checked_rows!(Q4_0, avx2::ROWS, k::q4_0_interleaved)),
-                    ..checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; rows avx2::ROWS, k::q4_0_rows)
-                },
-                GgmlDType::Q4_1 => Kernel {
-                    interleaved: Some(checked_rows!(Q4_1, avx2::ROWS, k::q4_1_interleaved)),
-                    ..checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; rows avx2::ROWS, k::q4_1_rows)
-                },
-                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; rows avx2::ROWS, k::q5_0_rows),
-                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; rows avx2::ROWS, k::q5_1_rows),
-                GgmlDType::Q8_0 => Kernel {
-                    interleaved: Some(checked_rows!(Q8_0, avx2::ROWS, k::q8_0_interleaved)),
-                    ..checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile; rows avx2::ROWS, k::q8_0_rows)
-                },
-                GgmlDType::Q4K => Kernel {
-                    interleaved: Some(checked_rows!(Q4K, avx2::ROWS, k::q4_k_interleaved)),
-                    ..checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile, avx2::ROWS, k::q4_k_shared_rows)
-                },
-                GgmlDType::Q5K => Kernel {
-                    interleaved: Some(checked_rows!(Q5K, avx2::ROWS, k::q5_k_interleaved)),
-                    ..checked_kernel!(Q5K; shared k::q5_k_shared, k::q5_k_shared_tile, avx2::ROWS, k::q5_k_shared_rows)
-                },
-                GgmlDType::Q6K => Kernel {
-                    interleaved: Some(checked_rows!(Q6K, avx2::ROWS, k::q6_k_interleaved)),
-                    ..checked_kernel!(Q6K; shared k::q6_k_shared, k::q6_k_shared_tile, avx2::ROWS, k::q6_k_shared_rows)
-                },
+                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; interleaved k::q4_0_interleaved),
+                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; interleaved k::q4_1_interleaved),
+                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; interleaved k::q5_0_interleaved),
+                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; interleaved k::q5_1_interleaved),
+                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile; interleaved k::q8_0_interleaved),
+                GgmlDType::Q4K => {
+                    checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile; interleaved k::q4_k_interleaved)
+                }
+                GgmlDType::Q5K => {
+                    checked_kernel!(Q5K; shared k::q5_k_shared, k::q5_k_shared_tile; interleaved k::q5_k_interleaved)
+                }
+                GgmlDType::Q6K => {
+                    checked_kernel!(Q6K; shared k::q6_k_shared, k::q6_k_shared_tile; interleaved k::q6_k_interleaved)
+                }
                 _ => return None,
             }
         }};
     }
     Some(if f.vnni { pick!(vnni) } else { pick!(plain) })
-}
-
-/// The four-row AVX-512 kernel for `dtype`, if there is one and `f` can run it.
-#[cfg(target_arch = "x86_64")]
-fn x86_512_rows_kernel(dtype: GgmlDType, f: Features) -> Option<RowsKernel> {
-    use GgmlDType::*;
-    if !f.avx512_vnni() {
-        return None;
-    }
-    // SAFETY (each closure): the features were found in `f` above.
-    macro_rules! rows {
-        ($t:ident, $dot:ident) => {
-            checked_rows!($t, avx512::ROWS, avx512::$dot)
-        };
-    }
-    Some(match dtype {
-        Q4_0 => rows!(Q4_0, q4_0),
-        Q4_1 => rows!(Q4_1, q4_1),
-        Q5_0 => rows!(Q5_0, q5_0),
-        Q5_1 => rows!(Q5_1, q5_1),
-        Q8_0 => rows!(Q8_0, q8_0),
-        Q4K => rows!(Q4K, q4_k),
-        Q5K => rows!(Q5K, q5_k),
-        Q6K => rows!(Q6K, q6_k),
-        _ => return None,
-    })
 }
 
 /// The NEON kernel for `dtype` (32-value block formats): `sdot` where `f` has it, else
@@ -330,7 +284,7 @@ fn arm_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
 pub fn kernel_for(dtype: GgmlDType, f: Features) -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     if let Some(k) = x86_kernel(dtype, f) {
-        return Some(Kernel { rows: x86_512_rows_kernel(dtype, f).or(k.rows), ..k });
+        return Some(k);
     }
     #[cfg(target_arch = "aarch64")]
     if let Some(k) = arm_kernel(dtype, f) {
@@ -401,7 +355,7 @@ mod tests {
                     assert!(refused(|| (shared.one)(long_row, short_x)), "{dtype} {f:?}: shared");
                     assert!(refused(|| (shared.tile)(&w[..rb], &x[..16 * TILE - 1], 16)), "{dtype} {f:?}: shared tile");
                 }
-                if let Some(rows) = k.rows.or(k.shared_scale.and_then(|s| s.rows)) {
+                if let Some(rows) = k.interleaved {
                     let (n, mut out) = (rows.rows, vec![0f32; 8 * (ROWS_TILE + 1)]);
                     let mut dot = |w: &[u8], x: &[Q8Block], tokens: usize, out_len: usize| {
                         refused(|| (rows.dot)(w, rb, x, tokens, &mut out[..out_len]))
@@ -438,30 +392,6 @@ mod tests {
         }
     }
 
-    /// The several-row kernels over per-block activations (each SIMD variant this CPU can
-    /// run) against the scalar kernel row by row, and each token bit for bit against the
-    /// same token passed alone. Widths of an odd number of blocks included.
-    #[test]
-    fn rows_kernels_equal_scalar_kernels() {
-        let mut rng = Rng::new(17);
-        let mut variants: Vec<(&str, Features)> = simd_variants().to_vec();
-        variants.push(("detected", Features::detected()));
-        for (dtype, (name, f)) in TYPES.into_iter().flat_map(|d| variants.iter().map(move |v| (d, *v))) {
-            let Some(rows) = kernel_for(dtype, f).and_then(|k| k.rows) else {
-                continue;
-            };
-            let widths = if dtype.block_size() == 256 { [256, 512, 256 * 7] } else { [256, 576, 256 * 7 + 96] };
-            for n in widths {
-                let w = random_blocks(dtype, rows.rows * n, &mut rng);
-                let blocks = n / 32;
-                let (xf, _) = activations(RAGGED_TILE * n, &mut rng);
-                let mut xq = vec![Q8Block::ZERO; RAGGED_TILE * blocks];
-                quantize_row(&xf, &mut xq);
-                check_rows_kernel(dtype, &format!("{name} n={n}"), rows, &w, &xq, blocks);
-            }
-        }
-    }
-
     /// Row `row` times activations `xt` by the scalar kernel, and the tolerance its
     /// rounding gets: it scales with the terms, not with their (possibly cancelling) sum.
     fn scalar_reference(dtype: GgmlDType, row: &[u8], xt: &[Q8Block]) -> (f32, f32) {
@@ -479,8 +409,8 @@ mod tests {
 
     /// A several-row kernel on rows `w` and the tokens `xq` (`blocks` apart): every row
     /// and token against the scalar kernel on `rows` (the same rows in the file's layout),
-    /// each token bit for bit against itself alone. Returns the products, `out[t·rows + r]`.
-    fn check_rows_kernel_on(
+    /// each token bit for bit against itself alone.
+    fn check_rows_kernel(
         dtype: GgmlDType,
         label: &str,
         kernel: RowsKernel,
@@ -488,7 +418,7 @@ mod tests {
         rows: &[u8],
         xq: &[Q8Block],
         blocks: usize,
-    ) -> Vec<f32> {
+    ) {
         let (n_rows, tokens) = (kernel.rows, xq.len() / blocks);
         let rb = w.len() / n_rows;
         let mut interleaved = Vec::new();
@@ -507,27 +437,19 @@ mod tests {
                 assert_eq!(tile.to_bits(), got.to_bits(), "{dtype} {label} token {t} row {r}: tile vs alone");
             }
         }
-        tiled
-    }
-
-    /// [`check_rows_kernel_on`] for a kernel over the file's layout.
-    fn check_rows_kernel(dtype: GgmlDType, label: &str, kernel: RowsKernel, w: &[u8], xq: &[Q8Block], blocks: usize) {
-        check_rows_kernel_on(dtype, label, kernel, w, w, xq, blocks);
     }
 
     /// The kernels over interleaved rows ([`Kernel::interleaved`]) against the scalar
-    /// kernel on the rows before interleaving, each token bit for bit alone and in a tile,
-    /// and bit for bit against the eight-row kernel over the file's layout (the same sums
-    /// in the same order), so a model gives the same answers either way.
+    /// kernel on the rows before interleaving, each token bit for bit alone and in a tile.
+    /// Widths of an odd number of blocks included.
     #[test]
-    fn interleaved_kernels_equal_row_major_kernels() {
+    fn interleaved_kernels_equal_scalar_kernels() {
         let mut rng = Rng::new(31);
         let mut checked = 0;
         for (dtype, (name, f)) in TYPES.into_iter().flat_map(|d| simd_variants().into_iter().map(move |v| (d, v))) {
             let Some(k) = kernel_for(dtype, f) else { continue };
             let Some(kernel) = k.interleaved else { continue };
-            // K-quants: shared-scale activations, against the row-major kernel over them.
-            let row_major = k.shared_scale.map_or(k.rows, |s| s.rows);
+            // K-quants: over shared-scale activations, as their other SIMD forms.
             let quantize = if k.shared_scale.is_some() { quantize_row_shared } else { quantize_row };
             let widths = if dtype.block_size() == 256 { [256, 512, 256 * 7] } else { [256, 576, 256 * 7 + 96] };
             for n in widths {
@@ -539,21 +461,15 @@ mod tests {
                 for (q, xt) in xq.chunks_exact_mut(blocks).zip(xf.chunks_exact(n)) {
                     quantize(xt, q);
                 }
-                let label = format!("{name} interleaved n={n}");
-                let got = check_rows_kernel_on(dtype, &label, kernel, &w, &rows, &xq, blocks);
-                let row_major = row_major.filter(|r| r.rows == kernel.rows).expect("an eight-row kernel beside it");
-                let want = check_rows_kernel_on(dtype, &label, row_major, &rows, &rows, &xq, blocks);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{dtype} {label}: interleaved vs row-major");
+                check_rows_kernel(dtype, &format!("{name} interleaved n={n}"), kernel, &w, &rows, &xq, blocks);
                 checked += 1;
             }
         }
         assert!(cfg!(not(target_arch = "x86_64")) || !Features::detected().avx2 || checked > 0, "no kernel ran");
     }
 
-    /// The forms over shared-scale activations: the single-token and several-row forms
-    /// against the scalar kernel on the same activations, each tile form bit for bit
-    /// against its single-token form.
+    /// The forms over shared-scale activations: the single-token form against the scalar
+    /// kernel on the same activations, the tile form bit for bit against it.
     #[test]
     fn shared_scale_kernels_equal_scalar_kernels() {
         let mut rng = Rng::new(23);
@@ -579,13 +495,6 @@ mod tests {
                         assert!((got - want).abs() <= tol, "{dtype} n={n} {name} token {t}: {got} vs {want}");
                         let tiled = (shared.tile)(w, &xq, blocks);
                         assert_eq!(tiled[t].to_bits(), got.to_bits(), "{dtype} n={n} {name} token {t}: tile vs one");
-                    }
-                }
-                for (name, k) in &variants {
-                    if let Some(kernel) = k.and_then(|k| k.shared_scale).and_then(|s| s.rows) {
-                        let w = &rows[..kernel.rows * rb];
-                        let xq = &xq[..RAGGED_TILE * blocks];
-                        check_rows_kernel(dtype, &format!("{name} n={n} rows"), kernel, w, xq, blocks);
                     }
                 }
             }
