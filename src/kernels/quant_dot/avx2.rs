@@ -101,6 +101,12 @@ pub trait MulSum {
     /// `acc` plus the i16 `pairs` multiplied by `scale` and summed pairwise into i32: a
     /// K-quant sub-block's products times its scale, still in integers.
     unsafe fn add_scaled(acc: __m256i, pairs: __m256i, scale: __m256i) -> __m256i;
+    /// Whether [`Self::mul_sum`] accumulates in one instruction (VNNI): then formats whose
+    /// scales apply in floats take each four-byte group straight into i32 lanes instead
+    /// of summing groups in i16 first.
+    const FUSED: bool;
+    /// `acc` plus [`Self::mul_sum`]`(u, s)`.
+    unsafe fn mul_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
 }
 
 pub struct Avx2;
@@ -113,6 +119,11 @@ impl MulSum for Avx2 {
     unsafe fn add_scaled(acc: __m256i, pairs: __m256i, scale: __m256i) -> __m256i {
         _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale))
     }
+    const FUSED: bool = false;
+    #[inline(always)]
+    unsafe fn mul_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, mul_sum_u8_i8(u, s))
+    }
 }
 
 pub struct Vnni;
@@ -124,6 +135,11 @@ impl MulSum for Vnni {
     #[inline(always)]
     unsafe fn add_scaled(acc: __m256i, pairs: __m256i, scale: __m256i) -> __m256i {
         _mm256_dpwssd_epi32(acc, pairs, scale)
+    }
+    const FUSED: bool = true;
+    #[inline(always)]
+    unsafe fn mul_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, s)
     }
 }
 
@@ -461,6 +477,8 @@ trait RowsFormat {
     const SUMMED: usize;
     /// Signed weights (Q8_0): multiplied as |w| by x with w's sign.
     const SIGNED: bool = false;
+    /// Whether [`Self::scale`] is all ones (scales applied in floats, per block).
+    const UNIT_SCALE: bool = false;
     /// How far ahead decode prefetches in the group's one stream, a piece's share of a
     /// chunk's lines per piece. Measured at 1B width, 2 threads: Q4_0 one row at a time
     /// 14–19 GB/s, interleaved with 1.5 KiB ahead 21–27; for the K-quants' larger chunks
@@ -573,6 +591,7 @@ unsafe fn fifth_bits(qh: __m256i, byte: i8, half: u32) -> __m256i {
 
 impl<B: Block32> RowsFormat for Blocks<B> {
     const BYTES: usize = B::TS;
+    const UNIT_SCALE: bool = true;
     const PIECES: usize = 1;
     const SUMMED: usize = match B::BITS {
         4 => 8,
@@ -820,6 +839,17 @@ unsafe fn piece_sums<M: MulSum, F: RowsFormat>(
 ) -> __m256i {
     let x = xb.qs.as_ptr() as *const i32;
     let mut sums = _mm256_setzero_si256();
+    if M::FUSED && F::UNIT_SCALE {
+        for (g, &w) in weights.iter().enumerate() {
+            let xg = _mm256_set1_epi32(std::ptr::read_unaligned(x.add(g)));
+            sums = if F::SIGNED {
+                M::mul_add(sums, _mm256_sign_epi8(w, w), _mm256_sign_epi8(xg, w))
+            } else {
+                M::mul_add(sums, w, xg)
+            };
+        }
+        return sums;
+    }
     for g0 in (0..8).step_by(F::SUMMED) {
         let mut pairs = _mm256_setzero_si256();
         for (g, &w) in weights.iter().enumerate().skip(g0).take(F::SUMMED) {
