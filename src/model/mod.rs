@@ -128,21 +128,17 @@ impl Model {
         if !self.device().is_cpu() {
             return;
         }
-        let map = file.map();
-        let base = map.as_ptr() as usize;
-        let mut handed_back = Vec::new();
-        self.weights.interleave_for_cpu(|bytes| {
-            file.release(bytes);
-            handed_back.push(((bytes.as_ptr() as usize).wrapping_sub(base), bytes.len()));
+        let mut file_layout = Vec::new();
+        self.weights.interleave_for_cpu(|m| {
+            file.release(m.bytes());
+            file_layout.push(m);
         });
         // Once more at the end: a fault in one matrix maps the page cache's pages around
         // it (fault-around, large folios), which can include pages of a matrix already
         // handed back. A fresh-clone CI run ended load with 7 MiB more of the file
         // resident than others did.
-        for (start, len) in handed_back {
-            if let Some(bytes) = map.get(start..start.saturating_add(len)) {
-                file.release(bytes);
-            }
+        for m in &file_layout {
+            file.release(m.bytes());
         }
     }
 

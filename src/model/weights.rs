@@ -200,13 +200,13 @@ impl Weights {
     /// Re-lays every layer matrix and the output head for the CPU's eight-row kernels,
     /// where this CPU has one for their type ([`QMatrix::interleaved_for_cpu`]); a tied
     /// embedding table is shared with the interleaved head (its rows are looked up from
-    /// that layout). `release` gets the file's bytes of each matrix re-laid, as soon as
-    /// it is done, so that the pages can be handed back before the next one is read. The
+    /// that layout). `release` gets each matrix it replaced (the file's layout), as soon as
+    /// it is done, so that its pages can be handed back before the next one is read. The
     /// GPU path uploads the file's layout and never calls this.
-    pub fn interleave_for_cpu(&mut self, mut release: impl FnMut(&[u8])) {
+    pub fn interleave_for_cpu(&mut self, mut release: impl FnMut(QMatrix)) {
         let mut relay = |m: &mut QMatrix| {
             if let Some(i) = m.interleaved_for_cpu() {
-                release(std::mem::replace(m, i).bytes());
+                release(std::mem::replace(m, i));
             }
         };
         for block in &mut self.blocks {
