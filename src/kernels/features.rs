@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 pub struct Features {
     /// x86-64 AVX2 with FMA and F16C (the three arrive together on every CPU that has one).
     pub avx2: bool,
-    /// x86-64 AVX-512 VNNI with VL: `vpdpbusd` on 256-bit registers.
+    /// x86-64 AVX-512 F, BW, VL and VNNI: `vpdpbusd` on 256- and 512-bit registers (every
+    /// CPU with AVX-512 VNNI has the other three).
     pub vnni: bool,
     /// aarch64 dot-product extension (`sdot`, Armv8.2); NEON itself is part of aarch64.
     pub dotprod: bool,
@@ -54,7 +55,7 @@ fn detect() -> Features {
         use std::arch::is_x86_feature_detected as has;
         let raw = Features {
             avx2: has!("avx2") && has!("fma") && has!("f16c"),
-            vnni: has!("avx512vnni") && has!("avx512vl"),
+            vnni: has!("avx512vnni") && has!("avx512vl") && has!("avx512bw") && has!("avx512f"),
             dotprod: false,
         };
         raw.and(raw)

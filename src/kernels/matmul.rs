@@ -168,9 +168,10 @@ pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usi
 }
 
 /// Rows per parallel task: enough tasks to balance the threads, few enough that
-/// scheduling stays negligible; a multiple of the rows every [`RowsKernel`] takes (eight).
+/// scheduling stays negligible; a multiple of the most rows a [`RowsKernel`] takes per
+/// call (sixteen), so that only a matrix's last task may end on a single group of eight.
 fn rows_per_task(rows: usize) -> usize {
-    (rows / (current_num_threads() * 4)).clamp(ROW_BLOCK, 512).next_multiple_of(8)
+    (rows / (current_num_threads() * 4)).clamp(ROW_BLOCK, 512).next_multiple_of(16)
 }
 
 /// A call's quantized activations: per-block or shared scales (whichever its kernels
@@ -313,21 +314,22 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// Rows `r0..r1` (a multiple of `kernel.rows`) that many at a time, [`ROWS_TILE`]
+    /// Rows `r0..r1` (whole groups of eight) `kernel.rows` at a time, [`ROWS_TILE`]
     /// tokens at a time (`tiles`: the activations as [`interleave`] lays them out): the
     /// tile's activations stay in cache while every row of the range passes by.
     fn by_row_groups(&self, kernel: RowsKernel, tiles: &[Q8Block], r0: usize, r1: usize) {
         let (w, rb, blocks) = (self.w, self.w.row_bytes(), self.blocks);
         let bytes = w.bytes();
-        let mut dots = [0f32; 8 * ROWS_TILE];
+        let mut dots = [0f32; 16 * ROWS_TILE];
         for (t0, x) in (0..self.n_tokens).step_by(ROWS_TILE).zip(tiles.chunks(ROWS_TILE * blocks)) {
             let tokens = x.len() / blocks;
             for r in (r0..r1).step_by(kernel.rows) {
-                let dots = &mut dots[..tokens * kernel.rows];
-                (kernel.dot)(&bytes[r * rb..(r + kernel.rows) * rb], rb, x, tokens, dots);
-                for (t, row_dots) in dots.chunks_exact(kernel.rows).enumerate() {
+                let n = kernel.rows.min(r1 - r);
+                let dots = &mut dots[..tokens * n];
+                (kernel.dot)(&bytes[r * rb..(r + n) * rb], rb, x, tokens, dots);
+                for (t, row_dots) in dots.chunks_exact(n).enumerate() {
                     // SAFETY: rows `r0..r1` belong to this task alone.
-                    unsafe { self.out.slice((t0 + t) * w.rows + r, kernel.rows) }.copy_from_slice(row_dots);
+                    unsafe { self.out.slice((t0 + t) * w.rows + r, n) }.copy_from_slice(row_dots);
                 }
             }
         }

@@ -12,8 +12,8 @@ use super::super::q8::Q8Block;
 use super::scalar::k_scales_mins;
 use super::{ROWS_TILE, TILE};
 
-/// Weight rows per call of the prefill kernel ([`rows_kernel`]).
-pub const ROWS: usize = 8;
+/// Rows of one group interleaved at load, the unit [`rows_kernel`] reads.
+const ROWS: usize = crate::kernels::interleave_rows::ROWS;
 
 /// f32 of every f16 bit pattern (256 KiB, built at compile time): a scale is then one
 /// load instead of an insert and a conversion on the shuffle port, which the decode loop
@@ -140,6 +140,269 @@ impl MulSum for Vnni {
     #[inline(always)]
     unsafe fn mul_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, u, s)
+    }
+}
+
+/// One value per weight row in each 32-bit lane: the register the several-row kernel
+/// ([`rows_kernel`]) works in. [`Y8`] holds one group of eight interleaved rows in a
+/// 256-bit register; [`Z16`] two groups side by side in a 512-bit one, so each
+/// instruction serves sixteen rows (at 1B width the eight-row loop was bound by how fast
+/// instructions issue, far below the multipliers' rate). A row's lane computes the same
+/// operations in the same order in either, so both give the same bits.
+trait Lanes {
+    type I: Copy;
+    type F: Copy;
+    /// Rows per register.
+    const ROWS: usize;
+    /// The register of group `lo`'s lanes, then (for [`Z16`]) group `hi`'s.
+    unsafe fn join_i(lo: __m256i, hi: __m256i) -> Self::I;
+    unsafe fn join_f(lo: __m256, hi: __m256) -> Self::F;
+    unsafe fn zero_i() -> Self::I;
+    unsafe fn zero_f() -> Self::F;
+    /// The unaligned i32 at `p` in every lane.
+    unsafe fn splat_i32(p: *const i32) -> Self::I;
+    unsafe fn splat_i16(v: i16) -> Self::I;
+    unsafe fn splat_f32(v: f32) -> Self::F;
+    unsafe fn add_i32(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn sub_i32(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn mullo_i32(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn shl<const N: u32>(a: Self::I) -> Self::I;
+    /// Each lane's high word, sign-extended.
+    unsafe fn high_word(a: Self::I) -> Self::I;
+    unsafe fn add_i16(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn madd_i16(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn maddubs(u: Self::I, s: Self::I) -> Self::I;
+    /// `a` with the sign of `s` per byte (0 where `s` is 0), as `vpsignb`.
+    unsafe fn sign_i8(a: Self::I, s: Self::I) -> Self::I;
+    unsafe fn xor(a: Self::I, b: Self::I) -> Self::I;
+    /// [`MulSum::mul_add`] at this width.
+    unsafe fn mul_add<M: MulSum>(acc: Self::I, u: Self::I, s: Self::I) -> Self::I;
+    /// [`MulSum::add_scaled`] at this width.
+    unsafe fn add_scaled<M: MulSum>(acc: Self::I, pairs: Self::I, scale: Self::I) -> Self::I;
+    unsafe fn to_f32(a: Self::I) -> Self::F;
+    unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+    /// `a · b + c`.
+    unsafe fn fmadd(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    /// `c − a · b`.
+    unsafe fn fnmadd(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    unsafe fn store(p: *mut f32, v: Self::F);
+}
+
+/// Eight rows in a 256-bit register (AVX2).
+struct Y8;
+impl Lanes for Y8 {
+    type I = __m256i;
+    type F = __m256;
+    const ROWS: usize = 8;
+    #[inline(always)]
+    unsafe fn join_i(lo: __m256i, _: __m256i) -> __m256i {
+        lo
+    }
+    #[inline(always)]
+    unsafe fn join_f(lo: __m256, _: __m256) -> __m256 {
+        lo
+    }
+    #[inline(always)]
+    unsafe fn zero_i() -> __m256i {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat_i32(p: *const i32) -> __m256i {
+        _mm256_set1_epi32(std::ptr::read_unaligned(p))
+    }
+    #[inline(always)]
+    unsafe fn splat_i16(v: i16) -> __m256i {
+        _mm256_set1_epi16(v)
+    }
+    #[inline(always)]
+    unsafe fn splat_f32(v: f32) -> __m256 {
+        _mm256_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn add_i32(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub_i32(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mullo_i32(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_mullo_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn shl<const N: u32>(a: __m256i) -> __m256i {
+        _mm256_sll_epi32(a, _mm_cvtsi32_si128(N as i32))
+    }
+    #[inline(always)]
+    unsafe fn high_word(a: __m256i) -> __m256i {
+        _mm256_srai_epi32(a, 16)
+    }
+    #[inline(always)]
+    unsafe fn add_i16(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi16(a, b)
+    }
+    #[inline(always)]
+    unsafe fn madd_i16(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_madd_epi16(a, b)
+    }
+    #[inline(always)]
+    unsafe fn maddubs(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_maddubs_epi16(u, s)
+    }
+    #[inline(always)]
+    unsafe fn sign_i8(a: __m256i, s: __m256i) -> __m256i {
+        _mm256_sign_epi8(a, s)
+    }
+    #[inline(always)]
+    unsafe fn xor(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_xor_si256(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul_add<M: MulSum>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        M::mul_add(acc, u, s)
+    }
+    #[inline(always)]
+    unsafe fn add_scaled<M: MulSum>(acc: __m256i, pairs: __m256i, scale: __m256i) -> __m256i {
+        M::add_scaled(acc, pairs, scale)
+    }
+    #[inline(always)]
+    unsafe fn to_f32(a: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fnmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
+    }
+}
+
+/// Sixteen rows (two interleaved groups of eight) in a 512-bit register (AVX-512 F + BW).
+struct Z16;
+impl Lanes for Z16 {
+    type I = __m512i;
+    type F = __m512;
+    const ROWS: usize = 16;
+    #[inline(always)]
+    unsafe fn join_i(lo: __m256i, hi: __m256i) -> __m512i {
+        _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+    }
+    #[inline(always)]
+    unsafe fn join_f(lo: __m256, hi: __m256) -> __m512 {
+        _mm512_castsi512_ps(Self::join_i(_mm256_castps_si256(lo), _mm256_castps_si256(hi)))
+    }
+    #[inline(always)]
+    unsafe fn zero_i() -> __m512i {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat_i32(p: *const i32) -> __m512i {
+        _mm512_set1_epi32(std::ptr::read_unaligned(p))
+    }
+    #[inline(always)]
+    unsafe fn splat_i16(v: i16) -> __m512i {
+        _mm512_set1_epi16(v)
+    }
+    #[inline(always)]
+    unsafe fn splat_f32(v: f32) -> __m512 {
+        _mm512_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn add_i32(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub_i32(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mullo_i32(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_mullo_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn shl<const N: u32>(a: __m512i) -> __m512i {
+        _mm512_slli_epi32::<N>(a)
+    }
+    #[inline(always)]
+    unsafe fn high_word(a: __m512i) -> __m512i {
+        _mm512_srai_epi32(a, 16)
+    }
+    #[inline(always)]
+    unsafe fn add_i16(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi16(a, b)
+    }
+    #[inline(always)]
+    unsafe fn madd_i16(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_madd_epi16(a, b)
+    }
+    #[inline(always)]
+    unsafe fn maddubs(u: __m512i, s: __m512i) -> __m512i {
+        _mm512_maddubs_epi16(u, s)
+    }
+    #[inline(always)]
+    unsafe fn sign_i8(a: __m512i, s: __m512i) -> __m512i {
+        // AVX-512 has no `vpsignb`: keep `a` where `s` is non-zero, negate it where negative.
+        let kept = _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(s, s), a);
+        _mm512_mask_sub_epi8(kept, _mm512_movepi8_mask(s), _mm512_setzero_si512(), a)
+    }
+    #[inline(always)]
+    unsafe fn xor(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_xor_si512(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul_add<M: MulSum>(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
+        if M::FUSED {
+            _mm512_dpbusd_epi32(acc, u, s)
+        } else {
+            _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn add_scaled<M: MulSum>(acc: __m512i, pairs: __m512i, scale: __m512i) -> __m512i {
+        if M::FUSED {
+            _mm512_dpwssd_epi32(acc, pairs, scale)
+        } else {
+            _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, scale))
+        }
+    }
+    #[inline(always)]
+    unsafe fn to_f32(a: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fnmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        _mm512_storeu_ps(p, v)
     }
 }
 
@@ -453,19 +716,20 @@ impl<'a> TokenBlocks<'a> {
 /// `Σ_p` (activation block `p`'s two half sums) · (the two words of `factors[p]`), per
 /// lane: minimums or offsets meeting the activation sums in integers.
 #[inline(always)]
-unsafe fn weighted_half_sums(factors: &[__m256i; 8], xb: TokenBlocks) -> __m256i {
-    let mut sum = _mm256_setzero_si256();
+unsafe fn weighted_half_sums<L: Lanes>(factors: &[L::I; 8], xb: TokenBlocks) -> L::I {
+    let mut sum = L::zero_i();
     for (p, &f) in factors.iter().enumerate() {
-        let pair = _mm256_set1_epi32(std::ptr::read_unaligned(xb.at(p).sum16.as_ptr() as *const i32));
-        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(f, pair));
+        let pair = L::splat_i32(xb.at(p).sum16.as_ptr() as *const i32);
+        sum = L::add_i32(sum, L::madd_i16(f, pair));
     }
     sum
 }
 
-/// A weight format as the eight-row kernel ([`rows_kernel`]) sees it: eight rows
+/// A weight format as the several-row kernel ([`rows_kernel`]) sees it: eight rows
 /// interleaved at load ([`interleave_rows`](crate::kernels::interleave_rows)) are a run
 /// of chunks (one K-quant super-block or one 32-value block of each row), a chunk a run
-/// of 32-value pieces that each meet one activation block.
+/// of 32-value pieces that each meet one activation block. The kernel reads one group of
+/// eight rows or two side by side ([`Lanes`]).
 trait RowsFormat {
     /// Bytes per chunk of one row.
     const BYTES: usize;
@@ -475,6 +739,8 @@ trait RowsFormat {
     /// widened: each 16-bit lane gains two products per group, at most
     /// `2 · max|w| · 127`, and the lane must stay below 2^15.
     const SUMMED: usize;
+    /// Consecutive four-byte groups of a piece that share one [`Self::scale`].
+    const SCALE_GROUPS: usize = 8;
     /// Signed weights (Q8_0): multiplied as |w| by x with w's sign.
     const SIGNED: bool = false;
     /// Whether [`Self::scale`] is all ones (scales applied in floats, per block).
@@ -484,39 +750,41 @@ trait RowsFormat {
     /// 14–19 GB/s, interleaved with 1.5 KiB ahead 21–27; for the K-quants' larger chunks
     /// 3 KiB ran decode 6–10 % faster than 1.5 KiB, for Q4_0 and Q8_0 3–10 % slower.
     const DECODE_PREFETCH: usize;
-    /// What the format needs of eight rows' chunk besides the weights.
-    type Rows;
-    unsafe fn rows(b: &[u8]) -> Self::Rows;
+    /// What the format needs of the rows' chunk besides the weights.
+    type Rows<L: Lanes>;
+    /// The chunk's [`Self::Rows`] from group `lo`'s chunk and (for [`Z16`]) group `hi`'s.
+    unsafe fn rows<L: Lanes>(lo: &[u8], hi: &[u8]) -> Self::Rows<L>;
     /// Piece `j` of the chunk `b` as eight registers, register `g` holding weights
     /// `4g..4g + 4` of the piece for every row, row `r` in lane `r`: unsigned weights, or
     /// signed ones where [`Self::SIGNED`].
     unsafe fn piece(b: &[u8], j: usize) -> [__m256i; 8];
-    /// The integer factor of groups `g..g + SUMMED` of piece `j`: row `r`'s in both words
-    /// of lane `r`; by default ones, for formats whose scales are applied in floats.
+    /// The integer factor of group `g` of piece `j` (and of the groups after it that
+    /// share it): row `r`'s in both words of lane `r`; by default ones, for formats whose
+    /// scales are applied in floats.
     #[inline(always)]
-    unsafe fn scale(_rows: &Self::Rows, _j: usize, _g: usize) -> __m256i {
-        _mm256_set1_epi16(1)
+    unsafe fn scale<L: Lanes>(_rows: &Self::Rows<L>, _j: usize, _g: usize) -> L::I {
+        L::splat_i16(1)
     }
     /// `acc` plus one token's products over the chunk, from its integer sums (row `r`'s in
     /// lane `r`) and its activation blocks of the chunk.
-    unsafe fn finish(rows: &Self::Rows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256;
+    unsafe fn finish<L: Lanes>(rows: &Self::Rows<L>, sumi: L::I, xb: TokenBlocks, acc: L::F) -> L::F;
 }
 
-/// A 32-value block format's scales `d` and offsets or minimums, eight rows' in lanes.
-struct BlocksRows {
-    d: __m256,
-    offset: __m256,
+/// A 32-value block format's scales `d` and offsets or minimums, a row's in its lane.
+struct BlocksRows<L: Lanes> {
+    d: L::F,
+    offset: L::F,
 }
 
-impl BlocksRows {
+impl<L: Lanes> BlocksRows<L> {
     /// `acc` plus one token's products over a block: `d·d_x·Σqx`, and where the format has
     /// one, the offset or minimum times the activation block's scaled sum.
     #[inline(always)]
-    unsafe fn finish(&self, sumi: __m256i, xb: TokenBlocks, acc: __m256, offset: bool) -> __m256 {
+    unsafe fn finish(&self, sumi: L::I, xb: TokenBlocks, acc: L::F, offset: bool) -> L::F {
         let xb = xb.at(0);
-        let acc = _mm256_fmadd_ps(_mm256_mul_ps(self.d, _mm256_set1_ps(xb.d)), _mm256_cvtepi32_ps(sumi), acc);
+        let acc = L::fmadd(L::mul(self.d, L::splat_f32(xb.d)), L::to_f32(sumi), acc);
         if offset {
-            _mm256_fmadd_ps(self.offset, _mm256_set1_ps(xb.ds), acc)
+            L::fmadd(self.offset, L::splat_f32(xb.ds), acc)
         } else {
             acc
         }
@@ -600,17 +868,17 @@ impl<B: Block32> RowsFormat for Blocks<B> {
     };
     const SIGNED: bool = B::BITS == 8;
     const DECODE_PREFETCH: usize = PREFETCH_AHEAD;
-    type Rows = BlocksRows;
+    type Rows<L: Lanes> = BlocksRows<L>;
 
     #[inline(always)]
-    unsafe fn rows(b: &[u8]) -> BlocksRows {
-        let d = field(b, 0);
+    unsafe fn rows<L: Lanes>(lo: &[u8], hi: &[u8]) -> BlocksRows<L> {
+        let d = L::join_f(field(lo, 0), field(hi, 0));
         // Q4_1's and Q5_1's minimum is their second field; Q4_0's offset is −8·d and
         // Q5_0's −16·d (Q8_0 has none).
         let offset = if Self::HEADER == 4 {
-            field(b, 2)
+            L::join_f(field(lo, 2), field(hi, 2))
         } else {
-            _mm256_mul_ps(d, _mm256_set1_ps(-((1u32 << (B::BITS - 1)) as f32)))
+            L::mul(d, L::splat_f32(-((1u32 << (B::BITS - 1)) as f32)))
         };
         BlocksRows { d, offset }
     }
@@ -643,7 +911,7 @@ impl<B: Block32> RowsFormat for Blocks<B> {
     }
 
     #[inline(always)]
-    unsafe fn finish(rows: &BlocksRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
+    unsafe fn finish<L: Lanes>(rows: &BlocksRows<L>, sumi: L::I, xb: TokenBlocks, acc: L::F) -> L::F {
         rows.finish(sumi, xb, acc, B::BITS != 8)
     }
 }
@@ -671,45 +939,57 @@ unsafe fn q6_k_weights(ql: __m256i, qh: __m256i, k: usize) -> __m256i {
     _mm256_or_si256(nibble, _mm256_slli_epi16(top, 4))
 }
 
-/// Q4_K / Q5_K: the rows' scales `d` and `dmin`, and per sub-block `j` their 6-bit scales
-/// and minimums, each in both words of its row's lane.
-struct KQuantRows {
-    d: __m256,
-    dmin: __m256,
-    scales: [__m256i; 8],
-    mins: [__m256i; 8],
+/// `N` registers of eight rows' lanes from group `lo` and group `hi`, joined lane-wise.
+/// (A loop, not `array::from_fn`: a closure does not inherit the caller's target
+/// features, and its intrinsics were left as calls.)
+#[inline(always)]
+unsafe fn join_all<L: Lanes, const N: usize>(lo: &[__m256i; N], hi: &[__m256i; N]) -> [L::I; N] {
+    let mut out = [L::zero_i(); N];
+    for k in 0..N {
+        out[k] = L::join_i(lo[k], hi[k]);
+    }
+    out
 }
 
-impl KQuantRows {
+/// Q4_K / Q5_K: the rows' scales `d` and `dmin`, and per sub-block `j` their 6-bit scales
+/// and minimums, each in both words of its row's lane.
+struct KQuantRows<L: Lanes> {
+    d: L::F,
+    dmin: L::F,
+    scales: [L::I; 8],
+    mins: [L::I; 8],
+}
+
+impl<L: Lanes> KQuantRows<L> {
     /// `acc` plus one token's products over a super-block, from its scaled integer sums.
     #[inline(always)]
-    unsafe fn finish(&self, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
+    unsafe fn finish(&self, sumi: L::I, xb: TokenBlocks, acc: L::F) -> L::F {
         // Σ_j m_j · (block j's sum): (m_j, m_j) times its two half sums.
-        let min_sum = weighted_half_sums(&self.mins, xb);
-        let xd = _mm256_set1_ps(xb.at(0).d);
-        let acc = _mm256_fmadd_ps(_mm256_mul_ps(self.d, xd), _mm256_cvtepi32_ps(sumi), acc);
-        _mm256_fnmadd_ps(_mm256_mul_ps(self.dmin, xd), _mm256_cvtepi32_ps(min_sum), acc)
+        let min_sum = weighted_half_sums::<L>(&self.mins, xb);
+        let xd = L::splat_f32(xb.at(0).d);
+        let acc = L::fmadd(L::mul(self.d, xd), L::to_f32(sumi), acc);
+        L::fnmadd(L::mul(self.dmin, xd), L::to_f32(min_sum), acc)
     }
 }
 
 /// Q6_K: the rows' scale `d` and their sixteen signed scales, each in both words of its
 /// row's lane.
-struct Q6KRows {
-    d: __m256,
-    scales: [__m256i; 16],
+struct Q6KRows<L: Lanes> {
+    d: L::F,
+    scales: [L::I; 16],
     /// Scales `2p` and `2p + 1` of each row as the two words of its lane: what block
     /// `p`'s half sums are multiplied by.
-    scale_pairs: [__m256i; 8],
+    scale_pairs: [L::I; 8],
 }
 
-impl Q6KRows {
+impl<L: Lanes> Q6KRows<L> {
     /// `acc` plus one token's products over a super-block, from its scaled integer sums.
     #[inline(always)]
-    unsafe fn finish(&self, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
+    unsafe fn finish(&self, sumi: L::I, xb: TokenBlocks, acc: L::F) -> L::F {
         // Weights are stored plus 32: subtract 32 · Σ_s scale_s · (half-block s's sum).
-        let offset = weighted_half_sums(&self.scale_pairs, xb);
-        let net = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
-        _mm256_fmadd_ps(_mm256_mul_ps(self.d, _mm256_set1_ps(xb.at(0).d)), _mm256_cvtepi32_ps(net), acc)
+        let offset = weighted_half_sums::<L>(&self.scale_pairs, xb);
+        let net = L::sub_i32(sumi, L::shl::<5>(offset));
+        L::fmadd(L::mul(self.d, L::splat_f32(xb.at(0).d)), L::to_f32(net), acc)
     }
 }
 
@@ -725,10 +1005,49 @@ impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
     const PIECES: usize = 8;
     const SUMMED: usize = if FIVE_BITS { 4 } else { 8 };
     const DECODE_PREFETCH: usize = 2 * PREFETCH_AHEAD;
-    type Rows = KQuantRows;
+    type Rows<L: Lanes> = KQuantRows<L>;
 
     #[inline(always)]
-    unsafe fn rows(b: &[u8]) -> KQuantRows {
+    unsafe fn rows<L: Lanes>(lo: &[u8], hi: &[u8]) -> KQuantRows<L> {
+        let (scales, mins) = Self::scales_and_mins(lo);
+        let (scales_hi, mins_hi) = Self::scales_and_mins(hi);
+        KQuantRows {
+            d: L::join_f(field(lo, 0), field(hi, 0)),
+            dmin: L::join_f(field(lo, 2), field(hi, 2)),
+            scales: join_all::<L, 8>(&scales, &scales_hi),
+            mins: join_all::<L, 8>(&mins, &mins_hi),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn piece(b: &[u8], j: usize) -> [__m256i; 8] {
+        // Sub-block j's 32 quant bytes are the runs from `qs`; the fifth bits of the
+        // weights in run `qs + 4g` are the run `16 + 4g`'s.
+        let qs = if FIVE_BITS { 48 } else { 16 } + 32 * (j / 2);
+        let mut v = [_mm256_setzero_si256(); 8];
+        for (g, v) in v.iter_mut().enumerate() {
+            let q = run(b, qs + 4 * g);
+            *v = k_quant_weights::<FIVE_BITS>(q, if FIVE_BITS { run(b, 16 + 4 * g) } else { q }, j);
+        }
+        v
+    }
+
+    #[inline(always)]
+    unsafe fn scale<L: Lanes>(rows: &KQuantRows<L>, j: usize, _: usize) -> L::I {
+        rows.scales[j]
+    }
+
+    #[inline(always)]
+    unsafe fn finish<L: Lanes>(rows: &KQuantRows<L>, sumi: L::I, xb: TokenBlocks, acc: L::F) -> L::F {
+        rows.finish(sumi, xb, acc)
+    }
+}
+
+impl<const FIVE_BITS: bool> KQuant<FIVE_BITS> {
+    /// One group's eight 6-bit scales and minimums per row, each in both words of the
+    /// row's lane, unpacked in vectors.
+    #[inline(always)]
+    unsafe fn scales_and_mins(b: &[u8]) -> ([__m256i; 8], [__m256i; 8]) {
         // Packed bytes 0..4 (a), 4..8 (b) and 8..12 (c) of each row, a lane each. Sub-block
         // j < 4: scale a_j & 63, minimum b_j & 63; j = 4 + k: scale (c_k & 15) with
         // a_k's top two bits above, minimum (c_k >> 4) with b_k's top two bits above.
@@ -751,30 +1070,7 @@ impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
             scales[4 + k] = _mm256_or_si256(word(ck, 15), word(_mm256_srli_epi16(ak, 2), 0x30));
             mins[4 + k] = _mm256_or_si256(_mm256_srli_epi16(ck, 4), word(_mm256_srli_epi16(bk, 2), 0x30));
         }
-        KQuantRows { d: field(b, 0), dmin: field(b, 2), scales, mins }
-    }
-
-    #[inline(always)]
-    unsafe fn piece(b: &[u8], j: usize) -> [__m256i; 8] {
-        // Sub-block j's 32 quant bytes are the runs from `qs`; the fifth bits of the
-        // weights in run `qs + 4g` are the run `16 + 4g`'s.
-        let qs = if FIVE_BITS { 48 } else { 16 } + 32 * (j / 2);
-        let mut v = [_mm256_setzero_si256(); 8];
-        for (g, v) in v.iter_mut().enumerate() {
-            let q = run(b, qs + 4 * g);
-            *v = k_quant_weights::<FIVE_BITS>(q, if FIVE_BITS { run(b, 16 + 4 * g) } else { q }, j);
-        }
-        v
-    }
-
-    #[inline(always)]
-    unsafe fn scale(rows: &KQuantRows, j: usize, _: usize) -> __m256i {
-        rows.scales[j]
-    }
-
-    #[inline(always)]
-    unsafe fn finish(rows: &KQuantRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
-        rows.finish(sumi, xb, acc)
+        (scales, mins)
     }
 }
 
@@ -786,24 +1082,19 @@ impl RowsFormat for Q6K {
     const BYTES: usize = 210;
     const PIECES: usize = 8;
     const SUMMED: usize = 2;
+    const SCALE_GROUPS: usize = 4;
     const DECODE_PREFETCH: usize = 2 * PREFETCH_AHEAD;
-    type Rows = Q6KRows;
+    type Rows<L: Lanes> = Q6KRows<L>;
 
     #[inline(always)]
-    unsafe fn rows(b: &[u8]) -> Q6KRows {
-        let (mut scales, mut scale_pairs) = ([_mm256_setzero_si256(); 16], [_mm256_setzero_si256(); 8]);
-        for q in 0..4 {
-            // Scales 4q..4q + 4 of each row, a lane each; `vpshufb` then `vpsraw` gives
-            // any two of them sign-extended as the lane's two words.
-            let s = run(b, 192 + 4 * q);
-            for i in 0..4 {
-                scales[4 * q + i] = _mm256_srai_epi16(lane_bytes_high(s, i, i), 8);
-            }
-            for i in 0..2 {
-                scale_pairs[2 * q + i] = _mm256_srai_epi16(lane_bytes_high(s, 2 * i, 2 * i + 1), 8);
-            }
+    unsafe fn rows<L: Lanes>(lo: &[u8], hi: &[u8]) -> Q6KRows<L> {
+        let (scales, scale_pairs) = Self::scales(lo);
+        let (scales_hi, scale_pairs_hi) = Self::scales(hi);
+        Q6KRows {
+            d: L::join_f(field(lo, 208), field(hi, 208)),
+            scales: join_all::<L, 16>(&scales, &scales_hi),
+            scale_pairs: join_all::<L, 8>(&scale_pairs, &scale_pairs_hi),
         }
-        Q6KRows { d: field(b, 208), scales, scale_pairs }
     }
 
     #[inline(always)]
@@ -819,94 +1110,156 @@ impl RowsFormat for Q6K {
     }
 
     #[inline(always)]
-    unsafe fn scale(rows: &Q6KRows, j: usize, g: usize) -> __m256i {
+    unsafe fn scale<L: Lanes>(rows: &Q6KRows<L>, j: usize, g: usize) -> L::I {
         rows.scales[2 * j + g / 4]
     }
 
     #[inline(always)]
-    unsafe fn finish(rows: &Q6KRows, sumi: __m256i, xb: TokenBlocks, acc: __m256) -> __m256 {
+    unsafe fn finish<L: Lanes>(rows: &Q6KRows<L>, sumi: L::I, xb: TokenBlocks, acc: L::F) -> L::F {
         rows.finish(sumi, xb, acc)
     }
 }
 
+impl Q6K {
+    /// One group's sixteen signed scales per row, each in both words of the row's lane,
+    /// and scales `2p`, `2p + 1` as the lane's two words.
+    #[inline(always)]
+    unsafe fn scales(b: &[u8]) -> ([__m256i; 16], [__m256i; 8]) {
+        let (mut scales, mut scale_pairs) = ([_mm256_setzero_si256(); 16], [_mm256_setzero_si256(); 8]);
+        for q in 0..4 {
+            // Scales 4q..4q + 4 of each row, a lane each; `vpshufb` then `vpsraw` gives
+            // any two of them sign-extended as the lane's two words.
+            let s = run(b, 192 + 4 * q);
+            for i in 0..4 {
+                scales[4 * q + i] = _mm256_srai_epi16(lane_bytes_high(s, i, i), 8);
+            }
+            for i in 0..2 {
+                scale_pairs[2 * q + i] = _mm256_srai_epi16(lane_bytes_high(s, 2 * i, 2 * i + 1), 8);
+            }
+        }
+        (scales, scale_pairs)
+    }
+}
+
+/// Accumulators a fused piece sum splits its eight groups over.
+const FUSED_CHAINS: usize = 4;
+
+/// Whether piece weights reach [`piece_sums`] offset by 128 (signed formats on fused
+/// multiply-adds): `vpdpbusd` takes unsigned weights and widens to i32 at once, so
+/// `Σ (w + 128)·x − 128·Σx` is exact, where the sign trick of the i16 path would cost
+/// two sign operations a group (AVX-512 has no `vpsignb` at all).
+const fn biased<M: MulSum, F: RowsFormat>() -> bool {
+    M::FUSED && F::SIGNED
+}
+
 /// One token's integer sums over one piece: row `r`'s in lane `r`.
 #[inline(always)]
-unsafe fn piece_sums<M: MulSum, F: RowsFormat>(
-    weights: &[__m256i; 8],
+unsafe fn piece_sums<M: MulSum, F: RowsFormat, L: Lanes>(
+    weights: &[L::I; 8],
     xb: &Q8Block,
-    rows: &F::Rows,
+    rows: &F::Rows<L>,
     j: usize,
-) -> __m256i {
+) -> L::I {
     let x = xb.qs.as_ptr() as *const i32;
-    let mut sums = _mm256_setzero_si256();
-    if M::FUSED && F::UNIT_SCALE {
-        for (g, &w) in weights.iter().enumerate() {
-            let xg = _mm256_set1_epi32(std::ptr::read_unaligned(x.add(g)));
-            sums = if F::SIGNED {
-                M::mul_add(sums, _mm256_sign_epi8(w, w), _mm256_sign_epi8(xg, w))
-            } else {
-                M::mul_add(sums, w, xg)
-            };
+    let mut sums = L::zero_i();
+    if M::FUSED {
+        // Each run of groups that shares one scale in independent chains: one
+        // accumulator through all eight groups is eight multiply-add latencies per token.
+        // The sums are integers, so neither their order nor scaling a run's i32 sum
+        // (rather than its i16 pair sums) changes any bits.
+        for g0 in (0..8).step_by(F::SCALE_GROUPS) {
+            let mut chains = [L::zero_i(); FUSED_CHAINS];
+            for (g, &w) in weights.iter().enumerate().skip(g0).take(F::SCALE_GROUPS) {
+                let chain = &mut chains[g % FUSED_CHAINS];
+                *chain = L::mul_add::<M>(*chain, w, L::splat_i32(x.add(g)));
+            }
+            let mut run = chains[0];
+            for &chain in &chains[1..F::SCALE_GROUPS.min(FUSED_CHAINS)] {
+                run = L::add_i32(run, chain);
+            }
+            if !F::UNIT_SCALE {
+                // The scale sits in both words of its lane; the high one, sign-extended.
+                run = L::mullo_i32(run, L::high_word(F::scale(rows, j, g0)));
+            }
+            sums = L::add_i32(sums, run);
+        }
+        if biased::<M, F>() {
+            // 128 · (the block's two half sums).
+            let halves = L::splat_i32(xb.sum16.as_ptr() as *const i32);
+            sums = L::sub_i32(sums, L::madd_i16(halves, L::splat_i16(128)));
         }
         return sums;
     }
     for g0 in (0..8).step_by(F::SUMMED) {
-        let mut pairs = _mm256_setzero_si256();
+        let mut pairs = L::zero_i();
         for (g, &w) in weights.iter().enumerate().skip(g0).take(F::SUMMED) {
-            let xg = _mm256_set1_epi32(std::ptr::read_unaligned(x.add(g)));
+            let xg = L::splat_i32(x.add(g));
             let product = if F::SIGNED {
                 // |w| · (x with w's sign): the unsigned-by-signed multiply the hardware has.
-                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xg, w))
+                L::maddubs(L::sign_i8(w, w), L::sign_i8(xg, w))
             } else {
-                _mm256_maddubs_epi16(w, xg)
+                L::maddubs(w, xg)
             };
-            pairs = _mm256_add_epi16(pairs, product);
+            pairs = L::add_i16(pairs, product);
         }
-        sums = M::add_scaled(sums, pairs, F::scale(rows, j, g0));
+        sums = L::add_scaled::<M>(sums, pairs, F::scale(rows, j, g0));
     }
     sums
 }
 
-/// Eight weight rows of `rb` bytes, interleaved at load, and `n ≤ MAX` tokens whose
-/// activations are interleaved ([`interleave`](super::interleave)): `out[t·8 + r]`. Each
-/// register holds four weights of each row, so one broadcast of four activation bytes
-/// serves eight rows, and a piece's products end as one i32 per row with no horizontal
-/// sums. A piece's weights are unpacked into registers once and stay there while every
-/// token passes by, reading that piece's blocks in one sequential run; the per-chunk
-/// work (scales, conversions, minimums or offsets) is shared by eight rows.
+/// `L::ROWS` weight rows of `rb` bytes (one or two groups of eight interleaved at load)
+/// and `n ≤ MAX` tokens whose activations are interleaved
+/// ([`interleave`](super::interleave)): `out[t·L::ROWS + r]`. Each register holds four
+/// weights of each row, so one broadcast of four activation bytes serves every row, and
+/// a piece's products end as one i32 per row with no horizontal sums. A piece's weights
+/// are unpacked into registers once and stay there while every token passes by, reading
+/// that piece's blocks in one sequential run; the per-chunk work (scales, conversions,
+/// minimums or offsets) is shared by the rows.
 ///
 /// Each token's sums are formed in the same order whatever `n` is (same bits alone and
-/// in a tile).
+/// in a tile), and a row's lane the same whatever `L` is.
 #[inline(always)]
-unsafe fn rows_kernel<M: MulSum, F: RowsFormat, const MAX: usize>(
+unsafe fn rows_kernel<M: MulSum, F: RowsFormat, L: Lanes, const MAX: usize>(
     w: &[u8],
     rb: usize,
     x: &[Q8Block],
     n: usize,
     out: &mut [f32],
 ) {
-    let mut acc = [_mm256_setzero_ps(); MAX];
-    let mut sumi = [_mm256_setzero_si256(); MAX];
+    let mut acc = [L::zero_f(); MAX];
+    let mut sumi = [L::zero_i(); MAX];
+    // The second group of eight rows, for sixteen-row lanes.
+    let hi_group = if L::ROWS == 2 * ROWS { ROWS * rb } else { 0 };
+    let chunk_bytes = ROWS * F::BYTES;
     for i in 0..rb / F::BYTES {
-        let b = &w[i * ROWS * F::BYTES..(i + 1) * ROWS * F::BYTES];
-        let rows = F::rows(b);
+        let lo = &w[i * chunk_bytes..(i + 1) * chunk_bytes];
+        let hi = &w[hi_group + i * chunk_bytes..hi_group + (i + 1) * chunk_bytes];
+        let rows = F::rows::<L>(lo, hi);
         let chunk = &x[i * F::PIECES * n..(i + 1) * F::PIECES * n];
         for j in 0..F::PIECES {
             if F::DECODE_PREFETCH > 0 && n == 1 {
                 // Decode: one token cannot hide the memory latency.
-                let span = ROWS * F::BYTES / F::PIECES;
-                let ahead = w.as_ptr().wrapping_add(i * ROWS * F::BYTES + j * span + F::DECODE_PREFETCH);
+                let span = chunk_bytes / F::PIECES;
+                let ahead = w.as_ptr().wrapping_add(i * chunk_bytes + j * span + F::DECODE_PREFETCH);
                 for line in (0..span).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
+                    if hi_group > 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(hi_group + line) as *const i8);
+                    }
                 }
             }
-            let weights = F::piece(b, j);
+            let mut weights = join_all::<L, 8>(&F::piece(lo, j), &F::piece(hi, j));
+            if biased::<M, F>() {
+                for w in &mut weights {
+                    *w = L::xor(*w, L::splat_i32(&(0x8080_8080u32 as i32)));
+                }
+            }
             let last = j + 1 == F::PIECES;
             for (t, xb) in chunk[j * n..(j + 1) * n].iter().enumerate() {
-                let sums = piece_sums::<M, F>(&weights, xb, &rows, j);
-                let total = if j == 0 { sums } else { _mm256_add_epi32(sumi[t], sums) };
+                let sums = piece_sums::<M, F, L>(&weights, xb, &rows, j);
+                let total = if j == 0 { sums } else { L::add_i32(sumi[t], sums) };
                 if last {
-                    acc[t] = F::finish(&rows, total, TokenBlocks { x: &chunk[t..], step: n }, acc[t]);
+                    acc[t] = F::finish::<L>(&rows, total, TokenBlocks { x: &chunk[t..], step: n }, acc[t]);
                 } else {
                     sumi[t] = total;
                 }
@@ -914,7 +1267,7 @@ unsafe fn rows_kernel<M: MulSum, F: RowsFormat, const MAX: usize>(
         }
     }
     for (t, acc) in acc[..n].iter().enumerate() {
-        _mm256_storeu_ps(out[t * ROWS..(t + 1) * ROWS].as_mut_ptr(), *acc);
+        L::store(out[t * L::ROWS..(t + 1) * L::ROWS].as_mut_ptr(), *acc);
     }
 }
 
@@ -934,7 +1287,7 @@ unsafe fn q5_unpack(b: &[u8], qh: usize) -> __m256i {
 /// The single-token, `TILE`-token and eight-row (interleaved) kernels of one 32-value
 /// block format.
 macro_rules! block32_kernels {
-    ($mulsum:ty, $features:literal, $format:ty, $one:ident, $tile:ident, $rows:ident) => {
+    ($mulsum:ty, $features:literal, $lanes:ty, $format:ty, $one:ident, $tile:ident, $rows:ident) => {
         #[target_feature(enable = $features)]
         pub unsafe fn $one(w: &[u8], x: &[Q8Block]) -> f32 {
             block32::<$mulsum, $format>(w, x)
@@ -943,37 +1296,41 @@ macro_rules! block32_kernels {
         pub unsafe fn $tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
             block32_multi::<$mulsum, $format, TILE>(w, tile(x, stride))
         }
-        rows_kernel!($mulsum, $features, $rows, Blocks<$format>);
+        rows_kernel!($mulsum, $features, $lanes, $rows, Blocks<$format>);
     };
 }
 
-/// The eight-row kernel of one format, for any number of tokens.
+/// The several-row kernel of one format, for any number of tokens.
 macro_rules! rows_kernel {
-    ($mulsum:ty, $features:literal, $name:ident, $format:ty) => {
+    ($mulsum:ty, $features:literal, $lanes:ty, $name:ident, $format:ty) => {
+        /// `w.len() / rb` rows: the module's [`ROWS`](self::ROWS) or one group of eight.
         #[target_feature(enable = $features)]
         pub unsafe fn $name(w: &[u8], rb: usize, x: &[Q8Block], n: usize, out: &mut [f32]) {
             // One token (decode) on its own instance: the 64-token one zeroes 4 KiB of
             // accumulators per call, as much as eight 576-wide rows of weights.
-            if n == 1 {
-                rows_kernel::<$mulsum, $format, 1>(w, rb, x, n, out)
-            } else {
-                rows_kernel::<$mulsum, $format, ROWS_TILE>(w, rb, x, n, out)
+            match (w.len() / rb == <$lanes>::ROWS, n == 1) {
+                (true, true) => rows_kernel::<$mulsum, $format, $lanes, 1>(w, rb, x, n, out),
+                (true, false) => rows_kernel::<$mulsum, $format, $lanes, ROWS_TILE>(w, rb, x, n, out),
+                (false, true) => rows_kernel::<$mulsum, $format, Y8, 1>(w, rb, x, n, out),
+                (false, false) => rows_kernel::<$mulsum, $format, Y8, ROWS_TILE>(w, rb, x, n, out),
             }
         }
     };
 }
 
 /// Instantiates every kernel for one [`MulSum`] under the target features it needs:
-/// single-token (`q4_0`, …), `TILE`-token (`q4_0_tile`, …) and eight-row forms over rows
-/// interleaved at load (`q4_0_interleaved`, …).
+/// single-token (`q4_0`, …), `TILE`-token (`q4_0_tile`, …) and several-row forms over
+/// rows interleaved at load (`q4_0_interleaved`, …) in registers of [`Lanes`] `$lanes`.
 macro_rules! kernels {
-    ($module:ident, $mulsum:ty, $features:literal) => {
+    ($module:ident, $mulsum:ty, $lanes:ty, $features:literal) => {
         pub mod $module {
             use super::*;
-            block32_kernels!($mulsum, $features, Q40, q4_0, q4_0_tile, q4_0_interleaved);
-            block32_kernels!($mulsum, $features, Q41, q4_1, q4_1_tile, q4_1_interleaved);
-            block32_kernels!($mulsum, $features, Q50, q5_0, q5_0_tile, q5_0_interleaved);
-            block32_kernels!($mulsum, $features, Q51, q5_1, q5_1_tile, q5_1_interleaved);
+            /// Rows per call of the several-row kernels (`q4_0_interleaved`, …) at most.
+            pub const ROWS: usize = <$lanes>::ROWS;
+            block32_kernels!($mulsum, $features, $lanes, Q40, q4_0, q4_0_tile, q4_0_interleaved);
+            block32_kernels!($mulsum, $features, $lanes, Q41, q4_1, q4_1_tile, q4_1_interleaved);
+            block32_kernels!($mulsum, $features, $lanes, Q50, q5_0, q5_0_tile, q5_0_interleaved);
+            block32_kernels!($mulsum, $features, $lanes, Q51, q5_1, q5_1_tile, q5_1_interleaved);
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0(w: &[u8], x: &[Q8Block]) -> f32 {
                 q8_0_::<$mulsum>(w, x)
@@ -1004,10 +1361,10 @@ macro_rules! kernels {
                 q6_k_shared_scale::<$mulsum, TILE>(w, tile(x, stride))
             }
 
-            rows_kernel!($mulsum, $features, q8_0_interleaved, Blocks<Q80>);
-            rows_kernel!($mulsum, $features, q4_k_interleaved, KQuant<false>);
-            rows_kernel!($mulsum, $features, q5_k_interleaved, KQuant<true>);
-            rows_kernel!($mulsum, $features, q6_k_interleaved, Q6K);
+            rows_kernel!($mulsum, $features, $lanes, q8_0_interleaved, Blocks<Q80>);
+            rows_kernel!($mulsum, $features, $lanes, q4_k_interleaved, KQuant<false>);
+            rows_kernel!($mulsum, $features, $lanes, q5_k_interleaved, KQuant<true>);
+            rows_kernel!($mulsum, $features, $lanes, q6_k_interleaved, Q6K);
 
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
@@ -1017,8 +1374,8 @@ macro_rules! kernels {
     };
 }
 
-kernels!(plain, Avx2, "avx2,fma,f16c");
-kernels!(vnni, Vnni, "avx2,fma,f16c,avx512vnni,avx512vl");
+kernels!(plain, Avx2, Y8, "avx2,fma,f16c");
+kernels!(vnni, Vnni, Z16, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,7 @@ pub type RowDotTile = fn(&[u8], &[Q8Block], usize) -> [f32; TILE];
 /// (the unpacking was a third of the time).
 pub const ROWS_TILE: usize = 64;
 
-/// Several consecutive weight rows (`row_bytes` apart from the start of `w`) against
+/// Several consecutive weight rows (`w.len() / row_bytes` of them) against
 /// `tokens` (1..=[`ROWS_TILE`]) tokens whose activations are interleaved block by block
 /// (block `i` of token `t` at `x[i·tokens + t]`): writes row `r` · token `t` to
 /// `out[t·rows + r]`.
@@ -51,11 +51,14 @@ pub fn interleave(xq: &[Q8Block], blocks: usize, n_tokens: usize, tiles: &mut Ve
     }
 }
 
-/// A kernel that multiplies several rows per pass (AVX2: eight, one per 32-bit lane):
-/// each activation load and each block's float work serves every row. A token gets the
-/// same bits alone and among others.
+/// A kernel that multiplies several rows per pass (one per 32-bit lane: eight with AVX2,
+/// sixteen with AVX-512): each activation load and each block's float work serves every
+/// row. A token gets the same bits alone and among others, and a row the same bits
+/// whichever rows share its pass.
 #[derive(Clone, Copy)]
 pub struct RowsKernel {
+    /// Rows per call: `w` holds this many, or one interleaved group of eight (the end of
+    /// a range that is not a multiple).
     pub rows: usize,
     pub dot: RowsDot,
 }
@@ -132,13 +135,15 @@ fn lengths_disagree(dtype: GgmlDType, have: usize, need: usize) -> ! {
     panic!("quantized dot ({dtype}): the weight bytes and activation blocks disagree ({have} for {need})")
 }
 
-/// Panics unless `w` holds `rows` rows of `row_bytes`, `x` exactly `tokens` tokens'
-/// activations for such a row, and `out` room for every product.
+/// Panics unless `w` holds exactly `most` rows of `row_bytes` or one interleaved group
+/// of them, `x` exactly `tokens` tokens' activations for such a row, and `out` room for
+/// every product.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn check_rows(dtype: GgmlDType, w: &[u8], row_bytes: usize, rows: usize, x: &[Q8Block], tokens: usize, out: &[f32]) {
-    if w.len() < rows * row_bytes {
-        lengths_disagree(dtype, w.len(), rows * row_bytes);
+fn check_rows(dtype: GgmlDType, w: &[u8], row_bytes: usize, most: usize, x: &[Q8Block], tokens: usize, out: &[f32]) {
+    let rows = w.len().checked_div(row_bytes).unwrap_or(0);
+    if !(rows == most || rows == super::interleave_rows::ROWS) || w.len() != rows * row_bytes {
+        lengths_disagree(dtype, w.len(), most * row_bytes);
     }
     if !(1..=ROWS_TILE).contains(&tokens) || out.len() < tokens * rows {
         lengths_disagree(dtype, out.len(), tokens * rows);
@@ -156,7 +161,7 @@ fn check_rows(dtype: GgmlDType, w: &[u8], row_bytes: usize, rows: usize, x: &[Q8
 /// features were found in the [`Features`] set the caller passes, which is never wider
 /// than what the CPU has ([`features::active`]); the lengths are checked first.
 macro_rules! checked_kernel {
-    ($dtype:ident, $one:path, $tile:path $(; interleaved $rows:path)?) => {
+    ($dtype:ident, $one:path, $tile:path $(; interleaved $n:expr, $rows:path)?) => {
         Kernel {
             one: |w, x| {
                 check_row(GgmlDType::$dtype, w, x.len());
@@ -167,13 +172,13 @@ macro_rules! checked_kernel {
                 unsafe { $tile(w, x, s) }
             },
             shared_scale: None,
-            interleaved: None $(.or(Some(checked_rows!($dtype, avx2::ROWS, $rows))))?,
+            interleaved: None $(.or(Some(checked_rows!($dtype, $n, $rows))))?,
         }
     };
     // The K-quants: every SIMD form reads shared-scale activations. Per-block activations
     // reach only the portable forms.
-    ($dtype:ident; shared $one:path, $tile:path; interleaved $rows:path) => {{
-        let shared = checked_kernel!($dtype, $one, $tile; interleaved $rows);
+    ($dtype:ident; shared $one:path, $tile:path; interleaved $n:expr, $rows:path) => {{
+        let shared = checked_kernel!($dtype, $one, $tile; interleaved $n, $rows);
         Kernel {
             shared_scale: Some(SharedScale { one: shared.one, tile: shared.tile }),
             interleaved: shared.interleaved,
@@ -239,19 +244,19 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
         ($m:ident) => {{
             use avx2::$m as k;
             match dtype {
-                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; interleaved k::q4_0_interleaved),
-                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; interleaved k::q4_1_interleaved),
-                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; interleaved k::q5_0_interleaved),
-                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; interleaved k::q5_1_interleaved),
-                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile; interleaved k::q8_0_interleaved),
+                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; interleaved k::ROWS, k::q4_0_interleaved),
+                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; interleaved k::ROWS, k::q4_1_interleaved),
+                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; interleaved k::ROWS, k::q5_0_interleaved),
+                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; interleaved k::ROWS, k::q5_1_interleaved),
+                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile; interleaved k::ROWS, k::q8_0_interleaved),
                 GgmlDType::Q4K => {
-                    checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile; interleaved k::q4_k_interleaved)
+                    checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile; interleaved k::ROWS, k::q4_k_interleaved)
                 }
                 GgmlDType::Q5K => {
-                    checked_kernel!(Q5K; shared k::q5_k_shared, k::q5_k_shared_tile; interleaved k::q5_k_interleaved)
+                    checked_kernel!(Q5K; shared k::q5_k_shared, k::q5_k_shared_tile; interleaved k::ROWS, k::q5_k_interleaved)
                 }
                 GgmlDType::Q6K => {
-                    checked_kernel!(Q6K; shared k::q6_k_shared, k::q6_k_shared_tile; interleaved k::q6_k_interleaved)
+                    checked_kernel!(Q6K; shared k::q6_k_shared, k::q6_k_shared_tile; interleaved k::ROWS, k::q6_k_interleaved)
                 }
                 _ => return None,
             }
@@ -341,8 +346,9 @@ mod tests {
         let mut sets: Vec<Features> = simd_variants().iter().map(|v| v.1).collect();
         sets.extend([Features::PORTABLE, Features::detected()]);
         for dtype in TYPES {
-            let w = random_blocks(dtype, 8 * 512, &mut rng);
-            let rb = w.len() / 8;
+            // As many rows as the widest several-row kernel takes.
+            let w = random_blocks(dtype, 16 * 512, &mut rng);
+            let rb = w.len() / 16;
             let (_, x) = activations((ROWS_TILE + 1) * 512, &mut rng);
             let long_row = &w[..2 * rb];
             let (short_x, long_x) = (&x[..8], &x[..32]);
@@ -356,20 +362,23 @@ mod tests {
                     assert!(refused(|| (shared.tile)(&w[..rb], &x[..16 * TILE - 1], 16)), "{dtype} {f:?}: shared tile");
                 }
                 if let Some(rows) = k.interleaved {
-                    let (n, mut out) = (rows.rows, vec![0f32; 8 * (ROWS_TILE + 1)]);
+                    let (n, mut out) = (rows.rows, vec![0f32; 16 * (ROWS_TILE + 1)]);
                     let mut dot = |w: &[u8], x: &[Q8Block], tokens: usize, out_len: usize| {
                         refused(|| (rows.dot)(w, rb, x, tokens, &mut out[..out_len]))
                     };
                     assert!(dot(&w[..(n - 1) * rb], &x[..16], 1, n), "{dtype} {f:?}: rows, short w");
-                    assert!(dot(&w, &x[..8], 1, n), "{dtype} {f:?}: rows, short x");
-                    assert!(dot(&w, &x[..16 * 3 - 1], 3, 3 * n), "{dtype} {f:?}: rows, ragged tile");
-                    assert!(dot(&w, &x[..16 * 3 - 3], 3, 3 * n), "{dtype} {f:?}: rows, short tile");
-                    assert!(dot(&w, &x[..16 * 3], 3, 3 * n - 1), "{dtype} {f:?}: rows, short out");
+                    assert!(dot(&w[..n * rb - 1], &x[..16], 1, n), "{dtype} {f:?}: rows, ragged w");
+                    assert!(dot(&w[..12 * rb], &x[..16], 1, 12), "{dtype} {f:?}: rows, not a group");
+                    let w = &w[..n * rb];
+                    assert!(dot(w, &x[..8], 1, n), "{dtype} {f:?}: rows, short x");
+                    assert!(dot(w, &x[..16 * 3 - 1], 3, 3 * n), "{dtype} {f:?}: rows, ragged tile");
+                    assert!(dot(w, &x[..16 * 3 - 3], 3, 3 * n), "{dtype} {f:?}: rows, short tile");
+                    assert!(dot(w, &x[..16 * 3], 3, 3 * n - 1), "{dtype} {f:?}: rows, short out");
                     assert!(
-                        dot(&w, &x[..16 * (ROWS_TILE + 1)], ROWS_TILE + 1, 8 * (ROWS_TILE + 1)),
+                        dot(w, &x[..16 * (ROWS_TILE + 1)], ROWS_TILE + 1, n * (ROWS_TILE + 1)),
                         "{dtype} {f:?}: tokens"
                     );
-                    assert!(dot(&w, &x[..16], 0, n), "{dtype} {f:?}: no tokens");
+                    assert!(dot(w, &x[..16], 0, n), "{dtype} {f:?}: no tokens");
                 }
             }
         }
@@ -409,7 +418,8 @@ mod tests {
 
     /// A several-row kernel on rows `w` and the tokens `xq` (`blocks` apart): every row
     /// and token against the scalar kernel on `rows` (the same rows in the file's layout),
-    /// each token bit for bit against itself alone.
+    /// each token bit for bit against itself alone, and the first group of eight rows
+    /// passed on its own bit for bit against the same rows among all.
     fn check_rows_kernel(
         dtype: GgmlDType,
         label: &str,
@@ -425,7 +435,14 @@ mod tests {
         interleave(xq, blocks, tokens, &mut interleaved);
         let mut tiled = vec![0f32; tokens * n_rows];
         (kernel.dot)(w, rb, &interleaved, tokens, &mut tiled);
+        let group = crate::kernels::interleave_rows::ROWS;
+        let mut first_group = vec![0f32; tokens * group];
+        (kernel.dot)(&w[..group * rb], rb, &interleaved, tokens, &mut first_group);
         for t in 0..tokens {
+            for r in 0..group {
+                let (alone, among) = (first_group[t * group + r], tiled[t * n_rows + r]);
+                assert_eq!(alone.to_bits(), among.to_bits(), "{dtype} {label} token {t} row {r}: group alone");
+            }
             let xt = &xq[t * blocks..(t + 1) * blocks];
             let mut alone = vec![0f32; n_rows];
             (kernel.dot)(w, rb, xt, 1, &mut alone);
