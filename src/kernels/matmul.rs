@@ -18,7 +18,7 @@ use super::dequant::dequantize;
 use super::gemm::{gemm_nn, gemm_nt, Mat};
 use super::interleave_rows;
 use super::q8::{quantize_row, quantize_row_shared, Q8Block};
-use super::quant_dot::{self, interleave, Kernel, RowDot, RowDotTile, RowsKernel, ROWS_TILE, TILE};
+use super::quant_dot::{self, interleave, Kernel, RowDot, RowDotTile, RowsKernel, MOST_ROWS, ROWS_TILE, TILE};
 use super::Batching;
 use crate::gguf::GgmlDType;
 use crate::threads::{current_num_threads, for_each_index, for_each_mut, DisjointMut};
@@ -169,9 +169,10 @@ pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], n_tokens: usi
 
 /// Rows per parallel task: enough tasks to balance the threads, few enough that
 /// scheduling stays negligible; a multiple of the most rows a [`RowsKernel`] takes per
-/// call (sixteen), so that only a matrix's last task may end on a single group of eight.
+/// call ([`MOST_ROWS`]), so that only a matrix's last task may end on a single group of
+/// eight.
 fn rows_per_task(rows: usize) -> usize {
-    (rows / (current_num_threads() * 4)).clamp(ROW_BLOCK, 512).next_multiple_of(16)
+    (rows / (current_num_threads() * 4)).clamp(ROW_BLOCK, 512).next_multiple_of(MOST_ROWS)
 }
 
 /// A call's quantized activations: per-block or shared scales (whichever its kernels
@@ -320,7 +321,7 @@ impl Batch<'_> {
     fn by_row_groups(&self, kernel: RowsKernel, tiles: &[Q8Block], r0: usize, r1: usize) {
         let (w, rb, blocks) = (self.w, self.w.row_bytes(), self.blocks);
         let bytes = w.bytes();
-        let mut dots = [0f32; 16 * ROWS_TILE];
+        let mut dots = [0f32; MOST_ROWS * ROWS_TILE];
         for (t0, x) in (0..self.n_tokens).step_by(ROWS_TILE).zip(tiles.chunks(ROWS_TILE * blocks)) {
             let tokens = x.len() / blocks;
             for r in (r0..r1).step_by(kernel.rows) {

@@ -294,10 +294,11 @@ impl Lanes for Y8 {
 
 /// Sixteen rows (two interleaved groups of eight) in a 512-bit register (AVX-512 F + BW).
 struct Z16;
+const _: () = assert!(<Z16 as Lanes>::ROWS <= super::MOST_ROWS, "callers' buffers hold MOST_ROWS rows");
 impl Lanes for Z16 {
     type I = __m512i;
     type F = __m512;
-    const ROWS: usize = 16;
+    const ROWS: usize = 2 * ROWS;
     #[inline(always)]
     unsafe fn join_i(lo: __m256i, hi: __m256i) -> __m512i {
         _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)

@@ -27,6 +27,10 @@ pub type RowDotTile = fn(&[u8], &[Q8Block], usize) -> [f32; TILE];
 /// (the unpacking was a third of the time).
 pub const ROWS_TILE: usize = 64;
 
+/// The most rows a [`RowsKernel`] takes per call (AVX-512: two groups of eight); callers
+/// size their buffers and split their rows by it.
+pub const MOST_ROWS: usize = 16;
+
 /// Several consecutive weight rows (`w.len() / row_bytes` of them) against
 /// `tokens` (1..=[`ROWS_TILE`]) tokens whose activations are interleaved block by block
 /// (block `i` of token `t` at `x[i·tokens + t]`): writes row `r` · token `t` to
@@ -347,8 +351,8 @@ mod tests {
         sets.extend([Features::PORTABLE, Features::detected()]);
         for dtype in TYPES {
             // As many rows as the widest several-row kernel takes.
-            let w = random_blocks(dtype, 16 * 512, &mut rng);
-            let rb = w.len() / 16;
+            let w = random_blocks(dtype, MOST_ROWS * 512, &mut rng);
+            let rb = w.len() / MOST_ROWS;
             let (_, x) = activations((ROWS_TILE + 1) * 512, &mut rng);
             let long_row = &w[..2 * rb];
             let (short_x, long_x) = (&x[..8], &x[..32]);
@@ -362,7 +366,7 @@ mod tests {
                     assert!(refused(|| (shared.tile)(&w[..rb], &x[..16 * TILE - 1], 16)), "{dtype} {f:?}: shared tile");
                 }
                 if let Some(rows) = k.interleaved {
-                    let (n, mut out) = (rows.rows, vec![0f32; 16 * (ROWS_TILE + 1)]);
+                    let (n, mut out) = (rows.rows, vec![0f32; MOST_ROWS * (ROWS_TILE + 1)]);
                     let mut dot = |w: &[u8], x: &[Q8Block], tokens: usize, out_len: usize| {
                         refused(|| (rows.dot)(w, rb, x, tokens, &mut out[..out_len]))
                     };
