@@ -55,8 +55,8 @@ pub fn interleave(xq: &[Q8Block], blocks: usize, n_tokens: usize, tiles: &mut Ve
     }
 }
 
-/// A kernel that multiplies several rows per pass (one per 32-bit lane: eight with AVX2,
-/// sixteen with AVX-512): each activation load and each block's float work serves every
+/// A kernel that multiplies several rows per pass (one per 32-bit lane: eight with AVX2
+/// and NEON, sixteen with AVX-512): each activation load and each block's float work serves every
 /// row. A token gets the same bits alone and among others, and a row the same bits
 /// whichever rows share its pass.
 #[derive(Clone, Copy)]
@@ -142,7 +142,7 @@ fn lengths_disagree(dtype: GgmlDType, have: usize, need: usize) -> ! {
 /// Panics unless `w` holds exactly `most` rows of `row_bytes` or one interleaved group
 /// of them, `x` exactly `tokens` tokens' activations for such a row, and `out` room for
 /// every product.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 fn check_rows(dtype: GgmlDType, w: &[u8], row_bytes: usize, most: usize, x: &[Q8Block], tokens: usize, out: &[f32]) {
     let rows = w.len().checked_div(row_bytes).unwrap_or(0);
@@ -181,8 +181,8 @@ macro_rules! checked_kernel {
     };
     // The K-quants: every SIMD form reads shared-scale activations. Per-block activations
     // reach only the portable forms.
-    ($dtype:ident; shared $one:path, $tile:path; interleaved $n:expr, $rows:path) => {{
-        let shared = checked_kernel!($dtype, $one, $tile; interleaved $n, $rows);
+    ($dtype:ident; shared $one:path, $tile:path $(; interleaved $n:expr, $rows:path)?) => {{
+        let shared = checked_kernel!($dtype, $one, $tile $(; interleaved $n, $rows)?);
         Kernel {
             shared_scale: Some(SharedScale { one: shared.one, tile: shared.tile }),
             interleaved: shared.interleaved,
@@ -193,7 +193,7 @@ macro_rules! checked_kernel {
 
 /// A [`RowsKernel`] over `$n` rows whose form calls an `unsafe` function after checking
 /// the lengths it relies on (SAFETY as for [`checked_kernel`]).
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! checked_rows {
     ($dtype:ident, $n:expr, $dot:path) => {
         RowsKernel {
@@ -269,19 +269,28 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
     Some(if f.vnni { pick!(vnni) } else { pick!(plain) })
 }
 
-/// The NEON kernel for `dtype` (32-value block formats): `sdot` where `f` has it, else
-/// widening multiplies (NEON itself is part of aarch64).
+/// The NEON kernel for `dtype`: `sdot` where `f` has it, else widening multiplies (NEON
+/// itself is part of aarch64).
 #[cfg(target_arch = "aarch64")]
 fn arm_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
     macro_rules! pick {
         ($m:ident) => {{
             use neon::$m as k;
             match dtype {
-                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile),
-                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile),
-                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile),
-                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile),
-                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile),
+                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; interleaved k::ROWS, k::q4_0_interleaved),
+                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; interleaved k::ROWS, k::q4_1_interleaved),
+                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; interleaved k::ROWS, k::q5_0_interleaved),
+                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; interleaved k::ROWS, k::q5_1_interleaved),
+                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile; interleaved k::ROWS, k::q8_0_interleaved),
+                GgmlDType::Q4K => {
+                    checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile; interleaved k::ROWS, k::q4_k_interleaved)
+                }
+                GgmlDType::Q5K => {
+                    checked_kernel!(Q5K; shared k::q5_k_shared, k::q5_k_shared_tile; interleaved k::ROWS, k::q5_k_interleaved)
+                }
+                GgmlDType::Q6K => {
+                    checked_kernel!(Q6K; shared k::q6_k_shared, k::q6_k_shared_tile; interleaved k::ROWS, k::q6_k_interleaved)
+                }
                 _ => return None,
             }
         }};
@@ -336,6 +345,12 @@ mod tests {
                 ("avx2+vnni", only(Features { avx2: true, vnni: true, ..Features::PORTABLE })),
             ]
         }
+    }
+
+    /// Whether this CPU runs SIMD kernels (NEON always does on aarch64), so that a test
+    /// of them that found none to check has failed.
+    fn has_simd_kernels() -> bool {
+        cfg!(target_arch = "aarch64") || (cfg!(target_arch = "x86_64") && Features::detected().avx2)
     }
 
     fn refused<R>(f: impl FnOnce() -> R) -> bool {
@@ -486,7 +501,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert!(cfg!(not(target_arch = "x86_64")) || !Features::detected().avx2 || checked > 0, "no kernel ran");
+        assert!(!has_simd_kernels() || checked > 0, "no kernel ran");
     }
 
     /// The forms over shared-scale activations: the single-token form against the scalar
@@ -494,6 +509,7 @@ mod tests {
     #[test]
     fn shared_scale_kernels_equal_scalar_kernels() {
         let mut rng = Rng::new(23);
+        let mut checked = 0;
         for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
             let variants = simd_variants().map(|(name, f)| (name, kernel_for(dtype, f)));
             for n in [256, 512, 256 * 7] {
@@ -516,10 +532,12 @@ mod tests {
                         assert!((got - want).abs() <= tol, "{dtype} n={n} {name} token {t}: {got} vs {want}");
                         let tiled = (shared.tile)(w, &xq, blocks);
                         assert_eq!(tiled[t].to_bits(), got.to_bits(), "{dtype} n={n} {name} token {t}: tile vs one");
+                        checked += 1;
                     }
                 }
             }
         }
+        assert!(!has_simd_kernels() || checked > 0, "no shared-scale kernel ran");
     }
 
     /// Every SIMD variant this CPU can run, against the scalar kernel, on odd and even

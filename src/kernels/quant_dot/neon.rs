@@ -7,17 +7,23 @@
 //! core), or `sdot` where the CPU has the dot-product extension (detected at run time).
 //! `sdot` is written as inline assembly: its intrinsic is not stable Rust yet.
 //!
-//! K-quants have no NEON kernel yet and use the portable ones on aarch64.
+//! The K-quants (Q4_K, Q5_K, Q6_K) read activations with one scale per super-block
+//! ([`quantize_row_shared`](crate::kernels::q8::quantize_row_shared)), as on x86: each
+//! sub-block's integer sum is multiplied by its scale while still an integer, so one
+//! conversion and one multiply-add finish 256 values.
 
 use std::arch::aarch64::*;
 
 use super::super::q8::Q8Block;
-use super::scalar::f16_at;
-use super::TILE;
+use super::scalar::{f16_at, k_scales_mins};
+use super::{ROWS_TILE, TILE};
 
 /// How 16 signed byte products are summed into four i32 lanes.
 pub trait Dot {
     unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t;
+    /// Four rows' four weights each (row `r`'s in lane `r` of `w`) times the same four
+    /// activation bytes (lane `LANE` of `x`): each row's four products added to its lane.
+    unsafe fn dot_lane<const LANE: i32>(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t;
 }
 
 /// Widening multiplies (i8 × i8 → i16) and pairwise adds into i32.
@@ -29,6 +35,30 @@ impl Dot for Widen {
         let high = vmull_high_s8(a, b);
         vpadalq_s16(vpadalq_s16(acc, low), high)
     }
+    #[inline(always)]
+    unsafe fn dot_lane<const LANE: i32>(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
+        // The four bytes in every lane; two products per i16 (at most 2 · 128 · 127, no
+        // overflow), then each lane's pair of i16 into its i32.
+        let xg = vreinterpretq_s8_s32(vdupq_laneq_s32::<LANE>(vreinterpretq_s32_s8(x)));
+        let pairs = vpaddq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(xg)), vmull_high_s8(w, xg));
+        vpadalq_s16(acc, pairs)
+    }
+}
+
+/// `sdot` by element: `acc += w · x[lane]` (the lane's four bytes against each row's four).
+macro_rules! sdot_lane {
+    ($acc:ident, $w:ident, $x:ident, $($lane:literal)|*) => {
+        match LANE {
+            $($lane => std::arch::asm!(
+                concat!("sdot {acc:v}.4s, {w:v}.16b, {x:v}.4b[", $lane, "]"),
+                acc = inout(vreg) $acc,
+                w = in(vreg) $w,
+                x = in(vreg) $x,
+                options(pure, nomem, nostack)
+            ),)*
+            _ => unreachable!("a 128-bit register has four 32-bit lanes"),
+        }
+    };
 }
 
 /// The dot-product extension's `sdot`: four products into each i32 lane at once.
@@ -43,6 +73,11 @@ impl Dot for Sdot {
             b = in(vreg) b,
             options(pure, nomem, nostack)
         );
+        acc
+    }
+    #[inline(always)]
+    unsafe fn dot_lane<const LANE: i32>(mut acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
+        sdot_lane!(acc, w, x, 0 | 1 | 2 | 3);
         acc
     }
 }
@@ -102,6 +137,534 @@ unsafe fn block32<D: Dot, const T: usize>(
 #[inline(always)]
 fn tile(x: &[Q8Block], stride: usize) -> [&[Q8Block]; TILE] {
     std::array::from_fn(|t| &x[t * stride..(t + 1) * stride])
+}
+
+/// Sub-block `j`'s (0..8) 32 weights of a Q4_K / Q5_K super-block as signed bytes (both
+/// halves): nibbles of the packed chunk `v` (low for even `j`, high for odd), with Q5_K's
+/// fifth bit (bit `j` of each `qh` byte) above them.
+#[inline(always)]
+unsafe fn k_sub_block<const FIVE_BITS: bool>(
+    v: (uint8x16_t, uint8x16_t),
+    qh: (uint8x16_t, uint8x16_t),
+    j: usize,
+) -> (int8x16_t, int8x16_t) {
+    let nibble = |v: uint8x16_t| if j.is_multiple_of(2) { vandq_u8(v, vdupq_n_u8(0x0F)) } else { vshrq_n_u8::<4>(v) };
+    let (mut q0, mut q1) = (nibble(v.0), nibble(v.1));
+    if FIVE_BITS {
+        let (bit, sixteen) = (vdupq_n_u8(1 << j), vdupq_n_u8(0x10));
+        q0 = vorrq_u8(q0, vandq_u8(vtstq_u8(qh.0, bit), sixteen));
+        q1 = vorrq_u8(q1, vandq_u8(vtstq_u8(qh.1, bit), sixteen));
+    }
+    (vreinterpretq_s8_u8(q0), vreinterpretq_s8_u8(q1))
+}
+
+/// Q4_K / Q5_K for `T` tokens over shared-scale activations: each sub-block's byte
+/// products are summed, multiplied by its 6-bit scale and added over the super-block in
+/// integers (at most 8 · 63 · 32 · 31 · 127 < 2^31), then converted and scaled once; the
+/// minimums meet the activation sums in integers too. Each unpacked sub-block serves
+/// every token, and a token's sums run in the same order whatever `T` is (same bits).
+#[inline(always)]
+unsafe fn k_quant_shared<D: Dot, const FIVE_BITS: bool, const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
+    let ts = if FIVE_BITS { 176 } else { 144 };
+    let mut acc = [vdupq_n_f32(0.0); T];
+    let mut mins = [0f32; T];
+    for (i, b) in w.chunks_exact(ts).enumerate() {
+        let xb: [&[Q8Block]; T] = std::array::from_fn(|t| &xs[t][8 * i..8 * i + 8]);
+        let (scales, min_bytes) = k_scales_mins(b[4..16].try_into().unwrap());
+        let qs = b.as_ptr().add(if FIVE_BITS { 48 } else { 16 });
+        let qh = if FIVE_BITS {
+            (vld1q_u8(b.as_ptr().add(16)), vld1q_u8(b.as_ptr().add(32)))
+        } else {
+            (vdupq_n_u8(0), vdupq_n_u8(0))
+        };
+        let mut sumi = [vdupq_n_s32(0); T];
+        for c in 0..4 {
+            let v = (vld1q_u8(qs.add(32 * c)), vld1q_u8(qs.add(32 * c + 16)));
+            for j in [2 * c, 2 * c + 1] {
+                let (q0, q1) = k_sub_block::<FIVE_BITS>(v, qh, j);
+                let scale = (scales >> (8 * j)) as u8 as i32;
+                for t in 0..T {
+                    let x = xb[t][j].qs.as_ptr();
+                    let s = D::dot(D::dot(vdupq_n_s32(0), q0, vld1q_s8(x)), q1, vld1q_s8(x.add(16)));
+                    sumi[t] = vmlaq_n_s32(sumi[t], s, scale);
+                }
+            }
+        }
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        for t in 0..T {
+            let min_sum: i32 = (0..8).map(|j| (min_bytes >> (8 * j)) as u8 as i32 * xb[t][j].sum()).sum();
+            let xd = xb[t][0].d;
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(sumi[t]), d * xd);
+            mins[t] += dmin * xd * min_sum as f32;
+        }
+    }
+    std::array::from_fn(|t| vaddvq_f32(acc[t]) - mins[t])
+}
+
+/// The four quarters (sub-blocks `4h..4h + 4`) of half `h` of a Q6_K super-block, bytes
+/// `16·part..16·part + 16` of each, as signed weights: four bits of `ql` (low nibbles of
+/// its first or second 32 bytes for quarters 0 and 1, high nibbles for 2 and 3) and two
+/// of `qh`, minus the stored offset 32 — `sdot` multiplies signed bytes, so the offset
+/// leaves the weights here instead of meeting the activation sums later.
+#[inline(always)]
+unsafe fn q6_quarters(b: &[u8], h: usize, part: usize) -> [int8x16_t; 4] {
+    let at = |offset: usize| vld1q_u8(b.as_ptr().add(offset + 16 * part));
+    let (ql0, ql1, qh) = (at(64 * h), at(64 * h + 32), at(128 + 32 * h));
+    let low = vdupq_n_u8(0x0F);
+    let high = |mask: u8| vandq_u8(qh, vdupq_n_u8(mask));
+    let signed = |lo: uint8x16_t, hi: uint8x16_t| vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(lo, hi)), vdupq_n_s8(32));
+    [
+        signed(vandq_u8(ql0, low), vshlq_n_u8::<4>(high(0x03))),
+        signed(vandq_u8(ql1, low), vshlq_n_u8::<2>(high(0x0C))),
+        signed(vshrq_n_u8::<4>(ql0), high(0x30)),
+        signed(vshrq_n_u8::<4>(ql1), vshrq_n_u8::<2>(high(0xC0))),
+    ]
+}
+
+/// Q6_K for `T` tokens over shared-scale activations: each 16-value half-block's sum
+/// times its signed 8-bit scale, added over the super-block in integers (at most
+/// 16 · 128 · 16 · 32 · 127 < 2^31), then converted and scaled once. Same bits for every
+/// `T`, as [`k_quant_shared`].
+#[inline(always)]
+unsafe fn q6_k_shared_scale<D: Dot, const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
+    let mut acc = [vdupq_n_f32(0.0); T];
+    for (i, b) in w.chunks_exact(210).enumerate() {
+        let xb: [&[Q8Block]; T] = std::array::from_fn(|t| &xs[t][8 * i..8 * i + 8]);
+        let mut sumi = [vdupq_n_s32(0); T];
+        for h in 0..2 {
+            for part in 0..2 {
+                for (k, q) in q6_quarters(b, h, part).into_iter().enumerate() {
+                    let j = 4 * h + k;
+                    let scale = b[192 + 2 * j + part] as i8 as i32;
+                    for t in 0..T {
+                        let s = D::dot(vdupq_n_s32(0), q, vld1q_s8(xb[t][j].qs.as_ptr().add(16 * part)));
+                        sumi[t] = vmlaq_n_s32(sumi[t], s, scale);
+                    }
+                }
+            }
+        }
+        let d = f16_at(b, 208);
+        for t in 0..T {
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(sumi[t]), d * xb[t][0].d);
+        }
+    }
+    std::array::from_fn(|t| vaddvq_f32(acc[t]))
+}
+
+// Several rows per pass, over rows interleaved at load
+// ([`interleave_rows`](crate::kernels::interleave_rows)): each 32-byte run of a column
+// holds four bytes of each of eight rows, so a register holds four weights of four rows
+// (one row per 32-bit lane) and one four-byte lane of activations serves them all
+// (`sdot` by element). A piece's weights stay in sixteen registers while every token
+// passes by, and the per-chunk float work is shared by the rows.
+
+/// Rows per call: one interleaved group.
+pub const ROWS: usize = crate::kernels::interleave_rows::ROWS;
+
+/// Eight rows' values as two registers: rows 0–3 and rows 4–7.
+type Halves<T> = [T; 2];
+
+/// Block bytes `k..k + 4` of rows `4h..4h + 4` of an interleaved column, a row per lane.
+#[inline(always)]
+unsafe fn run(b: &[u8], k: usize, h: usize) -> uint8x16_t {
+    vld1q_u8(b[8 * k + 16 * h..8 * k + 16 * h + 16].as_ptr())
+}
+
+/// Four f16 values widened to f32 (`fcvtl`, base Armv8: the intrinsic's f16 vector type
+/// is not stable Rust).
+#[inline(always)]
+unsafe fn widen_f16(h: uint16x4_t) -> float32x4_t {
+    let out: float32x4_t;
+    std::arch::asm!("fcvtl {out:v}.4s, {h:v}.4h", out = lateout(vreg) out, h = in(vreg) h, options(pure, nomem, nostack));
+    out
+}
+
+/// The eight rows' f16 field at block byte `k` of an interleaved column, as f32.
+#[inline(always)]
+unsafe fn field(b: &[u8], k: usize) -> Halves<float32x4_t> {
+    let bits = vld1q_u16(b[8 * k..8 * k + 16].as_ptr() as *const u16);
+    [widen_f16(vget_low_u16(bits)), widen_f16(vget_high_u16(bits))]
+}
+
+/// Each 32-bit lane of `v` shifted right by `n` (a run-time count).
+#[inline(always)]
+unsafe fn lane_shr(v: uint32x4_t, n: usize) -> uint32x4_t {
+    vshlq_u32(v, vdupq_n_s32(-(n as i32)))
+}
+
+/// One token's activation blocks over one chunk, as the interleaved tile holds them:
+/// block `p` at `x[p · step]`.
+#[derive(Clone, Copy)]
+struct TokenBlocks<'a> {
+    x: &'a [Q8Block],
+    step: usize,
+}
+
+impl<'a> TokenBlocks<'a> {
+    #[inline(always)]
+    fn at(self, p: usize) -> &'a Q8Block {
+        &self.x[p * self.step]
+    }
+}
+
+/// A weight format as [`rows_kernel`] sees it: eight interleaved rows are a run of chunks
+/// (one 32-value block or one K-quant super-block of each row), a chunk a run of
+/// 32-value pieces that each meet one activation block.
+trait RowsFormat {
+    /// Bytes per chunk of one row.
+    const BYTES: usize;
+    /// 32-value pieces per chunk.
+    const PIECES: usize;
+    /// Consecutive four-byte groups of a piece that share one [`Self::scale`].
+    const SCALE_GROUPS: usize = 8;
+    /// Whether the format has no integer scales (applied in floats, per block).
+    const UNIT_SCALE: bool = false;
+    /// What the format needs of the rows' chunk besides the weights.
+    type Rows;
+    unsafe fn rows(b: &[u8]) -> Self::Rows;
+    /// Piece `j` of chunk `b` as signed weights: register `2g + h` holds weights
+    /// `4g..4g + 4` of the piece for rows `4h..4h + 4`, a row per lane.
+    unsafe fn piece(b: &[u8], j: usize) -> [int8x16_t; 16];
+    /// The integer factor of groups `g..g + SCALE_GROUPS` of piece `j`, a row's per lane.
+    #[inline(always)]
+    unsafe fn scale(_rows: &Self::Rows, _j: usize, _g: usize) -> Halves<int32x4_t> {
+        [vdupq_n_s32(1); 2]
+    }
+    /// `acc` plus one token's products over the chunk, from its integer sums.
+    unsafe fn finish(
+        rows: &Self::Rows,
+        sumi: Halves<int32x4_t>,
+        xb: TokenBlocks,
+        acc: Halves<float32x4_t>,
+    ) -> Halves<float32x4_t>;
+}
+
+/// A 32-value block format of `TS` bytes and `BITS`-bit weights, stored plus `OFFSET`
+/// (Q4_0's 8, Q5_0's 16), which the unpacking takes off: signed weights need no offset
+/// term. Its header is `d` and, in formats with a minimum, `m`.
+struct Blocks<const TS: usize, const BITS: usize, const OFFSET: u8>;
+
+impl<const TS: usize, const BITS: usize, const OFFSET: u8> Blocks<TS, BITS, OFFSET> {
+    const HEADER: usize = TS - 4 * BITS;
+    /// Where the quant bytes start: after the header and a five-bit format's `qh` word.
+    const QUANTS: usize = if BITS == 5 { Self::HEADER + 4 } else { Self::HEADER };
+}
+
+/// Bits `first..first + 4` of each lane's word `qh` as 0x10 in the lane's bytes 0..4: a
+/// five-bit block's high bits for the four weights one quant byte run holds per row.
+#[inline(always)]
+unsafe fn fifth_bits_lanes(qh: uint32x4_t, first: usize) -> uint8x16_t {
+    const BIT: [u8; 16] = [1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8];
+    // The four bits copied into each byte of the lane (no carries: each is below 16).
+    let spread = vmulq_n_u32(vandq_u32(lane_shr(qh, first), vdupq_n_u32(0xF)), 0x0101_0101);
+    vandq_u8(vtstq_u8(vreinterpretq_u8_u32(spread), vld1q_u8(BIT.as_ptr())), vdupq_n_u8(0x10))
+}
+
+/// The rows' `d` and, for formats with one, their minimum `m`.
+struct BlocksRows {
+    d: Halves<float32x4_t>,
+    m: Halves<float32x4_t>,
+}
+
+impl<const TS: usize, const BITS: usize, const OFFSET: u8> RowsFormat for Blocks<TS, BITS, OFFSET> {
+    const BYTES: usize = TS;
+    const PIECES: usize = 1;
+    const UNIT_SCALE: bool = true;
+    type Rows = BlocksRows;
+
+    #[inline(always)]
+    unsafe fn rows(b: &[u8]) -> BlocksRows {
+        let m = if Self::HEADER == 4 { field(b, 2) } else { [vdupq_n_f32(0.0); 2] };
+        BlocksRows { d: field(b, 0), m }
+    }
+
+    #[inline(always)]
+    unsafe fn piece(b: &[u8], _: usize) -> [int8x16_t; 16] {
+        let mut v = [vdupq_n_s8(0); 16];
+        for h in 0..2 {
+            if BITS == 8 {
+                for g in 0..8 {
+                    v[2 * g + h] = vreinterpretq_s8_u8(run(b, Self::QUANTS + 4 * g, h));
+                }
+                continue;
+            }
+            // Run c holds quant bytes 4c..4c + 4 of each row: weights 4c.. in the low
+            // nibbles, 16 + 4c.. in the high ones; their fifth bits are bits 4c.. and
+            // 16 + 4c.. of the row's `qh` word.
+            let qh = vreinterpretq_u32_u8(run(b, Self::HEADER, h));
+            for c in 0..4 {
+                let q = run(b, Self::QUANTS + 4 * c, h);
+                let (mut lo, mut hi) = (vandq_u8(q, vdupq_n_u8(0x0F)), vshrq_n_u8::<4>(q));
+                if BITS == 5 {
+                    lo = vorrq_u8(lo, fifth_bits_lanes(qh, 4 * c));
+                    hi = vorrq_u8(hi, fifth_bits_lanes(qh, 16 + 4 * c));
+                }
+                v[2 * c + h] = signed(lo, OFFSET);
+                v[2 * (c + 4) + h] = signed(hi, OFFSET);
+            }
+        }
+        v
+    }
+
+    #[inline(always)]
+    unsafe fn finish(
+        rows: &BlocksRows,
+        sumi: Halves<int32x4_t>,
+        xb: TokenBlocks,
+        acc: Halves<float32x4_t>,
+    ) -> Halves<float32x4_t> {
+        let xb = xb.at(0);
+        let mut out = acc;
+        for h in 0..2 {
+            out[h] = vfmaq_f32(out[h], vcvtq_f32_s32(sumi[h]), vmulq_n_f32(rows.d[h], xb.d));
+            if Self::HEADER == 4 {
+                out[h] = vfmaq_n_f32(out[h], rows.m[h], xb.ds);
+            }
+        }
+        out
+    }
+}
+
+/// Q4_K / Q5_K rows: `d`, `dmin`, and per sub-block the 6-bit scales and minimums.
+struct KQuantRows {
+    d: Halves<float32x4_t>,
+    dmin: Halves<float32x4_t>,
+    scales: [Halves<int32x4_t>; 8],
+    mins: [Halves<int32x4_t>; 8],
+}
+
+/// Q4_K / Q5_K interleaved at load: per super-block column the rows' `d`, `dmin`, three
+/// runs of packed scales and minimums, (Q5_K) eight runs of fifth bits, then the nibbles.
+struct KQuant<const FIVE_BITS: bool>;
+
+impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
+    const BYTES: usize = if FIVE_BITS { 176 } else { 144 };
+    const PIECES: usize = 8;
+    type Rows = KQuantRows;
+
+    #[inline(always)]
+    unsafe fn rows(b: &[u8]) -> KQuantRows {
+        let zero = [vdupq_n_s32(0); 2];
+        let mut rows = KQuantRows { d: field(b, 0), dmin: field(b, 2), scales: [zero; 8], mins: [zero; 8] };
+        let six = vdupq_n_u32(63);
+        let (four, top) = (vdupq_n_u32(15), vdupq_n_u32(0x30));
+        for h in 0..2 {
+            // Packed bytes 0..4 (a), 4..8 (b) and 8..12 (c) of each row, a lane each.
+            // Sub-block k < 4: scale a_k & 63, minimum b_k & 63; sub-block 4 + k: scale
+            // (c_k & 15) with a_k's top two bits above, minimum c_k >> 4 with b_k's.
+            let (a, bb, c) = (
+                vreinterpretq_u32_u8(run(b, 4, h)),
+                vreinterpretq_u32_u8(run(b, 8, h)),
+                vreinterpretq_u32_u8(run(b, 12, h)),
+            );
+            for k in 0..4 {
+                let (ak, bk, ck) = (lane_shr(a, 8 * k), lane_shr(bb, 8 * k), lane_shr(c, 8 * k));
+                let high = |v: uint32x4_t| vandq_u32(vshrq_n_u32::<2>(v), top);
+                rows.scales[k][h] = vreinterpretq_s32_u32(vandq_u32(ak, six));
+                rows.mins[k][h] = vreinterpretq_s32_u32(vandq_u32(bk, six));
+                rows.scales[4 + k][h] = vreinterpretq_s32_u32(vorrq_u32(vandq_u32(ck, four), high(ak)));
+                rows.mins[4 + k][h] = vreinterpretq_s32_u32(vorrq_u32(vandq_u32(vshrq_n_u32::<4>(ck), four), high(bk)));
+            }
+        }
+        rows
+    }
+
+    #[inline(always)]
+    unsafe fn piece(b: &[u8], j: usize) -> [int8x16_t; 16] {
+        // Sub-block j's 32 quant bytes are the runs from `qs`; the fifth bits of the
+        // weights in run `qs + 4g` are bit j of run `16 + 4g`.
+        let qs = if FIVE_BITS { 48 } else { 16 } + 32 * (j / 2);
+        let mut v = [vdupq_n_s8(0); 16];
+        for g in 0..8 {
+            for h in 0..2 {
+                let q = run(b, qs + 4 * g, h);
+                let mut w = if j.is_multiple_of(2) { vandq_u8(q, vdupq_n_u8(0x0F)) } else { vshrq_n_u8::<4>(q) };
+                if FIVE_BITS {
+                    let set = vtstq_u8(run(b, 16 + 4 * g, h), vdupq_n_u8(1 << j));
+                    w = vorrq_u8(w, vandq_u8(set, vdupq_n_u8(0x10)));
+                }
+                v[2 * g + h] = vreinterpretq_s8_u8(w);
+            }
+        }
+        v
+    }
+
+    #[inline(always)]
+    unsafe fn scale(rows: &KQuantRows, j: usize, _: usize) -> Halves<int32x4_t> {
+        rows.scales[j]
+    }
+
+    #[inline(always)]
+    unsafe fn finish(
+        rows: &KQuantRows,
+        sumi: Halves<int32x4_t>,
+        xb: TokenBlocks,
+        acc: Halves<float32x4_t>,
+    ) -> Halves<float32x4_t> {
+        let xd = xb.at(0).d;
+        let mut out = acc;
+        for h in 0..2 {
+            // Σ_j m_j · (block j's sum), in integers.
+            let mut min_sum = vdupq_n_s32(0);
+            for (j, m) in rows.mins.iter().enumerate() {
+                min_sum = vmlaq_n_s32(min_sum, m[h], xb.at(j).sum());
+            }
+            out[h] = vfmaq_f32(out[h], vcvtq_f32_s32(sumi[h]), vmulq_n_f32(rows.d[h], xd));
+            out[h] = vfmsq_f32(out[h], vcvtq_f32_s32(min_sum), vmulq_n_f32(rows.dmin[h], xd));
+        }
+        out
+    }
+}
+
+/// Q6_K rows: `d` and the sixteen signed scales.
+struct Q6KRows {
+    d: Halves<float32x4_t>,
+    scales: [Halves<int32x4_t>; 16],
+}
+
+/// Q6_K interleaved at load: runs of `ql`, `qh` and the signed scales, then the rows' `d`.
+struct Q6K;
+
+impl RowsFormat for Q6K {
+    const BYTES: usize = 210;
+    const PIECES: usize = 8;
+    const SCALE_GROUPS: usize = 4;
+    type Rows = Q6KRows;
+
+    #[inline(always)]
+    unsafe fn rows(b: &[u8]) -> Q6KRows {
+        let mut rows = Q6KRows { d: field(b, 208), scales: [[vdupq_n_s32(0); 2]; 16] };
+        for q in 0..4 {
+            for h in 0..2 {
+                // Scales 4q..4q + 4 of each row, a lane each: byte i sign-extended.
+                let s = vreinterpretq_s32_u8(run(b, 192 + 4 * q, h));
+                for i in 0..4 {
+                    let up = vshlq_s32(s, vdupq_n_s32(24 - 8 * i as i32));
+                    rows.scales[4 * q + i][h] = vshrq_n_s32::<24>(up);
+                }
+            }
+        }
+        rows
+    }
+
+    #[inline(always)]
+    unsafe fn piece(b: &[u8], j: usize) -> [int8x16_t; 16] {
+        // Piece j is quarter k of half `half`: the low (k < 2) or high nibbles of 32 `ql`
+        // bytes, bits 2k..2k + 2 of the half's `qh` bytes on top, minus the stored 32.
+        let (half, k) = (j / 4, j % 4);
+        let mut v = [vdupq_n_s8(0); 16];
+        for g in 0..8 {
+            for h in 0..2 {
+                let ql = run(b, 64 * half + 32 * (k % 2) + 4 * g, h);
+                let qh = run(b, 128 + 32 * half + 4 * g, h);
+                let low = if k < 2 { vandq_u8(ql, vdupq_n_u8(0x0F)) } else { vshrq_n_u8::<4>(ql) };
+                let top = vandq_u8(vshlq_u8(qh, vdupq_n_s8(-2 * k as i8)), vdupq_n_u8(3));
+                v[2 * g + h] = signed(vorrq_u8(low, vshlq_n_u8::<4>(top)), 32);
+            }
+        }
+        v
+    }
+
+    #[inline(always)]
+    unsafe fn scale(rows: &Q6KRows, j: usize, g: usize) -> Halves<int32x4_t> {
+        rows.scales[2 * j + g / 4]
+    }
+
+    #[inline(always)]
+    unsafe fn finish(
+        rows: &Q6KRows,
+        sumi: Halves<int32x4_t>,
+        xb: TokenBlocks,
+        acc: Halves<float32x4_t>,
+    ) -> Halves<float32x4_t> {
+        let xd = xb.at(0).d;
+        [0, 1].map(|h| vfmaq_f32(acc[h], vcvtq_f32_s32(sumi[h]), vmulq_n_f32(rows.d[h], xd)))
+    }
+}
+
+/// One token's integer sums over one piece: row `r`'s in lane `r % 4` of half `r / 4`.
+#[inline(always)]
+unsafe fn piece_sums<D: Dot, F: RowsFormat>(
+    w: &[int8x16_t; 16],
+    xb: &Q8Block,
+    rows: &F::Rows,
+    j: usize,
+) -> Halves<int32x4_t> {
+    let x = [vld1q_s8(xb.qs.as_ptr()), vld1q_s8(xb.qs.as_ptr().add(16))];
+    let mut sums = [vdupq_n_s32(0); 2];
+    for g0 in (0..8).step_by(F::SCALE_GROUPS) {
+        for h in 0..2 {
+            let mut s = vdupq_n_s32(0);
+            for g in g0..g0 + F::SCALE_GROUPS {
+                let (wg, xg) = (w[2 * g + h], x[g / 4]);
+                s = match g % 4 {
+                    0 => D::dot_lane::<0>(s, wg, xg),
+                    1 => D::dot_lane::<1>(s, wg, xg),
+                    2 => D::dot_lane::<2>(s, wg, xg),
+                    _ => D::dot_lane::<3>(s, wg, xg),
+                };
+            }
+            sums[h] = if F::UNIT_SCALE { s } else { vmlaq_s32(sums[h], s, F::scale(rows, j, g0)[h]) };
+        }
+    }
+    sums
+}
+
+/// Eight interleaved weight rows of `rb` bytes and `n ≤ MAX` tokens whose activations are
+/// interleaved ([`interleave`](super::interleave)): `out[t·8 + r]`. A piece's weights are
+/// unpacked once and stay in registers while every token passes by, reading that piece's
+/// blocks as one sequential run. Each token's sums are formed in the same order whatever
+/// `n` is (same bits alone and in a tile).
+#[inline(always)]
+unsafe fn rows_kernel<D: Dot, F: RowsFormat, const MAX: usize>(
+    w: &[u8],
+    rb: usize,
+    x: &[Q8Block],
+    n: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [[vdupq_n_f32(0.0); 2]; MAX];
+    let mut sumi = [[vdupq_n_s32(0); 2]; MAX];
+    let chunk_bytes = ROWS * F::BYTES;
+    for i in 0..rb / F::BYTES {
+        let b = &w[i * chunk_bytes..(i + 1) * chunk_bytes];
+        let rows = F::rows(b);
+        let chunk = &x[i * F::PIECES * n..(i + 1) * F::PIECES * n];
+        for j in 0..F::PIECES {
+            let weights = F::piece(b, j);
+            let last = j + 1 == F::PIECES;
+            for (t, xb) in chunk[j * n..(j + 1) * n].iter().enumerate() {
+                let sums = piece_sums::<D, F>(&weights, xb, &rows, j);
+                let total =
+                    if j == 0 { sums } else { [vaddq_s32(sumi[t][0], sums[0]), vaddq_s32(sumi[t][1], sums[1])] };
+                if last {
+                    acc[t] = F::finish(&rows, total, TokenBlocks { x: &chunk[t..], step: n }, acc[t]);
+                } else {
+                    sumi[t] = total;
+                }
+            }
+        }
+    }
+    for (t, acc) in acc[..n].iter().enumerate() {
+        vst1q_f32(out[t * ROWS..].as_mut_ptr(), acc[0]);
+        vst1q_f32(out[t * ROWS + 4..].as_mut_ptr(), acc[1]);
+    }
+}
+
+/// The several-row kernel of one format, for any number of tokens.
+macro_rules! rows_kernel {
+    ($dot:ty, $features:literal, $name:ident, $format:ty) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(w: &[u8], rb: usize, x: &[Q8Block], n: usize, out: &mut [f32]) {
+            // One token (decode) on its own instance: the 64-token one zeroes 4 KiB of
+            // accumulators per call.
+            if n == 1 {
+                rows_kernel::<$dot, $format, 1>(w, rb, x, n, out)
+            } else {
+                rows_kernel::<$dot, $format, ROWS_TILE>(w, rb, x, n, out)
+            }
+        }
+    };
 }
 
 /// Single-token and `TILE`-token kernels of one format.
@@ -182,6 +745,42 @@ macro_rules! kernels {
                 |b| { (vld1q_s8(b.as_ptr().add(2) as *const i8), vld1q_s8(b.as_ptr().add(18) as *const i8)) },
                 |_| 0.0
             );
+
+            pub use super::ROWS;
+            rows_kernel!($dot, $features, q4_0_interleaved, Blocks<18, 4, 8>);
+            rows_kernel!($dot, $features, q4_1_interleaved, Blocks<20, 4, 0>);
+            rows_kernel!($dot, $features, q5_0_interleaved, Blocks<22, 5, 16>);
+            rows_kernel!($dot, $features, q5_1_interleaved, Blocks<24, 5, 0>);
+            rows_kernel!($dot, $features, q8_0_interleaved, Blocks<34, 8, 0>);
+            rows_kernel!($dot, $features, q4_k_interleaved, KQuant<false>);
+            rows_kernel!($dot, $features, q5_k_interleaved, KQuant<true>);
+            rows_kernel!($dot, $features, q6_k_interleaved, Q6K);
+
+            // The K-quants, over shared-scale activations.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
+                k_quant_shared::<$dot, false, 1>(w, [x])[0]
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
+                k_quant_shared::<$dot, true, 1>(w, [x])[0]
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q6_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
+                q6_k_shared_scale::<$dot, 1>(w, [x])[0]
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                k_quant_shared::<$dot, false, TILE>(w, tile(x, stride))
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                k_quant_shared::<$dot, true, TILE>(w, tile(x, stride))
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q6_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                q6_k_shared_scale::<$dot, TILE>(w, tile(x, stride))
+            }
         }
     };
 }

@@ -95,7 +95,7 @@ pub(crate) fn k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
 /// and 4–7 (minimums); sub-blocks 4–7 take a nibble of bytes 8–11 and the top two bits of
 /// bytes 0–3 (scales) or 4–7 (minimums).
 #[inline(always)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the x86 kernels' helper
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))] // the SIMD kernels' helper
 pub(super) fn k_scales_mins(s: &[u8; 12]) -> (u64, u64) {
     let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
     let (a, b, c) = (word(0), word(4), word(8));
