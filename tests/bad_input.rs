@@ -183,7 +183,9 @@ fn context_overflow_is_a_clear_error() {
     assert!(stderr.contains("prompt has 200 tokens but the context holds 64"), "{stderr}");
 }
 
-/// Serves `body` for every request on a loopback port, `requests` times.
+/// Serves `body` for every request on a loopback port, `requests` times (for pulls: the
+/// `download` feature).
+#[cfg(feature = "download")]
 fn serve(body: Vec<u8>, requests: usize) -> String {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -201,6 +203,7 @@ fn serve(body: Vec<u8>, requests: usize) -> String {
     format!("http://{addr}/model.whl")
 }
 
+#[cfg(feature = "download")]
 fn wheel_with(member: &str, content: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -210,11 +213,13 @@ fn wheel_with(member: &str, content: &[u8]) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
+#[cfg(feature = "download")]
 fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     pupil::fsutil::hex(&sha2::Sha256::digest(b))
 }
 
+#[cfg(feature = "download")]
 fn catalog(dir: &Path, url: &str, wheel_sha: &str, size: usize, sha: &str) -> PathBuf {
     let toml = format!(
         "default = \"fake\"\n[[model]]\nname = \"fake\"\ndescription = \"d\"\narchitecture = \"llama\"\nquant = \"F32\"\nfile = \"fake.gguf\"\nsize = {size}\nsha256 = \"{sha}\"\nlicense = \"none\"\n[[model.source]]\npackage = \"fake\"\nversion = \"1\"\nurl = \"{url}\"\nwheel_sha256 = \"{wheel_sha}\"\nmember = \"pkg/fake.gguf\"\n"
@@ -222,6 +227,7 @@ fn catalog(dir: &Path, url: &str, wheel_sha: &str, size: usize, sha: &str) -> Pa
     write(dir, "catalog.toml", toml.as_bytes())
 }
 
+#[cfg(feature = "download")]
 #[test]
 fn pull_verifies_sha256_before_installing() {
     let model = valid_model();
