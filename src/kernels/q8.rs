@@ -61,15 +61,27 @@ fn quantize_groups(x: &[f32], out: &mut [Q8Block], group: usize) {
         }
         return;
     }
+    // NEON is part of every aarch64 CPU: its forms need no detection.
+    #[cfg(target_arch = "aarch64")]
+    let (abs_max, quantize_block) = (neon::abs_max, neon::quantize_block);
+    #[cfg(not(target_arch = "aarch64"))]
+    let abs_max = portable_abs_max;
     for (xg, bg) in x.chunks_exact(group).zip(out.chunks_exact_mut(group / 32)) {
-        let d = xg.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        let d = abs_max(xg) / 127.0;
         for (xb, b) in xg.chunks_exact(32).zip(bg.iter_mut()) {
             quantize_block(xb, b, d);
         }
     }
 }
 
+/// The portable `max |x|`.
+#[cfg_attr(all(target_arch = "aarch64", not(test)), allow(dead_code))] // the NEON form's reference
+fn portable_abs_max(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
 /// The portable form of one block with scale `d`.
+#[cfg_attr(all(target_arch = "aarch64", not(test)), allow(dead_code))] // the NEON form's reference
 fn quantize_block(xb: &[f32], b: &mut Q8Block, d: f32) {
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
     let mut sums = [0i16; 2];
@@ -128,6 +140,55 @@ mod avx2 {
     }
 }
 
+/// The NEON forms (NEON is part of every aarch64 CPU, so no detection is needed).
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::Q8Block;
+
+    /// `max |x|` over a multiple of 32 values; `fmaxnm` ignores a NaN as `f32::max` does.
+    pub fn abs_max(x: &[f32]) -> f32 {
+        assert!(x.len().is_multiple_of(4));
+        // SAFETY: NEON is baseline on aarch64; each load reads four values of a chunk of
+        // four.
+        unsafe {
+            let mut m = vdupq_n_f32(0.0);
+            for v in x.chunks_exact(4) {
+                m = vmaxnmq_f32(m, vabsq_f32(vld1q_f32(v.as_ptr())));
+            }
+            vmaxnmvq_f32(m)
+        }
+    }
+
+    /// [`super::quantize_block`] in registers: the same blocks bit for bit (`fcvtns`
+    /// rounds ties to even like `round_ties_even`; |x·id| ≤ 127 by construction, and the
+    /// saturating narrows clamp like the portable form).
+    pub fn quantize_block(xb: &[f32], b: &mut Q8Block, d: f32) {
+        assert_eq!(xb.len(), 32);
+        // SAFETY: NEON is baseline on aarch64; the eight loads read the 32 values just
+        // checked, the two stores write the block's 32 quants.
+        unsafe {
+            let id = vdupq_n_f32(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let mut q = [vdupq_n_s32(0); 8];
+            for (i, q) in q.iter_mut().enumerate() {
+                *q = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(xb.as_ptr().add(4 * i)), id));
+            }
+            let mut sums = [0i16; 2];
+            for half in 0..2 {
+                let [a, b4, c, e] = [q[4 * half], q[4 * half + 1], q[4 * half + 2], q[4 * half + 3]];
+                sums[half] = vaddvq_s32(vaddq_s32(vaddq_s32(a, b4), vaddq_s32(c, e))) as i16;
+                let words = (vcombine_s16(vqmovn_s32(a), vqmovn_s32(b4)), vcombine_s16(vqmovn_s32(c), vqmovn_s32(e)));
+                let bytes = vcombine_s8(vqmovn_s16(words.0), vqmovn_s16(words.1));
+                vst1q_s8(b.qs.as_mut_ptr().add(16 * half), bytes);
+            }
+            b.d = d;
+            b.sum16 = sums;
+            b.ds = d * (sums[0] as i32 + sums[1] as i32) as f32;
+        }
+    }
+}
+
 /// Dequantizes blocks back to f32 (for tests and references).
 pub fn dequantize_row(blocks: &[Q8Block], out: &mut [f32]) {
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(32)) {
@@ -176,7 +237,7 @@ mod tests {
         quantize_row(&x, &mut got);
         for (xb, g) in x.chunks_exact(32).zip(&got) {
             let mut want = Q8Block::ZERO;
-            quantize_block(xb, &mut want, xb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0);
+            quantize_block(xb, &mut want, portable_abs_max(xb) / 127.0);
             assert_eq!(*g, want);
         }
     }
