@@ -3,24 +3,30 @@
 # llama-cpp-python sdist on PyPI, outside the repository, for side-by-side runs with
 # `pupil bench` (see docs/benchmarks.md).
 #
-#   benches/llama-cpp.sh [DIR]      # default DIR: /tmp/llama-cpp
+#   benches/llama-cpp.sh [DIR]              # default DIR: /tmp/llama-cpp
+#   SOURCE_ONLY=1 benches/llama-cpp.sh [DIR] # fetch the source only (benches/arm-mca.sh)
 #
-# Prints the directory holding the binaries. Needs python3 with pip, a C++ compiler.
+# Prints the directory holding the binaries (the source's `ggml` directory with
+# SOURCE_ONLY). Needs python3 with pip, a C++ compiler.
 set -euo pipefail
 DIR=${1:-/tmp/llama-cpp}
 VERSION=0.3.36
 mkdir -p "$DIR"
 cd "$DIR"
+if [ ! -d src ]; then
+  # The sdist itself: `pip download --no-binary` would try to build cmake from source.
+  url=$(curl -s -H 'Accept: application/vnd.pypi.simple.v1+json' https://pypi.org/simple/llama-cpp-python/ |
+    python3 -c "import json,sys; print([f['url'] for f in json.load(sys.stdin)['files'] if f['filename'] == 'llama_cpp_python-$VERSION.tar.gz'][0])")
+  curl -sL -o sdist.tar.gz "$url"
+  mkdir src.part && tar -xzf sdist.tar.gz -C src.part --strip-components=1 && mv src.part src
+fi
+if [ -n "${SOURCE_ONLY:-}" ]; then
+  echo "$DIR/src/vendor/llama.cpp/ggml"
+  exit 0
+fi
 if [ ! -x build/bin/llama-bench ]; then
   python3 -m venv venv
   venv/bin/pip install -q cmake ninja
-  if [ ! -d src ]; then
-    # The sdist itself: `pip download --no-binary` would try to build cmake from source.
-    url=$(curl -s -H 'Accept: application/vnd.pypi.simple.v1+json' https://pypi.org/simple/llama-cpp-python/ |
-      python3 -c "import json,sys; print([f['url'] for f in json.load(sys.stdin)['files'] if f['filename'] == 'llama_cpp_python-$VERSION.tar.gz'][0])")
-    curl -sL -o sdist.tar.gz "$url"
-    mkdir src && tar -xzf sdist.tar.gz -C src --strip-components=1
-  fi
   # Some VMs report AMX (cpuinfo's amx_tile) but fault on the first tile instruction, and a
   # native build then dies with SIGILL in ggml's AMX mat-mul: probe it, and leave AMX out of
   # the build where it cannot run.

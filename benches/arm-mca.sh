@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# A cost model of the ARM kernels for a machine without ARM hardware: llvm-mca's predicted
+# cycles for pupil's NEON several-row kernels and for the ggml NEON kernels llama.cpp runs
+# on the same CPU, per 256 weights of a row and token, on Cortex-A55 (a phone's little
+# core), Cortex-A76 (a big core) and Apple M1 — decode (one token) and prefill (64).
+#
+#   benches/arm-mca.sh            # COLS=2048 (the weight row's length) by default
+#
+# How: each kernel runs once under qemu (`-cpu cortex-a76`: NEON, dotprod and fp16, no
+# i8mm — what the three modelled cores have, so both sides take their dotprod paths),
+# single-stepped, logging every executed instruction of the kernel function; the trace,
+# disassembled by objdump, is one long straight-line program that llvm-mca schedules
+# (loops unrolled as they ran, every call's own work included; caches assumed warm and
+# branches predicted, as llvm-mca does). ggml's side is what llama.cpp selects on such a
+# CPU: its repacked kernels for Q4_0, Q8_0 (4 rows × 4 bytes) and Q4_K, Q5_K, Q6_K
+# (8 × 4), one-row `vec_dot` for Q4_1, Q5_0, Q5_1. Compiled from the source
+# benches/llama-cpp.sh fetches, by clang with -O3 -march=armv8.2-a+dotprod+fp16.
+#
+# Needs (Debian): qemu-user clang llvm g++-aarch64-linux-gnu (and its binutils), the rustup
+# target aarch64-unknown-linux-gnu.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COLS=${COLS:-2048}
+PREFILL=64
+CPUS=(cortex-a55 cortex-a76 apple-m1)
+TYPES=(q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+ggml=$(SOURCE_ONLY=1 benches/llama-cpp.sh)
+flags=(--target=aarch64-linux-gnu -O3 -march=armv8.2-a+dotprod+fp16 -I"$ggml/include" -I"$ggml/src" -I"$ggml/src/ggml-cpu")
+clang "${flags[@]}" -c "$ggml/src/ggml-cpu/arch/arm/quants.c" -o "$work/quants.o"
+clang++ -std=c++17 "${flags[@]}" -c "$ggml/src/ggml-cpu/arch/arm/repack.cpp" -o "$work/repack.o"
+clang --target=aarch64-linux-gnu -O2 -c benches/arm-mca/ggml_harness.c -o "$work/harness.o"
+# The generic fallbacks the kernels name are never reached on a dotprod CPU: leave them out.
+clang++ --target=aarch64-linux-gnu -fuse-ld=bfd -static -o "$work/ggml" "$work"/{harness,quants,repack}.o \
+    -Wl,--unresolved-symbols=ignore-all
+
+# A static, non-PIE binary: the addresses qemu logs are the ones objdump prints.
+RUSTFLAGS="-C relocation-model=static -C target-feature=+crt-static" CARGO_TARGET_DIR=target/arm-mca \
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+    cargo build -q --release --no-default-features --example kernel-trace --target aarch64-unknown-linux-gnu
+cp target/arm-mca/aarch64-unknown-linux-gnu/release/examples/kernel-trace "$work/pupil"
+
+for bin in ggml pupil; do
+    aarch64-linux-gnu-objdump -d --no-show-raw-insn "$work/$bin" >"$work/$bin.dis"
+    aarch64-linux-gnu-nm -S -C "$work/$bin" >"$work/$bin.sym"
+done
+
+# The kernel function each side runs for a type and token count.
+kernel() {
+    local side=$1 type=$2 tokens=$3
+    if [ "$side" = pupil ]; then
+        echo "pupil::kernels::quant_dot::neon::sdot::${type}_interleaved"
+        return
+    fi
+    local form=gemv
+    [ "$tokens" -gt 1 ] && form=gemm
+    case $type in
+        q4_0 | q8_0) echo "ggml_${form}_${type}_4x4_q8_0" ;;
+        q4_k | q5_k | q6_k) echo "ggml_${form}_${type%_k}_K_8x4_q8_K" ;;
+        q4_1 | q5_1) echo "ggml_vec_dot_${type}_q8_1" ;;
+        q5_0) echo "ggml_vec_dot_q5_0_q8_0" ;;
+    esac
+}
+
+# Predicted cycles per 256 weights of a row and token: side, type, tokens, cpu.
+cycles() {
+    local side=$1 type=$2 tokens=$3 f range
+    f=$(kernel "$side" "$type" "$tokens")
+    range=$(awk -v f="$f" '{name = $4; for (i = 5; i <= NF; i++) name = name " " $i} name == f {print "0x" $1 "+0x" $2}' "$work/$side.sym")
+    [ -n "$range" ] || { echo "arm-mca: no symbol $f" >&2; exit 1; }
+    local trace="$work/$side-$type-$tokens"
+    if [ ! -f "$trace.s" ]; then
+        qemu-aarch64 -cpu cortex-a76 -singlestep -d exec,nochain -dfilter "$range" -D "$trace.log" \
+            "$work/$side" "$type" "$COLS" "$tokens"
+        python3 benches/arm-mca/trace2asm.py "$trace.log" "$work/$side.dis" >"$trace.s" 2>/dev/null
+        rm "$trace.log"
+    fi
+    llvm-mca -mtriple=aarch64 -mcpu="$4" -iterations=1 "$trace.s" 2>/dev/null |
+        awk -v per=$((8 * tokens * COLS / 256)) '/^Total Cycles:/ {printf "%.1f", $3 / per}'
+}
+
+echo "llvm-mca cycles per 256 weights × row × token (lower is better), rows of $COLS, 8 rows;"
+echo "decode: 1 token, prefill: $PREFILL tokens. pupil / ggml below 1.00 means pupil is predicted faster."
+echo
+printf '| type | form |'
+for cpu in "${CPUS[@]}"; do printf ' %s pupil | ggml | ratio |' "$cpu"; done
+printf '\n| --- | --- |'
+for _ in "${CPUS[@]}"; do printf ' ---: | ---: | ---: |'; done
+echo
+for type in "${TYPES[@]}"; do
+    for tokens in 1 $PREFILL; do
+        form=decode
+        [ "$tokens" -gt 1 ] && form=prefill
+        printf '| %s | %s |' "${type^^}" "$form"
+        for cpu in "${CPUS[@]}"; do
+            p=$(cycles pupil "$type" "$tokens" "$cpu")
+            g=$(cycles ggml "$type" "$tokens" "$cpu")
+            printf ' %s | %s | %s |' "$p" "$g" "$(awk -v p="$p" -v g="$g" 'BEGIN {printf "%.2f", p / g}')"
+        done
+        echo
+    done
+done
