@@ -4,7 +4,8 @@
 # on the same CPU, per 256 weights of a row and token, on Cortex-A55 (a phone's little
 # core), Cortex-A76 (a big core) and Apple M1 — decode (one token) and prefill (64).
 #
-#   benches/arm-mca.sh            # COLS=2048 (the weight row's length) by default
+#   benches/arm-mca.sh                  # COLS=2048 (the weight row's length) by default
+#   TYPES="q4_0 q4_k" benches/arm-mca.sh  # some types only
 #
 # How: each kernel runs once under qemu (`-cpu cortex-a76`: NEON, dotprod and fp16, no
 # i8mm — what the three modelled cores have, so both sides take their dotprod paths),
@@ -23,7 +24,7 @@ cd "$(dirname "$0")/.."
 COLS=${COLS:-2048}
 PREFILL=64
 CPUS=(cortex-a55 cortex-a76 apple-m1)
-TYPES=(q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k)
+read -r -a TYPES <<<"${TYPES:-q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
