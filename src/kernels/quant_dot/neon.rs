@@ -729,11 +729,9 @@ unsafe fn rows_kernel<D: Dot, F: RowsFormat, const MAX: usize>(
 ) {
     let mut acc = [[vdupq_n_f32(0.0); 2]; MAX];
     let mut sumi = [[vdupq_n_s32(0); 2]; MAX];
-    let chunk_bytes = ROWS * F::BYTES;
-    for i in 0..rb / F::BYTES {
-        let b = &w[i * chunk_bytes..(i + 1) * chunk_bytes];
+    debug_assert_eq!(w.len(), ROWS * rb);
+    for (b, chunk) in w.chunks_exact(ROWS * F::BYTES).zip(x.chunks_exact(F::PIECES * n)) {
         let rows = F::rows(b);
-        let chunk = &x[i * F::PIECES * n..(i + 1) * F::PIECES * n];
         let (sumi, acc) = (&mut sumi[..n], &mut acc[..n]);
         // Each piece with its index a constant: a K-quant's nibble half, scale bytes and
         // shifts are then chosen at compile time instead of by branches in the loop.
