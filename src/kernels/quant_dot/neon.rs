@@ -1,16 +1,21 @@
-//! NEON integer dot products (aarch64) for the 32-value block formats: weights are
-//! unpacked to signed bytes (Q4_0's −8 and Q5_0's −16 applied there; Q4_1/Q5_1 keep their
-//! unsigned values and add `m · Σx` through the activation sums), multiplied with the
-//! 8-bit activations, and each block's integer sum is scaled once in f32.
+//! NEON integer dot products (aarch64), for every weight type with an 8-bit-activation
+//! kernel, in the three forms x86 has: one row by one token (decode over rows read in
+//! place), one row by eight tokens, and eight rows re-laid at load by any number of
+//! tokens (the path the runtime takes; see the several-row section below).
+//!
+//! Weights are unpacked to signed bytes (Q4_0's −8, Q5_0's −16 and Q6_K's −32 applied
+//! there; Q4_1/Q5_1/Q4_K/Q5_K keep their unsigned values and add their minimums through
+//! the activation sums), multiplied with the 8-bit activations, and each block's integer
+//! sum is scaled once in f32. The K-quants read activations with one scale per
+//! super-block ([`quantize_row_shared`](crate::kernels::q8::quantize_row_shared)), as on
+//! x86: each sub-block's integer sum is multiplied by its scale while still an integer.
 //!
 //! Two ways to multiply: widening multiplies with pairwise accumulation (every ARMv8
 //! core), or `sdot` where the CPU has the dot-product extension (detected at run time).
 //! `sdot` is written as inline assembly: its intrinsic is not stable Rust yet.
 //!
-//! The K-quants (Q4_K, Q5_K, Q6_K) read activations with one scale per super-block
-//! ([`quantize_row_shared`](crate::kernels::q8::quantize_row_shared)), as on x86: each
-//! sub-block's integer sum is multiplied by its scale while still an integer, so one
-//! conversion and one multiply-add finish 256 values.
+//! `benches/arm-mca.sh` predicts these kernels' cycles beside llama.cpp's; the choices
+//! below cite its figures (cycles per 256 weights).
 
 use std::arch::aarch64::*;
 
