@@ -80,14 +80,27 @@ pub fn applies(dtype: GgmlDType, rows: usize) -> bool {
     super::quant_dot::has_kernel(dtype) && rows.is_multiple_of(ROWS)
 }
 
+/// Whether `dtype`'s quant bytes are stored XOR 0x88 in this layout: Q4_0 on aarch64,
+/// where each nibble then reads as a signed four-bit value (q − 8) and the NEON kernel
+/// unpacks sixteen weights with one shift or one mask instead of a mask and a
+/// subtraction (llama.cpp's ARM repack stores Q4_0 the same way). [`row`] undoes it.
+pub fn presigned(dtype: GgmlDType) -> bool {
+    cfg!(target_arch = "aarch64") && dtype == GgmlDType::Q4_0
+}
+
 /// `bytes` (rows of `row_bytes`, row-major as in the file) in the interleaved layout;
 /// groups are spread over the current thread pool. The caller has checked [`applies`].
 pub fn interleave(dtype: GgmlDType, bytes: &[u8], row_bytes: usize) -> Vec<u8> {
     assert!(bytes.len().is_multiple_of(ROWS * row_bytes), "interleave: not whole groups of rows");
-    by_shape!(dtype, interleave_shaped(bytes, row_bytes)).expect("interleave: a format the layout serves")
+    by_shape!(dtype, interleave_shaped(bytes, row_bytes, presigned(dtype)))
+        .expect("interleave: a format the layout serves")
 }
 
-fn interleave_shaped<const HEAD: usize, const TS: usize, const TAIL: usize>(bytes: &[u8], row_bytes: usize) -> Vec<u8> {
+fn interleave_shaped<const HEAD: usize, const TS: usize, const TAIL: usize>(
+    bytes: &[u8],
+    row_bytes: usize,
+    presigned: bool,
+) -> Vec<u8> {
     let mut out = vec![0u8; bytes.len()];
     let mut groups: Vec<(&[u8], &mut [u8])> =
         bytes.chunks_exact(ROWS * row_bytes).zip(out.chunks_exact_mut(ROWS * row_bytes)).collect();
@@ -95,6 +108,12 @@ fn interleave_shaped<const HEAD: usize, const TS: usize, const TAIL: usize>(byte
         for (r, row) in from.chunks_exact(row_bytes).enumerate() {
             for (block, column) in row.chunks_exact(TS).zip(to.chunks_exact_mut(ROWS * TS)) {
                 for_each_field::<HEAD, TS, TAIL>(r, |to, from, len| copy_field(&mut column[to..], &block[from..], len));
+            }
+        }
+        if presigned {
+            // The header fields fill each column's first ROWS · HEAD bytes; quants follow.
+            for column in to.chunks_exact_mut(ROWS * TS) {
+                column[ROWS * HEAD..].iter_mut().for_each(|b| *b ^= 0x88);
             }
         }
     });
@@ -105,7 +124,13 @@ fn interleave_shaped<const HEAD: usize, const TS: usize, const TAIL: usize>(byte
 /// number of their block columns), back in the file's layout, into `out`.
 pub fn row(dtype: GgmlDType, group: &[u8], r: usize, out: &mut [u8]) {
     assert!(r < ROWS && group.len() == ROWS * out.len(), "interleave_rows::row: shape");
-    by_shape!(dtype, row_shaped(group, r, out)).expect("interleave_rows::row: a format the layout serves")
+    by_shape!(dtype, row_shaped(group, r, out)).expect("interleave_rows::row: a format the layout serves");
+    if presigned(dtype) {
+        // Q4_0: the two-byte scale, then the quants.
+        for block in out.chunks_exact_mut(dtype.type_size()) {
+            block[2..].iter_mut().for_each(|b| *b ^= 0x88);
+        }
+    }
 }
 
 fn row_shaped<const HEAD: usize, const TS: usize, const TAIL: usize>(group: &[u8], r: usize, out: &mut [u8]) {
@@ -140,7 +165,9 @@ mod tests {
 
     #[test]
     fn q4_0_columns_sit_where_the_kernels_load_them() {
-        // Row r's block 1: scale bytes at 2r, quant bytes 4c..4c + 4 at 16 + 32c + 4r.
+        // Row r's block 1: scale bytes at 2r, quant bytes 4c..4c + 4 at 16 + 32c + 4r
+        // (XOR 0x88 where the layout stores them pre-signed).
+        let flip = if presigned(GgmlDType::Q4_0) { 0x88 } else { 0 };
         let (ts, row_bytes) = (18, 36);
         let bytes: Vec<u8> = (0..ROWS * row_bytes).map(|i| i as u8).collect();
         let packed = interleave(GgmlDType::Q4_0, &bytes, row_bytes);
@@ -149,7 +176,8 @@ mod tests {
             let block = &bytes[r * row_bytes + ts..r * row_bytes + 2 * ts];
             assert_eq!(column[2 * r..2 * r + 2], block[..2]);
             for c in 0..4 {
-                assert_eq!(column[16 + 32 * c + 4 * r..][..4], block[2 + 4 * c..6 + 4 * c]);
+                let stored: Vec<u8> = column[16 + 32 * c + 4 * r..][..4].iter().map(|b| b ^ flip).collect();
+                assert_eq!(stored, block[2 + 4 * c..6 + 4 * c]);
             }
         }
     }
