@@ -1337,30 +1337,7 @@ macro_rules! kernels {
                 q8_0_::<$mulsum>(w, x)
             }
 
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
-                k_quant_shared::<$mulsum, false, 1>(w, [x])[0]
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
-                k_quant_shared::<$mulsum, true, 1>(w, [x])[0]
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q6_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
-                q6_k_shared_scale::<$mulsum, 1>(w, [x])[0]
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                k_quant_shared::<$mulsum, false, TILE>(w, tile(x, stride))
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                k_quant_shared::<$mulsum, true, TILE>(w, tile(x, stride))
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q6_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                q6_k_shared_scale::<$mulsum, TILE>(w, tile(x, stride))
-            }
+            shared_scale_kernels!($mulsum, $features);
 
             rows_kernel!($mulsum, $features, $lanes, q8_0_interleaved, Blocks<Q80>);
             rows_kernel!($mulsum, $features, $lanes, q4_k_interleaved, KQuant<false>);

@@ -2,6 +2,40 @@
 //! ([`Q8Block`]s), per weight type: the decode hot path. The SIMD form is chosen once per
 //! process from the CPU's features; the scalar form is the reference and the fallback.
 
+/// The K-quants' single-token and [`TILE`]-token forms over shared-scale activations, as
+/// `target_feature` wrappers of the calling SIMD module's own `k_quant_shared::<M,
+/// FIVE_BITS, T>`, `q6_k_shared_scale::<M, T>` and `tile`, with `$mul` its way of
+/// multiplying: the x86 and NEON modules instantiate the same six forms.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! shared_scale_kernels {
+    ($mul:ty, $features:literal) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn q4_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
+            k_quant_shared::<$mul, false, 1>(w, [x])[0]
+        }
+        #[target_feature(enable = $features)]
+        pub unsafe fn q5_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
+            k_quant_shared::<$mul, true, 1>(w, [x])[0]
+        }
+        #[target_feature(enable = $features)]
+        pub unsafe fn q6_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
+            q6_k_shared_scale::<$mul, 1>(w, [x])[0]
+        }
+        #[target_feature(enable = $features)]
+        pub unsafe fn q4_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+            k_quant_shared::<$mul, false, TILE>(w, tile(x, stride))
+        }
+        #[target_feature(enable = $features)]
+        pub unsafe fn q5_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+            k_quant_shared::<$mul, true, TILE>(w, tile(x, stride))
+        }
+        #[target_feature(enable = $features)]
+        pub unsafe fn q6_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+            q6_k_shared_scale::<$mul, TILE>(w, tile(x, stride))
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "aarch64")]
@@ -238,64 +272,56 @@ pub fn scalar_kernel(dtype: GgmlDType) -> Option<Kernel> {
     })
 }
 
+/// The checked [`Kernel`] for `$dtype` from a SIMD module (`$m`, one of `avx2`'s or
+/// `neon`'s instruction-set variants): both export every form under the same names
+/// (`q4_0`, `q4_0_tile`, `q4_0_interleaved`, …, the K-quants' `_shared` forms, `ROWS`).
+/// `None` for a type without a kernel.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! simd_kernel {
+    ($($m:ident)::+, $dtype:expr) => {{
+        use $($m)::+ as k;
+        Some(match $dtype {
+            GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; interleaved k::ROWS, k::q4_0_interleaved),
+            GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; interleaved k::ROWS, k::q4_1_interleaved),
+            GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; interleaved k::ROWS, k::q5_0_interleaved),
+            GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; interleaved k::ROWS, k::q5_1_interleaved),
+            GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile; interleaved k::ROWS, k::q8_0_interleaved),
+            GgmlDType::Q4K => {
+                checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile; interleaved k::ROWS, k::q4_k_interleaved)
+            }
+            GgmlDType::Q5K => {
+                checked_kernel!(Q5K; shared k::q5_k_shared, k::q5_k_shared_tile; interleaved k::ROWS, k::q5_k_interleaved)
+            }
+            GgmlDType::Q6K => {
+                checked_kernel!(Q6K; shared k::q6_k_shared, k::q6_k_shared_tile; interleaved k::ROWS, k::q6_k_interleaved)
+            }
+            _ => return None,
+        })
+    }};
+}
+
 /// The AVX2 kernel for `dtype`, its multiplies on VNNI where `f` has it.
 #[cfg(target_arch = "x86_64")]
 fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
     if !f.avx2 {
         return None;
     }
-    macro_rules! pick {
-        ($m:ident) => {{
-            use avx2::$m as k;
-            match dtype {
-                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; interleaved k::ROWS, k::q4_0_interleaved),
-                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; interleaved k::ROWS, k::q4_1_interleaved),
-                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; interleaved k::ROWS, k::q5_0_interleaved),
-                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; interleaved k::ROWS, k::q5_1_interleaved),
-                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile; interleaved k::ROWS, k::q8_0_interleaved),
-                GgmlDType::Q4K => {
-                    checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile; interleaved k::ROWS, k::q4_k_interleaved)
-                }
-                GgmlDType::Q5K => {
-                    checked_kernel!(Q5K; shared k::q5_k_shared, k::q5_k_shared_tile; interleaved k::ROWS, k::q5_k_interleaved)
-                }
-                GgmlDType::Q6K => {
-                    checked_kernel!(Q6K; shared k::q6_k_shared, k::q6_k_shared_tile; interleaved k::ROWS, k::q6_k_interleaved)
-                }
-                _ => return None,
-            }
-        }};
+    if f.vnni {
+        simd_kernel!(avx2::vnni, dtype)
+    } else {
+        simd_kernel!(avx2::plain, dtype)
     }
-    Some(if f.vnni { pick!(vnni) } else { pick!(plain) })
 }
 
 /// The NEON kernel for `dtype`: `sdot` where `f` has it, else widening multiplies (NEON
 /// itself is part of aarch64).
 #[cfg(target_arch = "aarch64")]
 fn arm_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
-    macro_rules! pick {
-        ($m:ident) => {{
-            use neon::$m as k;
-            match dtype {
-                GgmlDType::Q4_0 => checked_kernel!(Q4_0, k::q4_0, k::q4_0_tile; interleaved k::ROWS, k::q4_0_interleaved),
-                GgmlDType::Q4_1 => checked_kernel!(Q4_1, k::q4_1, k::q4_1_tile; interleaved k::ROWS, k::q4_1_interleaved),
-                GgmlDType::Q5_0 => checked_kernel!(Q5_0, k::q5_0, k::q5_0_tile; interleaved k::ROWS, k::q5_0_interleaved),
-                GgmlDType::Q5_1 => checked_kernel!(Q5_1, k::q5_1, k::q5_1_tile; interleaved k::ROWS, k::q5_1_interleaved),
-                GgmlDType::Q8_0 => checked_kernel!(Q8_0, k::q8_0, k::q8_0_tile; interleaved k::ROWS, k::q8_0_interleaved),
-                GgmlDType::Q4K => {
-                    checked_kernel!(Q4K; shared k::q4_k_shared, k::q4_k_shared_tile; interleaved k::ROWS, k::q4_k_interleaved)
-                }
-                GgmlDType::Q5K => {
-                    checked_kernel!(Q5K; shared k::q5_k_shared, k::q5_k_shared_tile; interleaved k::ROWS, k::q5_k_interleaved)
-                }
-                GgmlDType::Q6K => {
-                    checked_kernel!(Q6K; shared k::q6_k_shared, k::q6_k_shared_tile; interleaved k::ROWS, k::q6_k_interleaved)
-                }
-                _ => return None,
-            }
-        }};
+    if f.dotprod {
+        simd_kernel!(neon::sdot, dtype)
+    } else {
+        simd_kernel!(neon::widen, dtype)
     }
-    Some(if f.dotprod { pick!(sdot) } else { pick!(widen) })
 }
 
 /// The fastest kernel for `dtype` that feature set `f` allows.

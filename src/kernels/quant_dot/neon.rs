@@ -876,30 +876,7 @@ macro_rules! kernels {
             rows_kernel!($dot, $features, q6_k_interleaved, Q6K);
 
             // The K-quants, over shared-scale activations.
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
-                k_quant_shared::<$dot, false, 1>(w, [x])[0]
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
-                k_quant_shared::<$dot, true, 1>(w, [x])[0]
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q6_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
-                q6_k_shared_scale::<$dot, 1>(w, [x])[0]
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q4_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                k_quant_shared::<$dot, false, TILE>(w, tile(x, stride))
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q5_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                k_quant_shared::<$dot, true, TILE>(w, tile(x, stride))
-            }
-            #[target_feature(enable = $features)]
-            pub unsafe fn q6_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
-                q6_k_shared_scale::<$dot, TILE>(w, tile(x, stride))
-            }
+            shared_scale_kernels!($dot, $features);
         }
     };
 }
