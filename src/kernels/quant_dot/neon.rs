@@ -340,19 +340,22 @@ unsafe fn lane_shr(v: uint32x4_t, n: usize) -> uint32x4_t {
 }
 
 /// One token's activation blocks over one chunk, as the interleaved tile holds them:
-/// block `p` at `x[p · step]`.
+/// token `t`'s block of piece `p` at `chunk[p · tokens + t]`.
 #[derive(Clone, Copy)]
 struct TokenBlocks<'a> {
-    x: &'a [Q8Block],
-    step: usize,
+    chunk: &'a [Q8Block],
+    t: usize,
+    tokens: usize,
 }
 
 impl<'a> TokenBlocks<'a> {
     #[inline(always)]
-    /// Unchecked: `p` is a piece of the chunk, whose blocks the kernel sliced out whole.
+    /// Unchecked: `p` is a piece of the chunk and `t` one of its tokens, whose blocks the
+    /// kernel sliced out whole (a check per token and piece was a tenth of a prefill
+    /// kernel's instructions).
     unsafe fn at(self, p: usize) -> &'a Q8Block {
-        debug_assert!(p * self.step < self.x.len());
-        self.x.get_unchecked(p * self.step)
+        debug_assert!(self.t < self.tokens && p * self.tokens + self.t < self.chunk.len());
+        self.chunk.get_unchecked(p * self.tokens + self.t)
     }
 }
 
@@ -381,7 +384,7 @@ trait RowsFormat {
         [[vdupq_n_s32(1); 2]; 2]
     }
     /// `acc` plus one token's products over the chunk, from its integer sums.
-    unsafe fn finish(
+    unsafe fn finish<D: Dot>(
         rows: &Self::Rows,
         sumi: Halves<int32x4_t>,
         xb: TokenBlocks,
@@ -398,8 +401,9 @@ impl<const TS: usize, const BITS: usize, const OFFSET: u8> Blocks<TS, BITS, OFFS
     /// Q4_0 (four bits, offset 8) is stored with its nibbles pre-signed
     /// ([`presigned`](crate::kernels::interleave_rows::presigned)): a nibble moved to the
     /// top of its byte is then 16·(q − 8) as a signed byte, one instruction for sixteen
-    /// weights, and `d / 16` (exact) takes the 16 back out of the sums (decode, cycles per
-    /// 256 weights: Apple M1 20.2 → 15.5, Cortex-A76 34.3 → 29.8).
+    /// weights, and the sums' conversion to floats takes the 16 back out exactly (`scvtf`
+    /// with four fraction bits; decode, cycles per 256 weights: Apple M1 20.2 → 15.5,
+    /// Cortex-A76 34.3 → 29.8).
     const PRESIGNED: bool = BITS == 4 && OFFSET == 8;
     const HEADER: usize = TS - 4 * BITS;
     /// Where the quant bytes start: after the header and a five-bit format's `qh` word.
@@ -431,9 +435,7 @@ impl<const TS: usize, const BITS: usize, const OFFSET: u8> RowsFormat for Blocks
     #[inline(always)]
     unsafe fn rows(b: &[u8]) -> BlocksRows {
         let m = if Self::HEADER == 4 { field(b, 2) } else { [vdupq_n_f32(0.0); 2] };
-        let d = field(b, 0);
-        let d = if Self::PRESIGNED { halves!(|h| vmulq_n_f32(d[h], 1.0 / 16.0)) } else { d };
-        BlocksRows { d, m }
+        BlocksRows { d: field(b, 0), m }
     }
 
     #[inline(always)]
@@ -470,7 +472,7 @@ impl<const TS: usize, const BITS: usize, const OFFSET: u8> RowsFormat for Blocks
     }
 
     #[inline(always)]
-    unsafe fn finish(
+    unsafe fn finish<D: Dot>(
         rows: &BlocksRows,
         sumi: Halves<int32x4_t>,
         xb: TokenBlocks,
@@ -479,7 +481,10 @@ impl<const TS: usize, const BITS: usize, const OFFSET: u8> RowsFormat for Blocks
         let xb = xb.at(0);
         let mut out = acc;
         for h in 0..2 {
-            out[h] = vfmaq_f32(out[h], vcvtq_f32_s32(sumi[h]), vmulq_n_f32(rows.d[h], xb.d));
+            // Pre-signed sums are 16 times the true ones: the fixed-point conversion takes
+            // the 16 out exactly, as part of the conversion.
+            let sum = if Self::PRESIGNED { vcvtq_n_f32_s32::<4>(sumi[h]) } else { vcvtq_f32_s32(sumi[h]) };
+            out[h] = vfmaq_f32(out[h], sum, vmulq_n_f32(rows.d[h], xb.d));
             if Self::HEADER == 4 {
                 out[h] = vfmaq_n_f32(out[h], rows.m[h], xb.ds);
             }
@@ -488,35 +493,82 @@ impl<const TS: usize, const BITS: usize, const OFFSET: u8> RowsFormat for Blocks
     }
 }
 
-/// Q4_K / Q5_K rows: `d`, `dmin`, and the packed 6-bit scales and minimums (bytes 0..4,
-/// 4..8 and 8..12 of each row's twelve, a row per lane), unpacked per sub-block where
-/// used: all sixteen unpacked at once would not fit in the registers beside a piece.
+/// Q4_K / Q5_K rows: `d`, `dmin`, and the 6-bit scales and minimums unpacked to bytes:
+/// `scales[i][h]` holds sub-blocks `4i..4i + 4` of rows `4h..4h + 4`, a row per 32-bit
+/// lane, a sub-block per byte; `mins` likewise, as signed bytes (they are below 64) that
+/// `sdot` multiplies by the activations' block sums.
 struct KQuantRows {
     d: Halves<float32x4_t>,
     dmin: Halves<float32x4_t>,
-    packed: [Halves<uint32x4_t>; 3],
+    scales: [Halves<uint32x4_t>; 2],
+    mins: [Halves<int8x16_t>; 2],
 }
 
 impl KQuantRows {
-    /// Sub-block `j`'s scale (`MIN = false`) or minimum of each row. Sub-block k < 4:
-    /// byte k of the first (scales) or second (minimums) word, six bits; sub-block 4 + k:
-    /// the low (scales) or high (minimums) nibble of byte k of the third word, with the
-    /// top two bits of byte k of the first or second word above.
+    /// From the twelve packed bytes of each row (bytes 0..4, 4..8 and 8..12 as three runs):
+    /// sub-block k < 4's scale and minimum are the low six bits of byte k of the first and
+    /// second word; sub-block 4 + k's are the low and high nibble of byte k of the third,
+    /// with the top two bits of byte k of the first or second word above. Byte-wise, six
+    /// instructions a half for all sixteen values (per-sub-block unpacking in 32-bit lanes
+    /// was a fifth of a Q4_K decode).
     #[inline(always)]
-    unsafe fn unpack<const MIN: bool>(&self, j: usize) -> Halves<int32x4_t> {
-        let k = j % 4;
-        let first = self.packed[MIN as usize];
+    unsafe fn unpack(b: &[u8]) -> ([Halves<uint32x4_t>; 2], [Halves<int8x16_t>; 2]) {
+        let low6 = vdupq_n_u8(63);
+        let mut scales = [[vdupq_n_u32(0); 2]; 2];
+        let mut mins = [[vdupq_n_s8(0); 2]; 2];
+        for h in 0..2 {
+            let (first, second, third) = (run(b, 4, h), run(b, 8, h), run(b, 12, h));
+            scales[0][h] = vreinterpretq_u32_u8(vandq_u8(first, low6));
+            scales[1][h] = vreinterpretq_u32_u8(vsliq_n_u8::<4>(third, vshrq_n_u8::<6>(first)));
+            mins[0][h] = vreinterpretq_s8_u8(vandq_u8(second, low6));
+            mins[1][h] = vreinterpretq_s8_u8(vsriq_n_u8::<4>(vshrq_n_u8::<2>(second), third));
+        }
+        (scales, mins)
+    }
+
+    /// Sub-block `j`'s scale of each row, a row per lane.
+    #[inline(always)]
+    unsafe fn scale(&self, j: usize) -> Halves<int32x4_t> {
+        let (bytes, k) = (self.scales[j / 4], j % 4);
+        halves!(|h| vreinterpretq_s32_u32(match k {
+            0 => vandq_u32(bytes[h], vdupq_n_u32(0xFF)),
+            1 => vandq_u32(vshrq_n_u32::<8>(bytes[h]), vdupq_n_u32(0xFF)),
+            2 => vandq_u32(vshrq_n_u32::<16>(bytes[h]), vdupq_n_u32(0xFF)),
+            _ => vshrq_n_u32::<24>(bytes[h]),
+        }))
+    }
+
+    /// Σ_j m_j · (token's block j sum) of each row, in integers, by `sdot`: the eight block
+    /// sums (below 4096 in magnitude) split as 128 · high + low with both parts bytes.
+    #[inline(always)]
+    unsafe fn min_sums<D: Dot>(&self, xb: TokenBlocks) -> Halves<int32x4_t> {
+        let sums = block_sums(xb);
+        let parts = vuzp1q_s8(
+            vreinterpretq_s8_s16(vandq_s16(sums, vdupq_n_s16(127))),
+            vreinterpretq_s8_s16(vshrq_n_s16::<7>(sums)),
+        );
+        let (low, high) = (self.mins[0], self.mins[1]);
         halves!(|h| {
-            let own = lane_shr(first[h], 8 * k);
-            let v = if j < 4 {
-                vandq_u32(own, vdupq_n_u32(63))
-            } else {
-                let c = lane_shr(self.packed[2][h], 8 * k + if MIN { 4 } else { 0 });
-                vorrq_u32(vandq_u32(c, vdupq_n_u32(15)), vandq_u32(vshrq_n_u32::<2>(own), vdupq_n_u32(0x30)))
-            };
-            vreinterpretq_s32_u32(v)
+            let above = D::dot_lane::<3>(D::dot_lane::<2>(vdupq_n_s32(0), low[h], parts), high[h], parts);
+            D::dot_lane::<1>(D::dot_lane::<0>(vshlq_n_s32::<7>(above), low[h], parts), high[h], parts)
         })
     }
+}
+
+/// A token's eight block sums over a super-block, as 16-bit lanes.
+#[inline(always)]
+unsafe fn block_sums(xb: TokenBlocks) -> int16x8_t {
+    // Each block's two 16-bit half sums as one 32-bit lane, then added pairwise.
+    macro_rules! halves_of {
+        ($($j:literal => $lane:literal),*) => {{
+            let mut v = vdupq_n_u32(0);
+            $(v = vld1q_lane_u32::<$lane>(xb.at($j).sum16.as_ptr() as *const u32, v);)*
+            vreinterpretq_s16_u32(v)
+        }};
+    }
+    let first = halves_of!(0 => 0, 1 => 1, 2 => 2, 3 => 3);
+    let second = halves_of!(4 => 0, 5 => 1, 6 => 2, 7 => 3);
+    vpaddq_s16(first, second)
 }
 
 /// Q4_K / Q5_K interleaved at load: per super-block column the rows' `d`, `dmin`, three
@@ -530,12 +582,8 @@ impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
 
     #[inline(always)]
     unsafe fn rows(b: &[u8]) -> KQuantRows {
-        let packed = [
-            halves!(|h| vreinterpretq_u32_u8(run(b, 4, h))),
-            halves!(|h| vreinterpretq_u32_u8(run(b, 8, h))),
-            halves!(|h| vreinterpretq_u32_u8(run(b, 12, h))),
-        ];
-        KQuantRows { d: field(b, 0), dmin: field(b, 2), packed }
+        let (scales, mins) = KQuantRows::unpack(b);
+        KQuantRows { d: field(b, 0), dmin: field(b, 2), scales, mins }
     }
 
     #[inline(always)]
@@ -560,29 +608,23 @@ impl<const FIVE_BITS: bool> RowsFormat for KQuant<FIVE_BITS> {
 
     #[inline(always)]
     unsafe fn piece_scales(rows: &KQuantRows, j: usize) -> [Halves<int32x4_t>; 2] {
-        let s = rows.unpack::<false>(j);
+        let s = rows.scale(j);
         [s, s]
     }
 
     #[inline(always)]
-    unsafe fn finish(
+    unsafe fn finish<D: Dot>(
         rows: &KQuantRows,
         sumi: Halves<int32x4_t>,
         xb: TokenBlocks,
         acc: Halves<float32x4_t>,
     ) -> Halves<float32x4_t> {
         let xd = xb.at(0).d;
-        let mut out = acc;
-        for h in 0..2 {
-            // Σ_j m_j · (block j's sum), in integers.
-            let mut min_sum = vdupq_n_s32(0);
-            for j in 0..8 {
-                min_sum = vmlaq_n_s32(min_sum, rows.unpack::<true>(j)[h], xb.at(j).sum());
-            }
-            out[h] = vfmaq_f32(out[h], vcvtq_f32_s32(sumi[h]), vmulq_n_f32(rows.d[h], xd));
-            out[h] = vfmsq_f32(out[h], vcvtq_f32_s32(min_sum), vmulq_n_f32(rows.dmin[h], xd));
-        }
-        out
+        let min_sums = rows.min_sums::<D>(xb);
+        halves!(|h| {
+            let out = vfmaq_f32(acc[h], vcvtq_f32_s32(sumi[h]), vmulq_n_f32(rows.d[h], xd));
+            vfmsq_f32(out, vcvtq_f32_s32(min_sums[h]), vmulq_n_f32(rows.dmin[h], xd))
+        })
     }
 }
 
@@ -642,7 +684,7 @@ impl RowsFormat for Q6K {
     }
 
     #[inline(always)]
-    unsafe fn finish(
+    unsafe fn finish<D: Dot>(
         rows: &Q6KRows,
         sumi: Halves<int32x4_t>,
         xb: TokenBlocks,
@@ -693,30 +735,33 @@ unsafe fn piece_pass<D: Dot, F: RowsFormat, const J: usize>(
     sumi: &mut [Halves<int32x4_t>],
     acc: &mut [Halves<float32x4_t>],
 ) {
-    let n = sumi.len();
+    let tokens = sumi.len();
+    debug_assert!(acc.len() == tokens && chunk.len() == F::PIECES * tokens);
     let weights = F::piece(b, J);
     let scales = F::piece_scales(rows, J);
-    let xs = &chunk[J * n..(J + 1) * n];
+    let at = |t| TokenBlocks { chunk, t, tokens };
     // Two tokens per step: their sums and float steps are independent, which an in-order
     // core (Cortex-A55) needs to fill the latencies of one token's chain.
-    let mut t = 0;
-    while t + 2 <= n {
-        let s0 = piece_sums::<D, F>(&weights, &xs[t], &scales);
-        let s1 = piece_sums::<D, F>(&weights, &xs[t + 1], &scales);
-        token_step::<F>(rows, J, s0, TokenBlocks { x: &chunk[t..], step: n }, &mut sumi[t], &mut acc[t]);
-        token_step::<F>(rows, J, s1, TokenBlocks { x: &chunk[t + 1..], step: n }, &mut sumi[t + 1], &mut acc[t + 1]);
-        t += 2;
+    let (sumi_pairs, sumi_last) = sumi.as_chunks_mut::<2>();
+    let (acc_pairs, acc_last) = acc.as_chunks_mut::<2>();
+    for (i, ([sumi0, sumi1], [acc0, acc1])) in sumi_pairs.iter_mut().zip(acc_pairs).enumerate() {
+        let (x0, x1) = (at(2 * i), at(2 * i + 1));
+        let s0 = piece_sums::<D, F>(&weights, x0.at(J), &scales);
+        let s1 = piece_sums::<D, F>(&weights, x1.at(J), &scales);
+        token_step::<D, F>(rows, J, s0, x0, sumi0, acc0);
+        token_step::<D, F>(rows, J, s1, x1, sumi1, acc1);
     }
-    if t < n {
-        let s0 = piece_sums::<D, F>(&weights, &xs[t], &scales);
-        token_step::<F>(rows, J, s0, TokenBlocks { x: &chunk[t..], step: n }, &mut sumi[t], &mut acc[t]);
+    if let ([sumi0], [acc0]) = (sumi_last, acc_last) {
+        let x0 = at(tokens - 1);
+        let s0 = piece_sums::<D, F>(&weights, x0.at(J), &scales);
+        token_step::<D, F>(rows, J, s0, x0, sumi0, acc0);
     }
 }
 
 /// One token's piece `j` sums into its running integer sums, or on a chunk's last piece
 /// through the format's float step into its accumulators.
 #[inline(always)]
-unsafe fn token_step<F: RowsFormat>(
+unsafe fn token_step<D: Dot, F: RowsFormat>(
     rows: &F::Rows,
     j: usize,
     sums: Halves<int32x4_t>,
@@ -726,7 +771,7 @@ unsafe fn token_step<F: RowsFormat>(
 ) {
     let total = if j == 0 { sums } else { [vaddq_s32(sumi[0], sums[0]), vaddq_s32(sumi[1], sums[1])] };
     if j + 1 == F::PIECES {
-        *acc = F::finish(rows, total, xb, *acc);
+        *acc = F::finish::<D>(rows, total, xb, *acc);
     } else {
         *sumi = total;
     }
