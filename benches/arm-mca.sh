@@ -4,6 +4,11 @@
 # on the same CPU, per 256 weights of a row and token, on Cortex-A55 (a phone's little
 # core), Cortex-A76 (a big core) and Apple M1 — decode (one token) and prefill (64).
 #
+# LLVM has no Cortex-A76 model of its own: `-mcpu=cortex-a76` schedules with its Cortex-A57
+# model (LLVM 14 and 19 alike). The Neoverse N1 is the A76's core in a server and has a
+# model of its own from LLVM 16, so the table adds it (llvm-mca-19), the closer check of an
+# A76 phone core; the other columns keep the Debian default llvm-mca (14).
+#
 #   benches/arm-mca.sh                  # COLS=2048 (the weight row's length) by default
 #   TYPES="q4_0 q4_k" benches/arm-mca.sh  # some types only
 #
@@ -17,13 +22,13 @@
 # (8 × 4), one-row `vec_dot` for Q4_1, Q5_0, Q5_1. Compiled from the source
 # benches/llama-cpp.sh fetches, by clang with -O3 -march=armv8.2-a+dotprod+fp16.
 #
-# Needs (Debian): qemu-user clang llvm g++-aarch64-linux-gnu (and its binutils), the rustup
-# target aarch64-unknown-linux-gnu.
+# Needs (Debian): qemu-user clang llvm llvm-19 g++-aarch64-linux-gnu (and its binutils), the
+# rustup target aarch64-unknown-linux-gnu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COLS=${COLS:-2048}
 PREFILL=64
-CPUS=(cortex-a55 cortex-a76 apple-m1)
+CPUS=(cortex-a55 cortex-a76 neoverse-n1 apple-m1)
 read -r -a TYPES <<<"${TYPES:-q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -78,7 +83,9 @@ cycles() {
         python3 benches/arm-mca/trace2asm.py "$trace.log" "$work/$side.dis" >"$trace.s" 2>/dev/null
         rm "$trace.log"
     fi
-    llvm-mca -mtriple=aarch64 -mcpu="$4" -iterations=1 "$trace.s" 2>/dev/null |
+    local mca=llvm-mca
+    [ "$4" = neoverse-n1 ] && mca=llvm-mca-19
+    "$mca" -mtriple=aarch64 -mcpu="$4" -iterations=1 "$trace.s" 2>/dev/null |
         awk -v per=$((8 * tokens * COLS / 256)) '/^Total Cycles:/ {printf "%.1f", $3 / per}'
 }
 

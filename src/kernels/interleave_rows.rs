@@ -20,6 +20,8 @@
 //! every row — the columns the kernels multiply. A group occupies exactly the bytes its
 //! eight rows did.
 
+use std::ops::Range;
+
 use crate::gguf::GgmlDType;
 use crate::threads::for_each_mut;
 
@@ -80,26 +82,34 @@ pub fn applies(dtype: GgmlDType, rows: usize) -> bool {
     super::quant_dot::has_kernel(dtype) && rows.is_multiple_of(ROWS)
 }
 
-/// Whether `dtype`'s quant bytes are stored XOR 0x88 in this layout: Q4_0 on aarch64,
-/// where each nibble then reads as a signed four-bit value (q − 8) and the NEON kernel
-/// unpacks sixteen weights with one shift or one mask instead of a mask and a
-/// subtraction (llama.cpp's ARM repack stores Q4_0 the same way). [`row`] undoes it.
-pub fn presigned(dtype: GgmlDType) -> bool {
-    cfg!(target_arch = "aarch64") && dtype == GgmlDType::Q4_0
+/// The bytes of each `dtype` block stored XORed in this layout, and the XOR, so the NEON
+/// kernels unpack weights already signed (llama.cpp's ARM repack stores Q4_0 the same
+/// way); [`row`] undoes it. On aarch64 only:
+/// - Q4_0's quants XOR 0x88: each nibble reads as a signed four-bit value (q − 8), one
+///   shift or mask for sixteen weights instead of a mask and a subtraction;
+/// - Q6_K's `qh` XOR 0xAA: each weight's two high bits with the upper one flipped, so its
+///   six bits at the top of a byte read as 4·(q − 32), again without a subtraction.
+pub fn flipped(dtype: GgmlDType) -> Option<(Range<usize>, u8)> {
+    match dtype {
+        _ if !cfg!(target_arch = "aarch64") => None,
+        GgmlDType::Q4_0 => Some((2..18, 0x88)),
+        GgmlDType::Q6K => Some((128..192, 0xAA)),
+        _ => None,
+    }
 }
 
 /// `bytes` (rows of `row_bytes`, row-major as in the file) in the interleaved layout;
 /// groups are spread over the current thread pool. The caller has checked [`applies`].
 pub fn interleave(dtype: GgmlDType, bytes: &[u8], row_bytes: usize) -> Vec<u8> {
     assert!(bytes.len().is_multiple_of(ROWS * row_bytes), "interleave: not whole groups of rows");
-    by_shape!(dtype, interleave_shaped(bytes, row_bytes, presigned(dtype)))
+    by_shape!(dtype, interleave_shaped(bytes, row_bytes, flipped(dtype)))
         .expect("interleave: a format the layout serves")
 }
 
 fn interleave_shaped<const HEAD: usize, const TS: usize, const TAIL: usize>(
     bytes: &[u8],
     row_bytes: usize,
-    presigned: bool,
+    flip: Option<(Range<usize>, u8)>,
 ) -> Vec<u8> {
     let mut out = vec![0u8; bytes.len()];
     let mut groups: Vec<(&[u8], &mut [u8])> =
@@ -110,10 +120,10 @@ fn interleave_shaped<const HEAD: usize, const TS: usize, const TAIL: usize>(
                 for_each_field::<HEAD, TS, TAIL>(r, |to, from, len| copy_field(&mut column[to..], &block[from..], len));
             }
         }
-        if presigned {
-            // The header fields fill each column's first ROWS · HEAD bytes; quants follow.
+        if let Some((bytes, xor)) = &flip {
+            // Four-byte fields: block bytes a..b are column bytes 8a..8b.
             for column in to.chunks_exact_mut(ROWS * TS) {
-                column[ROWS * HEAD..].iter_mut().for_each(|b| *b ^= 0x88);
+                column[ROWS * bytes.start..ROWS * bytes.end].iter_mut().for_each(|b| *b ^= xor);
             }
         }
     });
@@ -125,10 +135,9 @@ fn interleave_shaped<const HEAD: usize, const TS: usize, const TAIL: usize>(
 pub fn row(dtype: GgmlDType, group: &[u8], r: usize, out: &mut [u8]) {
     assert!(r < ROWS && group.len() == ROWS * out.len(), "interleave_rows::row: shape");
     by_shape!(dtype, row_shaped(group, r, out)).expect("interleave_rows::row: a format the layout serves");
-    if presigned(dtype) {
-        // Q4_0: the two-byte scale, then the quants.
+    if let Some((bytes, xor)) = flipped(dtype) {
         for block in out.chunks_exact_mut(dtype.type_size()) {
-            block[2..].iter_mut().for_each(|b| *b ^= 0x88);
+            block[bytes.clone()].iter_mut().for_each(|b| *b ^= xor);
         }
     }
 }
@@ -167,7 +176,7 @@ mod tests {
     fn q4_0_columns_sit_where_the_kernels_load_them() {
         // Row r's block 1: scale bytes at 2r, quant bytes 4c..4c + 4 at 16 + 32c + 4r
         // (XOR 0x88 where the layout stores them pre-signed).
-        let flip = if presigned(GgmlDType::Q4_0) { 0x88 } else { 0 };
+        let flip = flipped(GgmlDType::Q4_0).map_or(0, |(_, xor)| xor);
         let (ts, row_bytes) = (18, 36);
         let bytes: Vec<u8> = (0..ROWS * row_bytes).map(|i| i as u8).collect();
         let packed = interleave(GgmlDType::Q4_0, &bytes, row_bytes);
@@ -184,16 +193,19 @@ mod tests {
 
     #[test]
     fn q6_k_keeps_its_trailing_scale_as_a_field() {
-        // Row r: ql/qh/scale bytes 4c..4c + 4 at 32c + 4r, the f16 scale (bytes 208..210) at
-        // 8·208 + 2r.
+        // Row r: ql/qh/scale bytes 4c..4c + 4 at 32c + 4r (qh XORed where the layout flips
+        // it), the f16 scale (bytes 208..210) at 8·208 + 2r.
         let ts = 210;
         let bytes: Vec<u8> = (0..ROWS * ts).map(|i| (i * 7) as u8).collect();
         let packed = interleave(GgmlDType::Q6K, &bytes, ts);
         for r in 0..ROWS {
             let block = &bytes[r * ts..(r + 1) * ts];
             assert_eq!(packed[8 * 208 + 2 * r..][..2], block[208..]);
+            let (qh, xor) = flipped(GgmlDType::Q6K).unwrap_or((0..0, 0));
             for c in 0..52 {
-                assert_eq!(packed[32 * c + 4 * r..][..4], block[4 * c..4 * c + 4]);
+                let xor = if qh.contains(&(4 * c)) { xor } else { 0 };
+                let stored: Vec<u8> = packed[32 * c + 4 * r..][..4].iter().map(|b| b ^ xor).collect();
+                assert_eq!(stored, block[4 * c..4 * c + 4]);
             }
         }
     }
