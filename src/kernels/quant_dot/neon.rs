@@ -542,12 +542,10 @@ impl KQuantRows {
     #[inline(always)]
     unsafe fn scale(&self, j: usize) -> Halves<int32x4_t> {
         let (bytes, k) = (self.scales[j / 4], j % 4);
-        halves!(|h| vreinterpretq_s32_u32(match k {
-            0 => vandq_u32(bytes[h], vdupq_n_u32(0xFF)),
-            1 => vandq_u32(vshrq_n_u32::<8>(bytes[h]), vdupq_n_u32(0xFF)),
-            2 => vandq_u32(vshrq_n_u32::<16>(bytes[h]), vdupq_n_u32(0xFF)),
-            _ => vshrq_n_u32::<24>(bytes[h]),
-        }))
+        // Byte k of each lane into the lane's low byte, zeros above (indices past 15 read 0).
+        const PICK: [u8; 16] = [0, 128, 128, 128, 4, 128, 128, 128, 8, 128, 128, 128, 12, 128, 128, 128];
+        let pick = vaddq_u8(vld1q_u8(PICK.as_ptr()), vdupq_n_u8(k as u8));
+        halves!(|h| vreinterpretq_s32_u8(vqtbl1q_u8(vreinterpretq_u8_u32(bytes[h]), pick)))
     }
 
     /// Σ_j m_j · (token's block j sum) of each row, in integers, by `sdot`: the eight block
