@@ -398,6 +398,13 @@ mod tests {
             assert_eq!(m.sha256.len(), 64, "{}", m.name);
             assert!(!m.source.is_empty(), "{}", m.name);
         }
+        // Chunked models list their parts in order.
+        let qwen = c.find("qwen2.5-coder-0.5b").expect("the Qwen entry");
+        let members: Vec<&str> = qwen.source.iter().map(|s| s.member.as_str()).collect();
+        assert_eq!(members.len(), 6);
+        for (i, member) in members.iter().enumerate() {
+            assert!(member.ends_with(&format!("data/part0{}.bin", i + 1)), "{member}");
+        }
     }
 
     #[test]
