@@ -111,6 +111,15 @@ fn interleave_shaped<const HEAD: usize, const TS: usize, const TAIL: usize>(
     row_bytes: usize,
     flip: Option<(Range<usize>, u8)>,
 ) -> Vec<u8> {
+    if let Some((flipped, _)) = &flip {
+        // The XOR below maps block bytes a..b to column bytes 8a..8b: true of the four-byte
+        // fields only.
+        let whole_runs = |i: usize| i >= HEAD && i <= TS - TAIL && (i - HEAD).is_multiple_of(4);
+        assert!(
+            whole_runs(flipped.start) && whole_runs(flipped.end),
+            "interleave: flipped bytes {flipped:?} are not whole four-byte fields"
+        );
+    }
     let mut out = vec![0u8; bytes.len()];
     let mut groups: Vec<(&[u8], &mut [u8])> =
         bytes.chunks_exact(ROWS * row_bytes).zip(out.chunks_exact_mut(ROWS * row_bytes)).collect();
