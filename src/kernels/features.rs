@@ -17,11 +17,14 @@ pub struct Features {
     pub vnni: bool,
     /// aarch64 dot-product extension (`sdot`, Armv8.2); NEON itself is part of aarch64.
     pub dotprod: bool,
+    /// aarch64 8-bit integer matrix multiply (`smmla`, Armv8.6), used with `sdot` (every
+    /// core with it has both): a set has it only where it has `dotprod`.
+    pub i8mm: bool,
 }
 
 impl Features {
     /// Nothing beyond the base instruction set: the portable kernels everywhere.
-    pub const PORTABLE: Features = Features { avx2: false, vnni: false, dotprod: false };
+    pub const PORTABLE: Features = Features { avx2: false, vnni: false, dotprod: false, i8mm: false };
 
     /// The set this CPU has, detected once per process.
     pub fn detected() -> Features {
@@ -30,16 +33,20 @@ impl Features {
     }
 
     /// Both sets' common features; the VNNI kernels are AVX2 code, so a set without AVX2
-    /// has no VNNI either.
+    /// has no VNNI either, and the `smmla` kernels are `sdot` code likewise.
     pub fn and(self, other: Features) -> Features {
-        let avx2 = self.avx2 && other.avx2;
-        Features { avx2, vnni: avx2 && self.vnni && other.vnni, dotprod: self.dotprod && other.dotprod }
+        let (avx2, dotprod) = (self.avx2 && other.avx2, self.dotprod && other.dotprod);
+        Features { avx2, vnni: avx2 && self.vnni && other.vnni, dotprod, i8mm: dotprod && self.i8mm && other.i8mm }
     }
 
     /// The quantized-dot path this set selects, for `--verbose` and benchmark rows.
     pub fn kernel_name(self) -> &'static str {
         if cfg!(target_arch = "aarch64") {
-            return if self.dotprod { "neon+dotprod" } else { "neon" };
+            return match (self.dotprod, self.i8mm) {
+                (true, true) => "neon+i8mm",
+                (true, false) => "neon+dotprod",
+                _ => "neon",
+            };
         }
         match (self.avx2, self.vnni) {
             (true, true) => "avx2+vnni",
@@ -57,12 +64,15 @@ fn detect() -> Features {
             avx2: has!("avx2") && has!("fma") && has!("f16c"),
             vnni: has!("avx512vnni") && has!("avx512vl") && has!("avx512bw") && has!("avx512f"),
             dotprod: false,
+            i8mm: false,
         };
         raw.and(raw)
     }
     #[cfg(target_arch = "aarch64")]
     {
-        Features { dotprod: std::arch::is_aarch64_feature_detected!("dotprod"), ..Features::PORTABLE }
+        use std::arch::is_aarch64_feature_detected as has;
+        let raw = Features { dotprod: has!("dotprod"), i8mm: has!("i8mm"), ..Features::PORTABLE };
+        raw.and(raw)
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
@@ -124,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_limit_narrows_and_never_widens() {
-        let all = Features { avx2: true, vnni: true, dotprod: true };
+        let all = Features { avx2: true, vnni: true, dotprod: true, i8mm: true };
         assert_eq!(limited_to(all, active), Features::detected(), "a limit cannot add features");
         assert_eq!(limited_to(Features::PORTABLE, active), Features::PORTABLE);
         assert_eq!(limited_to(Features::PORTABLE, || active().kernel_name()), {
@@ -136,7 +146,20 @@ mod tests {
         });
         // The VNNI kernels are AVX2 code: without AVX2 they are off too.
         let no_avx2 = Features { avx2: false, ..all };
-        assert_eq!(all.and(no_avx2), Features { dotprod: true, ..Features::PORTABLE });
+        assert_eq!(all.and(no_avx2), Features { dotprod: true, i8mm: true, ..Features::PORTABLE });
+        // The `smmla` kernels are `sdot` code: without `dotprod` they are off too.
+        let no_dotprod = Features { dotprod: false, ..all };
+        assert_eq!(all.and(no_dotprod), Features { avx2: true, vnni: true, ..Features::PORTABLE });
         assert_eq!(active(), Features::detected(), "the limit ends with the call");
+    }
+
+    /// CI names the path each emulated CPU must select (`PUPIL_EXPECT_KERNELS`, set by
+    /// `.ci/arm` per qemu CPU model), so a model that stopped reporting a feature could not
+    /// leave that feature's kernels silently untested.
+    #[test]
+    fn the_expected_kernels_are_selected() {
+        if let Ok(want) = std::env::var("PUPIL_EXPECT_KERNELS") {
+            assert_eq!(Features::detected().kernel_name(), want, "features: {:?}", names());
+        }
     }
 }

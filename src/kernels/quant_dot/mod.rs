@@ -313,11 +313,13 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
     }
 }
 
-/// The NEON kernel for `dtype`: `sdot` where `f` has it, else widening multiplies (NEON
-/// itself is part of aarch64).
+/// The NEON kernel for `dtype`: `sdot` where `f` has it (with `smmla` for token pairs
+/// where it has that too), else widening multiplies (NEON itself is part of aarch64).
 #[cfg(target_arch = "aarch64")]
 fn arm_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
-    if f.dotprod {
+    if f.i8mm {
+        simd_kernel!(neon::mmla, dtype)
+    } else if f.dotprod {
         simd_kernel!(neon::sdot, dtype)
     } else {
         simd_kernel!(neon::widen, dtype)
@@ -360,13 +362,18 @@ mod tests {
 
     /// Every SIMD form this CPU can run, by the feature set that selects it (one that
     /// selects nothing new falls back to a form already listed, which is harmless).
-    fn simd_variants() -> [(&'static str, Features); 2] {
+    fn simd_variants() -> Vec<(&'static str, Features)> {
         let detected = Features::detected();
         let only = |f: Features| f.and(detected);
         if cfg!(target_arch = "aarch64") {
-            [("neon", Features::PORTABLE), ("neon+dotprod", only(Features { dotprod: true, ..Features::PORTABLE }))]
+            let dotprod = Features { dotprod: true, ..Features::PORTABLE };
+            vec![
+                ("neon", Features::PORTABLE),
+                ("neon+dotprod", only(dotprod)),
+                ("neon+i8mm", only(Features { i8mm: true, ..dotprod })),
+            ]
         } else {
-            [
+            vec![
                 ("avx2", only(Features { avx2: true, ..Features::PORTABLE })),
                 ("avx2+vnni", only(Features { avx2: true, vnni: true, ..Features::PORTABLE })),
             ]
@@ -537,7 +544,7 @@ mod tests {
         let mut rng = Rng::new(23);
         let mut checked = 0;
         for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
-            let variants = simd_variants().map(|(name, f)| (name, kernel_for(dtype, f)));
+            let variants: Vec<_> = simd_variants().into_iter().map(|(name, f)| (name, kernel_for(dtype, f))).collect();
             for n in [256, 512, 256 * 7] {
                 let rows = random_blocks(dtype, 8 * n, &mut rng);
                 let rb = rows.len() / 8;
@@ -575,7 +582,7 @@ mod tests {
     )]
     fn simd_kernels_equal_scalar_kernels() {
         let mut rng = Rng::new(5);
-        let mut variants: Vec<(&str, Features)> = simd_variants().to_vec();
+        let mut variants = simd_variants();
         variants.push(("portable", Features::PORTABLE));
         for dtype in TYPES {
             for n in [256, 512, 2048, 256 * 7] {
