@@ -226,6 +226,10 @@ impl SynthModel {
             w.add_f32(name, &[n as u64], &values);
         };
         let plain = self.family == Family::Llama;
+        let recipe = self.family.recipe(e);
+        // Biases of the size a trained model's have (Qwen2's reach several units), so that a
+        // missing or misplaced one shows.
+        let mut bias_rng = Rng::new(self.seed ^ 0x62696173);
         for i in 0..self.n_layer {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
             let wide = use_more_bits(i, self.n_layer);
@@ -233,12 +237,14 @@ impl SynthModel {
                 let (n_out, n_in) = t.shape_of(e, q, kv, self.n_ff);
                 let more_bits = wide && matches!(t, Target::V | Target::Down);
                 matrix(&mut w, &name(t.tensor()), n_in, n_out, more_bits);
-            }
-            for n in Norm::ALL {
-                if self.family == Family::Gemma3 || matches!(n, Norm::Attn | Norm::Ffn) {
-                    let width = if matches!(n, Norm::Q | Norm::K) { head_dim } else { e };
-                    norm(&mut w, name(n.tensor()), width, plain);
+                if t.has_bias(&recipe) {
+                    let values: Vec<f32> = (0..n_out).map(|_| (bias_rng.next_f64() as f32 - 0.5) * 2.0).collect();
+                    w.add_f32(format!("blk.{i}.{}.bias", t.tensor()), &[n_out as u64], &values);
                 }
+            }
+            for n in Norm::ALL.into_iter().filter(|n| n.present(&recipe)) {
+                let width = if matches!(n, Norm::Q | Norm::K) { head_dim } else { e };
+                norm(&mut w, name(n.tensor()), width, plain);
             }
         }
         norm(&mut w, "output_norm.weight".into(), e, plain);

@@ -1,4 +1,4 @@
-//! The forward pass matches llama.cpp on the real SmolLM2 (llama) and Gemma 3 files, by the fair checks
+//! The forward pass matches llama.cpp on the real SmolLM2 (llama), Gemma 3 and Qwen2.5-Coder (qwen2) files, by the fair checks
 //! of `tests/fixtures/README.md`: greedy tokens (free-running and teacher-forced, where the
 //! reference's top-1 margin makes the choice unambiguous) and the logits' distribution
 //! (KL over the reference's top 20 plus the remaining mass, top-1 agreement).
@@ -40,6 +40,11 @@ fn gemma3_greedy_matches_llama_cpp() {
 }
 
 #[test]
+fn qwen25_greedy_matches_llama_cpp() {
+    check_greedy(QWEN25, QWEN25_FIXTURES);
+}
+
+#[test]
 fn smollm2_logits_match_llama_cpp() {
     check_logits(SMOLLM2, SMOLLM2_FIXTURES);
 }
@@ -47,6 +52,11 @@ fn smollm2_logits_match_llama_cpp() {
 #[test]
 fn gemma3_logits_match_llama_cpp() {
     check_logits(GEMMA3, GEMMA3_FIXTURES);
+}
+
+#[test]
+fn qwen25_logits_match_llama_cpp() {
+    check_logits(QWEN25, QWEN25_FIXTURES);
 }
 
 fn check_greedy(name: &str, fixtures: &str) {
@@ -140,6 +150,11 @@ fn smollm2_perplexity_matches_llama_cpp() {
 #[test]
 fn gemma3_perplexity_matches_llama_cpp() {
     check_perplexity(GEMMA3, 13.9062);
+}
+
+#[test]
+fn qwen25_perplexity_matches_llama_cpp() {
+    check_perplexity(QWEN25, 5.3184);
 }
 
 fn check_perplexity(name: &str, llama_cpp: f64) {

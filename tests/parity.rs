@@ -72,6 +72,11 @@ fn gemma3_training_forward_equals_inference_forward() {
     check(GEMMA3);
 }
 
+#[test]
+fn qwen25_training_forward_equals_inference_forward() {
+    check(QWEN25);
+}
+
 /// Tiny F32 models of every family (gemma3 with a window shorter than the sequence):
 /// no 8-bit rounding on either side and an f32 KV cache (the default f16 one rounds the
 /// keys and values training keeps in f32), so the logits agree to float rounding.
@@ -89,6 +94,7 @@ fn with_f32_weights_training_and_inference_agree_to_rounding() {
             quant: SynthQuant::F32,
             ..SynthModel::default()
         },
+        SynthModel { family: Family::Qwen2, quant: SynthQuant::F32, ..SynthModel::default() },
     ] {
         let dir = scratch_dir(&format!("parity-{:?}", shape.family));
         let path = dir.join("tiny.gguf");

@@ -38,14 +38,28 @@ fn gemma3_tokenizer_matches_llama_cpp() {
 }
 
 #[test]
+fn qwen25_tokenizer_matches_llama_cpp() {
+    check_plain_tokenization(QWEN25, QWEN25_FIXTURES);
+}
+
+#[test]
 fn smollm2_chat_template_matches_jinja2_and_llama_cpp() {
-    let Some((file, tok)) = tokenizer(SMOLLM2) else { return };
+    check_chat_template(SMOLLM2, SMOLLM2_FIXTURES);
+}
+
+#[test]
+fn qwen25_chat_template_matches_jinja2_and_llama_cpp() {
+    check_chat_template(QWEN25, QWEN25_FIXTURES);
+}
+
+fn check_chat_template(name: &str, fixtures: &str) {
+    let Some((file, tok)) = tokenizer(name) else { return };
     let bos = tok.bos().and_then(|id| tok.token_text(id)).unwrap_or("");
     let eos = tok.eos().and_then(|id| tok.token_text(id)).unwrap_or("");
     let arch = file.require_str("general.architecture").unwrap();
     let template = ChatTemplate::new(tok.chat_template(), arch, bos, eos).unwrap();
     assert!(template.from_model);
-    for case in fixture_lines(SMOLLM2_FIXTURES, "chat_template.jsonl") {
+    for case in fixture_lines(fixtures, "chat_template.jsonl") {
         let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
         let agp = case["add_generation_prompt"].as_bool().unwrap();
         let text = template.render(&messages, agp).unwrap();

@@ -43,6 +43,11 @@ fn q8_tiny_gemma() -> SynthModel {
     }
 }
 
+/// A tiny qwen2: biases on Q, K and V, NeoX RoPE.
+fn q8_tiny_qwen2() -> SynthModel {
+    SynthModel { family: Family::Qwen2, name: "tiny synthetic qwen2".into(), ..q8_tiny() }
+}
+
 /// A random top-k teacher distribution over `n_vocab` ids.
 fn random_dist(rng: &mut Rng, n_vocab: u32, k: usize) -> Dist {
     let mut ids: Vec<u32> = Vec::new();
@@ -82,11 +87,11 @@ fn total_loss(rt: &Runtime, lora: &mut LoraParams, tokens: &[u32], dists: &[Dist
 }
 
 /// The gradient of a whole model (every op's backward, in the graph's order) against
-/// finite differences of its loss, for every family: llama, and gemma3 with a window
-/// shorter than the sequence.
+/// finite differences of its loss, for every family: llama, gemma3 with a window shorter
+/// than the sequence, and qwen2.
 #[test]
 fn gradients_reach_every_adapter_and_match_finite_differences() {
-    for shape in [q8_tiny(), q8_tiny_gemma()] {
+    for shape in [q8_tiny(), q8_tiny_gemma(), q8_tiny_qwen2()] {
         let dir = scratch_dir(&format!("grad-{:?}", shape.family));
         let rt = tiny(&dir, shape);
         let cfg = &rt.model.cfg;

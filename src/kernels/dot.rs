@@ -75,6 +75,13 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_scalar(a, b)
 }
 
+/// `bias` added to every row of `rows` (rows of `bias.len()` values).
+pub fn add_to_rows(rows: &mut [f32], bias: &[f32]) {
+    for row in rows.chunks_exact_mut(bias.len()) {
+        row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+    }
+}
+
 /// `y += a · x`, portable form.
 pub fn axpy_scalar(a: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len());

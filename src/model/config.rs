@@ -26,16 +26,50 @@ pub enum Family {
     /// each head, and sliding-window attention on five of every six layers with their own
     /// RoPE base.
     Gemma3,
+    /// `qwen2` (Qwen 2 / 2.5): Llama's layer with biases on the Q, K and V projections and
+    /// RoPE on the two halves of each head.
+    Qwen2,
 }
 
 impl Family {
-    pub const ALL: [Family; 2] = [Family::Llama, Family::Gemma3];
+    pub const ALL: [Family; 3] = [Family::Llama, Family::Gemma3, Family::Qwen2];
 
     /// `general.architecture` of the family's files.
     pub fn architecture(self) -> &'static str {
         match self {
             Family::Llama => "llama",
             Family::Gemma3 => "gemma3",
+            Family::Qwen2 => "qwen2",
+        }
+    }
+
+    /// The layer recipe of the family's models of residual width `n_embd`.
+    pub fn recipe(self, n_embd: usize) -> Recipe {
+        match self {
+            Family::Llama => Recipe {
+                embed_scale: None,
+                rope: RopeStyle::Adjacent,
+                qk_norm: false,
+                post_norms: false,
+                gate: Gate::Silu,
+                qkv_bias: false,
+            },
+            Family::Gemma3 => Recipe {
+                embed_scale: Some((n_embd as f32).sqrt()),
+                rope: RopeStyle::NeoX,
+                qk_norm: true,
+                post_norms: true,
+                gate: Gate::GeluTanh,
+                qkv_bias: false,
+            },
+            Family::Qwen2 => Recipe {
+                embed_scale: None,
+                rope: RopeStyle::NeoX,
+                qk_norm: false,
+                post_norms: false,
+                gate: Gate::Silu,
+                qkv_bias: true,
+            },
         }
     }
 }
@@ -56,6 +90,8 @@ pub struct Recipe {
     pub post_norms: bool,
     /// The MLP's gate activation.
     pub gate: Gate,
+    /// Biases added to the query, key and value projections (`attn_{q,k,v}.bias`).
+    pub qkv_bias: bool,
 }
 
 /// In Gemma 3 every sixth layer attends globally; the others use the sliding window.
@@ -170,7 +206,7 @@ impl Config {
         }
         let sliding_window = match family {
             Family::Gemma3 => opt_dim("attention.sliding_window")?,
-            Family::Llama => None,
+            Family::Llama | Family::Qwen2 => None,
         };
         Ok(Self {
             family,
@@ -193,22 +229,7 @@ impl Config {
 
     /// The family's layer recipe.
     pub fn recipe(&self) -> Recipe {
-        match self.family {
-            Family::Llama => Recipe {
-                embed_scale: None,
-                rope: RopeStyle::Adjacent,
-                qk_norm: false,
-                post_norms: false,
-                gate: Gate::Silu,
-            },
-            Family::Gemma3 => Recipe {
-                embed_scale: Some((self.n_embd as f32).sqrt()),
-                rope: RopeStyle::NeoX,
-                qk_norm: true,
-                post_norms: true,
-                gate: Gate::GeluTanh,
-            },
-        }
+        self.family.recipe(self.n_embd)
     }
 
     /// How many positions `layer` attends over: the sliding window on its sliding layers,

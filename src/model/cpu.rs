@@ -11,7 +11,7 @@ use super::kv_cache::KvLayers;
 use super::lora::{lora_forward, Adapter, Target};
 use super::weights::{NormId, Weights};
 use crate::kernels::attention;
-use crate::kernels::dot::{gated, Gate};
+use crate::kernels::dot::{add_to_rows, gated, Gate};
 use crate::kernels::norm::{rms_norm, rms_norm_in_place};
 use crate::kernels::rope::{rope, rope_tables};
 use crate::kernels::{matmul_many, Batching};
@@ -149,6 +149,9 @@ impl Ops for CpuPass<'_> {
                         lora_forward(a, b, scale, xr, xr.len() / n_in, yr, &mut self.scratch.lora_u);
                     }
                 }
+            }
+            if let Some(bias) = block.bias(t) {
+                add_to_rows(y, bias);
             }
         }
         self.scratch.give(x);

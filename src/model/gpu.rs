@@ -46,6 +46,8 @@ fn failure(device: Device) -> impl Fn(candle_core::Error) -> DeviceError {
 struct Block {
     /// By `Target as usize`.
     linear: Vec<QMatMul>,
+    /// By `Target as usize`; `None` where the family's projection has no bias.
+    biases: Vec<Option<Tensor>>,
     /// By `Norm as usize`; `None` where the family has no such norm.
     norms: Vec<Option<Tensor>>,
 }
@@ -128,8 +130,9 @@ impl GpuWeights {
         let mut blocks = Vec::with_capacity(w.blocks.len());
         for b in &w.blocks {
             let linear = Target::ALL.iter().map(|&t| linear(upload(b.weight(t))?)).collect::<Result<_, _>>()?;
+            let biases = Target::ALL.iter().map(|&t| b.bias(t).map(vector).transpose()).collect::<Result<_, _>>()?;
             let norms = Norm::ALL.iter().map(|&n| b.norm(n).map(vector).transpose()).collect::<Result<_, _>>()?;
-            blocks.push(Block { linear, norms });
+            blocks.push(Block { linear, biases, norms });
         }
         Ok(Self {
             device,
@@ -308,9 +311,13 @@ impl Ops for GpuPass<'_> {
     ) -> candle_core::Result<[Tensor; N]> {
         let mut outs = Vec::with_capacity(N);
         for t in targets {
-            let mut y = product(&self.g.blocks[layer].linear[t as usize], &x)?;
+            let block = &self.g.blocks[layer];
+            let mut y = product(&block.linear[t as usize], &x)?;
             for l in self.g.loras.get(&(layer, t)).into_iter().flatten() {
                 y = (y + lora_update(&x, &l.a, &l.b, l.scale)?)?;
+            }
+            if let Some(bias) = &block.biases[t as usize] {
+                y = y.broadcast_add(bias)?;
             }
             outs.push(y);
         }

@@ -1,7 +1,7 @@
 //! The decoder, written once: embed → [RMS-norm → attention → residual → RMS-norm →
 //! gated MLP → residual] × n_layer → RMS-norm, with each family's extras (Q/K norms,
-//! post-norms, embedding scale, RoPE pairing, gate, sliding windows) taken from its
-//! [`Recipe`](super::config::Recipe).
+//! post-norms, embedding scale, RoPE pairing, gate, projection biases, sliding windows)
+//! taken from its [`Recipe`](super::config::Recipe).
 //!
 //! What the model *is* lives here; how an op *runs* lives behind [`Ops`]. Three backends
 //! implement it: the CPU inference pass (`model::cpu`: pupil's kernels over the mapped
@@ -45,7 +45,8 @@ pub trait Ops {
     /// [`Ops::rms_norm`] of an activation no longer needed as it was.
     fn rms_norm_owned(&mut self, x: Self::Act, w: NormId) -> Result<Self::Act, Self::Error>;
     /// `x · Wᵀ` for each of `targets`' weights in `layer`, plus the adapters' updates of
-    /// those weights: LoRA is applied here and nowhere else.
+    /// those weights (LoRA is applied here and nowhere else), plus the projection's bias
+    /// where the family has one.
     fn linear<const N: usize>(
         &mut self,
         x: Self::Act,

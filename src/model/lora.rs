@@ -11,6 +11,7 @@
 use std::ops::Range;
 use std::path::Path;
 
+use super::config::Recipe;
 use super::{Config, ModelError};
 use crate::gguf::{GgmlDType, GgufFile, GgufWriter, Value};
 use crate::kernels::gemm::{par_gemm, transpose, Mat};
@@ -74,6 +75,11 @@ impl Target {
             }
         }
         Ok(out)
+    }
+
+    /// Whether a model of `recipe` adds a bias to this projection's output.
+    pub fn has_bias(self, recipe: &Recipe) -> bool {
+        recipe.qkv_bias && matches!(self, Target::Q | Target::K | Target::V)
     }
 
     /// `(n_out, n_in)` of this weight in a model of `cfg`.

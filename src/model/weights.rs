@@ -3,7 +3,7 @@
 //! are read follows the family's [`Recipe`](super::config::Recipe), the same description
 //! the layer graph runs. Tensor names are llama.cpp's.
 
-use super::config::{Config, Family, RopeScaling, GEMMA3_SWA_ROPE_BASE};
+use super::config::{Config, Family, Recipe, RopeScaling, GEMMA3_SWA_ROPE_BASE};
 use super::lora::Target;
 use super::ModelError;
 use crate::gguf::GgufFile;
@@ -48,9 +48,8 @@ impl Norm {
         }
     }
 
-    /// Whether a model of `cfg`'s family has this norm in every layer.
-    pub fn present(self, cfg: &Config) -> bool {
-        let recipe = cfg.recipe();
+    /// Whether a model of `recipe` has this norm in every layer.
+    pub fn present(self, recipe: &Recipe) -> bool {
         match self {
             Norm::Attn | Norm::Ffn => true,
             Norm::Q | Norm::K => recipe.qk_norm,
@@ -76,6 +75,8 @@ impl Norm {
 pub struct Block {
     /// By `Target as usize`.
     linear: [QMatrix; 7],
+    /// By `Target as usize`; `None` where the family's projection has no bias.
+    biases: [Option<Vec<f32>>; 7],
     /// By `Norm as usize`; `None` where the family has no such norm.
     norms: [Option<Vec<f32>>; 6],
 }
@@ -84,6 +85,12 @@ impl Block {
     /// The frozen weight of a linear layer (the one an adapter of `target` modifies).
     pub fn weight(&self, target: Target) -> &QMatrix {
         &self.linear[target as usize]
+    }
+
+    /// The bias added to a linear layer's output, if the family has one (after any
+    /// adapter's update, as llama.cpp adds it).
+    pub fn bias(&self, target: Target) -> Option<&[f32]> {
+        self.biases[target as usize].as_deref()
     }
 
     /// A norm weight of this layer, if the family has it.
@@ -141,9 +148,17 @@ impl Weights {
             Some(_) => matrix(file, "output.weight", e, cfg.n_vocab)?,
             None => token_embd.clone(),
         };
+        let recipe = cfg.recipe();
         let blocks = (0..cfg.n_layer)
             .map(|i| {
                 let name = |t: &str| format!("blk.{i}.{t}.weight");
+                let biases: Vec<Option<Vec<f32>>> = Target::ALL
+                    .iter()
+                    .map(|t| {
+                        let bias = format!("blk.{i}.{}.bias", t.tensor());
+                        t.has_bias(&recipe).then(|| vector(file, &bias, t.shape(cfg).0)).transpose()
+                    })
+                    .collect::<Result<_, _>>()?;
                 let linear: Vec<QMatrix> = Target::ALL
                     .iter()
                     .map(|t| {
@@ -153,10 +168,11 @@ impl Weights {
                     .collect::<Result<_, _>>()?;
                 let norms: Vec<Option<Vec<f32>>> = Norm::ALL
                     .iter()
-                    .map(|n| n.present(cfg).then(|| vector(file, &name(n.tensor()), n.width(cfg))).transpose())
+                    .map(|n| n.present(&recipe).then(|| vector(file, &name(n.tensor()), n.width(cfg))).transpose())
                     .collect::<Result<_, _>>()?;
                 Ok(Block {
                     linear: linear.try_into().expect("one weight per target"),
+                    biases: biases.try_into().expect("one slot per target"),
                     norms: norms.try_into().expect("one slot per norm"),
                 })
             })
@@ -185,7 +201,7 @@ impl Weights {
         let inv_freq = frequencies(cfg.rope_freq_base);
         let inv_freq_swa = match cfg.family {
             Family::Gemma3 => frequencies(GEMMA3_SWA_ROPE_BASE),
-            Family::Llama => inv_freq.clone(),
+            Family::Llama | Family::Qwen2 => inv_freq.clone(),
         };
         Ok(Self {
             token_embd,

@@ -16,7 +16,7 @@ use super::frozen::Frozen;
 use super::student::LoraParams;
 use super::TrainError;
 use crate::kernels::attention;
-use crate::kernels::dot::{gated, gated_backward, Gate};
+use crate::kernels::dot::{add_to_rows, gated, gated_backward, Gate};
 use crate::kernels::norm::{rms_norm, rms_norm_backward};
 use crate::kernels::rope::{rope, rope_tables};
 use crate::model::graph::{Ops, Rope};
@@ -306,6 +306,10 @@ impl Ops for Recorder<'_> {
             let mut u = Vec::new();
             if let Some((a, b)) = self.lora.adapter.pair(layer, target) {
                 lora_forward(a, b, self.lora.adapter.scale(), xv, n, &mut y, &mut u);
+            }
+            // A frozen bias: nothing to remember for the backward pass.
+            if let Some(bias) = block.bias(target) {
+                add_to_rows(&mut y, bias);
             }
             outs.push(self.tape.push(Op::Linear { x, layer, target, u }, y));
         }

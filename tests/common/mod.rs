@@ -66,6 +66,8 @@ pub const SMOLLM2: &str = "smollm2-135m-instruct";
 pub const SMOLLM2_FIXTURES: &str = "smollm2-135m-instruct-q4_1";
 pub const GEMMA3: &str = "gemma3-270m";
 pub const GEMMA3_FIXTURES: &str = "gemma3-270m-q4_k_m";
+pub const QWEN25: &str = "qwen2.5-coder-0.5b";
+pub const QWEN25_FIXTURES: &str = "qwen2.5-coder-0.5b-q4_k_m";
 
 /// A fresh, empty temporary directory for one test (named by process and `name`).
 pub fn scratch_dir(name: &str) -> PathBuf {
