@@ -8,6 +8,7 @@ use std::process::Command;
 
 use common::scratch_dir;
 use pupil::gguf::{value::type_id, GgufWriter, Value};
+use pupil::model::Family;
 use pupil::synth::SynthModel;
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -163,7 +164,20 @@ fn unsupported_architecture() {
     let p = write(&dir, "a.gguf", &w.to_bytes());
     let (ok, stderr) = pupil(&["complete", "-m", p.to_str().unwrap(), "hi"], &[]);
     assert!(!ok && !stderr.contains("panicked"));
-    assert!(stderr.contains("unsupported architecture \"mamba\""), "{stderr}");
+    assert!(stderr.contains("unsupported architecture \"mamba\" (pupil runs: llama, gemma3, qwen2)"), "{stderr}");
+}
+
+/// A qwen2 file without one of its projection biases: one line naming the tensor.
+#[test]
+fn missing_bias_is_named() {
+    let dir = scratch_dir("missing-bias");
+    let mut w = SynthModel { family: Family::Qwen2, ..SynthModel::default() }.writer();
+    assert!(w.remove_tensor("blk.1.attn_k.bias"));
+    let p = write(&dir, "q.gguf", &w.to_bytes());
+    let (ok, stderr) = pupil(&["complete", "-m", p.to_str().unwrap(), "hi"], &[]);
+    assert!(!ok && !stderr.contains("panicked"));
+    assert!(stderr.contains("blk.1.attn_k.bias"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
 
 #[test]

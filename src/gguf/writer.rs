@@ -34,6 +34,14 @@ impl GgufWriter {
         self
     }
 
+    /// Drops the tensor `name`, if present: files with a part missing, for the tests of
+    /// loaders.
+    pub fn remove_tensor(&mut self, name: &str) -> bool {
+        let before = self.tensors.len();
+        self.tensors.retain(|t| t.0 != name);
+        self.tensors.len() < before
+    }
+
     /// Adds an f32 tensor.
     pub fn add_f32(&mut self, name: impl Into<String>, dims: &[u64], values: &[f32]) -> &mut Self {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();

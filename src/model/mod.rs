@@ -34,7 +34,7 @@ pub const LOGIT_ROWS: usize = 32;
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("unsupported architecture {0:?} (pupil runs: llama, gemma3)")]
+    #[error("unsupported architecture {0:?} (pupil runs: {runs})", runs = Family::ALL.map(Family::architecture).join(", "))]
     UnsupportedArchitecture(String),
     #[error("tensor {tensor:?} has type {dtype}, which pupil cannot compute with yet")]
     UnsupportedDType { tensor: String, dtype: GgmlDType },
