@@ -2,12 +2,16 @@
 """llama.cpp's answers on a model, written as pupil's test fixtures (tests/fixtures/README.md).
 
     benches/fixtures.py MODEL.gguf OUT_DIR [--greedy-steps 48]
+    benches/fixtures.py --synthetic SHAPE OUT_DIR     # `pupil synth --shape SHAPE --quant q8_0`
 
 Runs `llama_fixtures` (benches/fixtures/llama_fixtures.c, built here against the libllama
 of benches/llama-cpp.sh) for tokenizer.jsonl, greedy.jsonl and logits.jsonl, and renders
 the GGUF's chat template with Jinja2 as Hugging Face does (sandboxed, trim_blocks,
 lstrip_blocks) for chat_template.jsonl. The prompts are the SmolLM2 and Gemma fixtures'
 own, plus code, CJK, digit and whitespace texts for the tokenizer.
+
+With --synthetic the model is a random-weight file of a published shape (an architecture
+check on the same file): only logits.jsonl, over SYNTHETIC_POSITIONS random byte tokens.
 """
 import argparse
 import hashlib
@@ -44,6 +48,8 @@ LOGITS_PROMPTS = [
     "The Llama jumped over the",
     "Distillation teaches a small student model to imitate a large teacher.",
 ]
+SYNTHETIC_POSITIONS = 256
+
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You answer in one word."}, {"role": "user", "content": "Color of the sky?"}],
@@ -134,11 +140,14 @@ def render(template, messages, add_generation_prompt, bos, eos):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("model")
+    ap.add_argument("model", help="a GGUF file, or with --synthetic a shape of `pupil synth`")
     ap.add_argument("out")
     ap.add_argument("--greedy-steps", type=int, default=48)
+    ap.add_argument("--synthetic", action="store_true")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    if a.synthetic:
+        return synthetic(a.model, a.out)
     meta = gguf_metadata(a.model)
     llama = Llama(a.model)
 
@@ -186,6 +195,23 @@ def main():
                             "no BOS; greedy/logits prompt ids: special tokens parsed, BOS added where the model "
                             "metadata asks for it"}, f, indent=1, ensure_ascii=False)
     print(f"fixtures written to {a.out}", file=sys.stderr)
+
+
+def synthetic(shape, out):
+    """llama.cpp's logits on `pupil synth --shape SHAPE --quant q8_0` over random byte tokens."""
+    import random
+
+    root = os.path.dirname(HERE)
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=root, check=True)
+    path = os.path.join(tempfile.mkdtemp(), f"{shape}.gguf")
+    subprocess.run([os.path.join(root, "target", "release", "pupil"), "synth", "--shape", shape, "--quant", "q8_0",
+                    "-o", path], check=True)
+    rng = random.Random(7)
+    ids = [rng.randrange(256) for _ in range(SYNTHETIC_POSITIONS)]
+    positions = Llama(path).logits(ids)
+    with open(os.path.join(out, f"{shape}-q8_0.logits.jsonl"), "w") as f:
+        f.write(json.dumps({"shape": shape, "quant": "q8_0", "ids": ids, "positions": positions}) + "\n")
+    os.unlink(path)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ pub struct SynthModel {
     pub n_head: usize,
     /// Key/value heads. Default 2.
     pub n_head_kv: usize,
+    /// Width of one head, where it is not `n_embd / n_head` (`{arch}.attention.key_length`,
+    /// as Qwen 3's 128 at width 1024 and 16 heads). Default none.
+    pub head_dim: Option<usize>,
     /// MLP width. Default 64.
     pub n_ff: usize,
     /// Trained context. Default 128.
@@ -87,6 +90,11 @@ pub struct SynthModel {
     pub seed: u64,
     /// Storage of every weight matrix (embeddings included; norms stay F32). Default F32.
     pub quant: SynthQuant,
+    /// Factor on the final norm's weights, so on the logits. Default 1; the published
+    /// shapes take 3, which gives their random weights next-token distributions as peaked
+    /// as a trained model's (logits' standard deviation above 2): flat ones would let a
+    /// comparison with llama.cpp pass whatever the architecture does.
+    pub output_gain: f32,
     /// `general.name`. Default "tiny synthetic llama".
     pub name: String,
 }
@@ -101,23 +109,26 @@ impl Default for SynthModel {
             n_layer: 2,
             n_head: 4,
             n_head_kv: 2,
+            head_dim: None,
             n_ff: 64,
             n_ctx: 128,
             rope_base: 10_000.0,
             seed: 1,
             quant: SynthQuant::F32,
+            output_gain: 1.0,
             name: "tiny synthetic llama".into(),
         }
     }
 }
 
 /// Published shapes of real students, by name (`pupil synth --shape`).
-pub const SHAPES: &[&str] = &["llama-3.2-1b", "llama-3.2-3b", "smollm2-135m"];
+pub const SHAPES: &[&str] = &["llama-3.2-1b", "llama-3.2-3b", "smollm2-135m", "qwen2.5-0.5b", "qwen3-0.6b"];
 
 impl SynthModel {
     /// The exact shape of a published model (see [`SHAPES`]), with random weights.
     pub fn shape(name: &str, quant: SynthQuant) -> Option<Self> {
-        let base = Self { quant, name: format!("synthetic {name} ({})", quant.label()), ..Self::default() };
+        let base =
+            Self { quant, output_gain: 3.0, name: format!("synthetic {name} ({})", quant.label()), ..Self::default() };
         Some(match name {
             "llama-3.2-1b" => Self {
                 n_vocab: 128_256,
@@ -152,6 +163,31 @@ impl SynthModel {
                 rope_base: 100_000.0,
                 ..base
             },
+            "qwen2.5-0.5b" => Self {
+                family: Family::Qwen2,
+                n_vocab: 151_936,
+                n_embd: 896,
+                n_layer: 24,
+                n_head: 14,
+                n_head_kv: 2,
+                n_ff: 4864,
+                n_ctx: 32_768,
+                rope_base: 1_000_000.0,
+                ..base
+            },
+            "qwen3-0.6b" => Self {
+                family: Family::Qwen3,
+                n_vocab: 151_936,
+                n_embd: 1024,
+                n_layer: 28,
+                n_head: 16,
+                n_head_kv: 8,
+                head_dim: Some(128),
+                n_ff: 3072,
+                n_ctx: 40_960,
+                rope_base: 1_000_000.0,
+                ..base
+            },
             _ => return None,
         })
     }
@@ -165,7 +201,7 @@ impl SynthModel {
     /// [`SPECIAL_TOKENS`], and random weights scaled like an initialised network.
     pub fn writer(&self) -> GgufWriter {
         let mut w = GgufWriter::new();
-        let head_dim = self.n_embd / self.n_head;
+        let head_dim = self.head_dim.unwrap_or(self.n_embd / self.n_head);
         let u32v = |v: usize| Value::U32(v as u32);
         let arch = self.family.architecture();
         let key = |k: &str| format!("{arch}.{k}");
@@ -180,6 +216,9 @@ impl SynthModel {
             .add(key("attention.head_count_kv"), u32v(self.n_head_kv))
             .add(key("rope.freq_base"), Value::F32(self.rope_base))
             .add(key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5));
+        if let Some(d) = self.head_dim {
+            w.add(key("attention.key_length"), u32v(d)).add(key("attention.value_length"), u32v(d));
+        }
         if let Some(window) = self.sliding_window {
             w.add(key("attention.sliding_window"), u32v(window));
         }
@@ -220,9 +259,9 @@ impl SynthModel {
         // Llama's norms start at one; the extra norms of other families get values around
         // one, so that a norm applied with the wrong weight shows.
         let mut norm_rng = Rng::new(self.seed ^ 0x6e6f726d);
-        let mut norm = |w: &mut GgufWriter, name: String, n: usize, plain: bool| {
+        let mut norm = |w: &mut GgufWriter, name: String, n: usize, plain: bool, gain: f32| {
             let values: Vec<f32> =
-                (0..n).map(|_| if plain { 1.0 } else { 0.75 + 0.5 * norm_rng.next_f64() as f32 }).collect();
+                (0..n).map(|_| gain * if plain { 1.0 } else { 0.75 + 0.5 * norm_rng.next_f64() as f32 }).collect();
             w.add_f32(name, &[n as u64], &values);
         };
         let plain = self.family == Family::Llama;
@@ -244,10 +283,10 @@ impl SynthModel {
             }
             for n in Norm::ALL.into_iter().filter(|n| n.present(&recipe)) {
                 let width = if matches!(n, Norm::Q | Norm::K) { head_dim } else { e };
-                norm(&mut w, name(n.tensor()), width, plain);
+                norm(&mut w, name(n.tensor()), width, plain, 1.0);
             }
         }
-        norm(&mut w, "output_norm.weight".into(), e, plain);
+        norm(&mut w, "output_norm.weight".into(), e, plain, self.output_gain);
         w
     }
 }
@@ -322,6 +361,13 @@ mod tests {
         assert_eq!((s.n_vocab, s.n_embd, s.n_layer, s.n_head, s.n_head_kv, s.n_ff), (128_256, 2048, 16, 32, 8, 8192));
         let s = SynthModel::shape("llama-3.2-3b", SynthQuant::Q8_0).unwrap();
         assert_eq!((s.n_embd, s.n_layer, s.n_head, s.n_head_kv), (3072, 28, 24, 8));
+        let s = SynthModel::shape("qwen2.5-0.5b", SynthQuant::Q8_0).unwrap();
+        assert_eq!(
+            (s.family, s.n_embd, s.n_layer, s.n_head, s.n_head_kv, s.n_ff),
+            (Family::Qwen2, 896, 24, 14, 2, 4864)
+        );
+        let s = SynthModel::shape("qwen3-0.6b", SynthQuant::Q8_0).unwrap();
+        assert_eq!((s.family, s.n_embd, s.n_layer, s.n_head, s.head_dim), (Family::Qwen3, 1024, 28, 16, Some(128)));
         assert!(SynthModel::shape("gpt-5", SynthQuant::F32).is_none());
     }
 }

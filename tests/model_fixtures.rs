@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use pupil::generate::sampler::argmax;
-use pupil::generate::sampler::log_sum_exp;
 use pupil::generate::{Runtime, Sampler, SamplerConfig, Session};
 use pupil::train::loss::full_kl;
 
@@ -109,23 +108,8 @@ fn check_logits(name: &str, fixtures: &str) {
         assert_eq!(positions.len(), input.len());
         let mut kl_sum = 0.0;
         for (pos, (reference, ours)) in positions.iter().zip(&logits).enumerate() {
-            let ref_lse = reference["logsumexp"].as_f64().unwrap();
-            let top_ids = ids(&reference["top_ids"]);
-            let top_logits: Vec<f64> =
-                reference["top_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-            let our_lse = log_sum_exp(ours, 1.0);
-
-            // KL(reference ‖ ours) over the reference's top 20 plus one bucket for the rest.
-            let (mut kl, mut p_top, mut q_top) = (0.0, 0.0, 0.0);
-            for (&id, &ref_logit) in top_ids.iter().zip(&top_logits) {
-                let (lp, lq) = (ref_logit - ref_lse, ours[id as usize] as f64 - our_lse);
-                kl += lp.exp() * (lp - lq);
-                p_top += lp.exp();
-                q_top += lq.exp();
-                worst_dlogit = worst_dlogit.max((ours[id as usize] as f64 - ref_logit).abs());
-            }
-            let (p_rest, q_rest) = ((1.0 - p_top).max(1e-12), (1.0 - q_top).max(1e-12));
-            kl += p_rest * (p_rest / q_rest).ln();
+            let PositionCheck { kl, max_dlogit, top_ids, top_logits } = compare_position(reference, ours);
+            worst_dlogit = worst_dlogit.max(max_dlogit);
             assert!(kl <= MAX_POSITION_KL, "{prompt:?} position {pos}: KL {kl:.4} > {MAX_POSITION_KL}");
             kl_sum += kl;
             worst_kl = worst_kl.max(kl);

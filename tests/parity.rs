@@ -95,6 +95,7 @@ fn with_f32_weights_training_and_inference_agree_to_rounding() {
             ..SynthModel::default()
         },
         SynthModel { family: Family::Qwen2, quant: SynthQuant::F32, ..SynthModel::default() },
+        SynthModel { family: Family::Qwen3, head_dim: Some(16), quant: SynthQuant::F32, ..SynthModel::default() },
     ] {
         let dir = scratch_dir(&format!("parity-{:?}", shape.family));
         let path = dir.join("tiny.gguf");

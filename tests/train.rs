@@ -48,6 +48,11 @@ fn q8_tiny_qwen2() -> SynthModel {
     SynthModel { family: Family::Qwen2, name: "tiny synthetic qwen2".into(), ..q8_tiny() }
 }
 
+/// A tiny qwen3: Q/K norms per head, NeoX RoPE, and heads wider than `n_embd / n_head`.
+fn q8_tiny_qwen3() -> SynthModel {
+    SynthModel { family: Family::Qwen3, head_dim: Some(16), name: "tiny synthetic qwen3".into(), ..q8_tiny() }
+}
+
 /// A random top-k teacher distribution over `n_vocab` ids.
 fn random_dist(rng: &mut Rng, n_vocab: u32, k: usize) -> Dist {
     let mut ids: Vec<u32> = Vec::new();
@@ -88,10 +93,10 @@ fn total_loss(rt: &Runtime, lora: &mut LoraParams, tokens: &[u32], dists: &[Dist
 
 /// The gradient of a whole model (every op's backward, in the graph's order) against
 /// finite differences of its loss, for every family: llama, gemma3 with a window shorter
-/// than the sequence, and qwen2.
+/// than the sequence, qwen2 and qwen3.
 #[test]
 fn gradients_reach_every_adapter_and_match_finite_differences() {
-    for shape in [q8_tiny(), q8_tiny_gemma(), q8_tiny_qwen2()] {
+    for shape in [q8_tiny(), q8_tiny_gemma(), q8_tiny_qwen2(), q8_tiny_qwen3()] {
         let dir = scratch_dir(&format!("grad-{:?}", shape.family));
         let rt = tiny(&dir, shape);
         let cfg = &rt.model.cfg;

@@ -9,7 +9,7 @@ use crate::synth::{SynthModel, SynthQuant, SHAPES};
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
-    /// llama-3.2-1b, llama-3.2-3b or smollm2-135m.
+    /// llama-3.2-1b, llama-3.2-3b, smollm2-135m, qwen2.5-0.5b or qwen3-0.6b.
     #[arg(long)]
     pub shape: String,
     /// Storage of the weight matrices.

@@ -29,10 +29,13 @@ pub enum Family {
     /// `qwen2` (Qwen 2 / 2.5): Llama's layer with biases on the Q, K and V projections and
     /// RoPE on the two halves of each head.
     Qwen2,
+    /// `qwen3` (Qwen 3 dense): Llama's layer with an RMS-norm on every query and key head
+    /// before RoPE, RoPE on the two halves of each head, no biases.
+    Qwen3,
 }
 
 impl Family {
-    pub const ALL: [Family; 3] = [Family::Llama, Family::Gemma3, Family::Qwen2];
+    pub const ALL: [Family; 4] = [Family::Llama, Family::Gemma3, Family::Qwen2, Family::Qwen3];
 
     /// `general.architecture` of the family's files.
     pub fn architecture(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Family {
             Family::Llama => "llama",
             Family::Gemma3 => "gemma3",
             Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
         }
     }
 
@@ -69,6 +73,14 @@ impl Family {
                 post_norms: false,
                 gate: Gate::Silu,
                 qkv_bias: true,
+            },
+            Family::Qwen3 => Recipe {
+                embed_scale: None,
+                rope: RopeStyle::NeoX,
+                qk_norm: true,
+                post_norms: false,
+                gate: Gate::Silu,
+                qkv_bias: false,
             },
         }
     }
@@ -206,7 +218,7 @@ impl Config {
         }
         let sliding_window = match family {
             Family::Gemma3 => opt_dim("attention.sliding_window")?,
-            Family::Llama | Family::Qwen2 => None,
+            Family::Llama | Family::Qwen2 | Family::Qwen3 => None,
         };
         Ok(Self {
             family,

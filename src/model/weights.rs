@@ -201,7 +201,7 @@ impl Weights {
         let inv_freq = frequencies(cfg.rope_freq_base);
         let inv_freq_swa = match cfg.family {
             Family::Gemma3 => frequencies(GEMMA3_SWA_ROPE_BASE),
-            Family::Llama | Family::Qwen2 => inv_freq.clone(),
+            Family::Llama | Family::Qwen2 | Family::Qwen3 => inv_freq.clone(),
         };
         Ok(Self {
             token_embd,

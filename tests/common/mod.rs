@@ -115,3 +115,33 @@ pub fn all_logits(rt: &Runtime, ids: &[u32]) -> Vec<Vec<f32>> {
     let logits = rt.pool.install(|| rt.model.logits(hidden)).unwrap();
     logits.chunks_exact(rt.model.cfg.n_vocab).map(<[f32]>::to_vec).collect()
 }
+
+/// One position of a llama.cpp logits fixture (`{logsumexp, top_ids, top_logits}`) against
+/// a row of our logits.
+pub struct PositionCheck {
+    /// KL(reference ‖ ours) over the reference's top 20 plus one bucket for the rest.
+    pub kl: f64,
+    /// The largest |Δ logit| over the reference's top 20.
+    pub max_dlogit: f64,
+    pub top_ids: Vec<u32>,
+    pub top_logits: Vec<f64>,
+}
+
+pub fn compare_position(reference: &serde_json::Value, ours: &[f32]) -> PositionCheck {
+    let ref_lse = reference["logsumexp"].as_f64().unwrap();
+    let top_ids = ids(&reference["top_ids"]);
+    let top_logits: Vec<f64> =
+        reference["top_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let our_lse = pupil::generate::sampler::log_sum_exp(ours, 1.0);
+    let (mut kl, mut p_top, mut q_top, mut max_dlogit) = (0.0, 0.0, 0.0, 0f64);
+    for (&id, &ref_logit) in top_ids.iter().zip(&top_logits) {
+        let (lp, lq) = (ref_logit - ref_lse, ours[id as usize] as f64 - our_lse);
+        kl += lp.exp() * (lp - lq);
+        p_top += lp.exp();
+        q_top += lq.exp();
+        max_dlogit = max_dlogit.max((ours[id as usize] as f64 - ref_logit).abs());
+    }
+    let (p_rest, q_rest) = ((1.0 - p_top).max(1e-12), (1.0 - q_top).max(1e-12));
+    kl += p_rest * (p_rest / q_rest).ln();
+    PositionCheck { kl, max_dlogit, top_ids, top_logits }
+}
