@@ -164,7 +164,10 @@ fn unsupported_architecture() {
     let p = write(&dir, "a.gguf", &w.to_bytes());
     let (ok, stderr) = pupil(&["complete", "-m", p.to_str().unwrap(), "hi"], &[]);
     assert!(!ok && !stderr.contains("panicked"));
-    assert!(stderr.contains("unsupported architecture \"mamba\" (pupil runs: llama, gemma3, qwen2, qwen3)"), "{stderr}");
+    assert!(
+        stderr.contains("unsupported architecture \"mamba\" (pupil runs: llama, gemma3, qwen2, qwen3)"),
+        "{stderr}"
+    );
 }
 
 /// A qwen2 file without one of its projection biases: one line naming the tensor.
