@@ -841,23 +841,17 @@ unsafe fn piece_pass<D: Dot, F: RowsFormat, const J: usize, const MMLA: bool>(
     // core (Cortex-A55) needs to fill the latencies of one token's chain.
     let (sumi_pairs, sumi_last) = sumi.as_chunks_mut::<2>();
     let (acc_pairs, acc_last) = acc.as_chunks_mut::<2>();
-    let pairs = sumi_pairs.iter_mut().zip(acc_pairs).enumerate();
-    if MMLA {
-        let weights = mmla_weights(&weights);
-        for (i, ([sumi0, sumi1], [acc0, acc1])) in pairs {
-            let (x0, x1) = (at(2 * i), at(2 * i + 1));
-            let [s0, s1] = pair_sums::<F>(&weights, x0.at(J), x1.at(J), &scales);
-            token_step::<D, F>(rows, J, s0, x0, sumi0, acc0);
-            token_step::<D, F>(rows, J, s1, x1, sumi1, acc1);
-        }
-    } else {
-        for (i, ([sumi0, sumi1], [acc0, acc1])) in pairs {
-            let (x0, x1) = (at(2 * i), at(2 * i + 1));
-            let s0 = piece_sums::<D, F>(&weights, x0.at(J), &scales);
-            let s1 = piece_sums::<D, F>(&weights, x1.at(J), &scales);
-            token_step::<D, F>(rows, J, s0, x0, sumi0, acc0);
-            token_step::<D, F>(rows, J, s1, x1, sumi1, acc1);
-        }
+    // With `smmla`, the pairs read the piece re-laid for it (a compile-time choice).
+    let pair_weights = if MMLA { mmla_weights(&weights) } else { weights };
+    for (i, ([sumi0, sumi1], [acc0, acc1])) in sumi_pairs.iter_mut().zip(acc_pairs).enumerate() {
+        let (x0, x1) = (at(2 * i), at(2 * i + 1));
+        let [s0, s1] = if MMLA {
+            pair_sums::<F>(&pair_weights, x0.at(J), x1.at(J), &scales)
+        } else {
+            [piece_sums::<D, F>(&pair_weights, x0.at(J), &scales), piece_sums::<D, F>(&pair_weights, x1.at(J), &scales)]
+        };
+        token_step::<D, F>(rows, J, s0, x0, sumi0, acc0);
+        token_step::<D, F>(rows, J, s1, x1, sumi1, acc1);
     }
     if let ([sumi0], [acc0]) = (sumi_last, acc_last) {
         let x0 = at(tokens - 1);
