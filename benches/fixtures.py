@@ -2,7 +2,7 @@
 """llama.cpp's answers on a model, written as pupil's test fixtures (tests/fixtures/README.md).
 
     benches/fixtures.py MODEL.gguf OUT_DIR [--greedy-steps 48]
-    benches/fixtures.py --synthetic SHAPE OUT_DIR     # `pupil synth --shape SHAPE --quant q8_0`
+    benches/fixtures.py --synthetic SHAPE OUT_DIR     # `pupil synth --shape SHAPE --quant f16`
 
 Runs `llama_fixtures` (benches/fixtures/llama_fixtures.c, built here against the libllama
 of benches/llama-cpp.sh) for tokenizer.jsonl, greedy.jsonl and logits.jsonl, and renders
@@ -11,7 +11,10 @@ lstrip_blocks) for chat_template.jsonl. The prompts are the SmolLM2 and Gemma fi
 own, plus code, CJK, digit and whitespace texts for the tokenizer.
 
 With --synthetic the model is a random-weight file of a published shape (an architecture
-check on the same file): only logits.jsonl, over SYNTHETIC_POSITIONS random byte tokens.
+check on the same file): only logits.jsonl, over SYNTHETIC_POSITIONS random byte tokens. Its
+weights are F16: with 8-bit ones both programs round activations to 8 bits, which turns
+their last-bit differences into whole 8-bit steps layer after layer, and on random weights
+the logits then differ by tenths (tests/synthetic_vs_llama_cpp.rs).
 """
 import argparse
 import hashlib
@@ -198,19 +201,19 @@ def main():
 
 
 def synthetic(shape, out):
-    """llama.cpp's logits on `pupil synth --shape SHAPE --quant q8_0` over random byte tokens."""
+    """llama.cpp's logits on `pupil synth --shape SHAPE --quant f16` over random byte tokens."""
     import random
 
     root = os.path.dirname(HERE)
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=root, check=True)
     path = os.path.join(tempfile.mkdtemp(), f"{shape}.gguf")
-    subprocess.run([os.path.join(root, "target", "release", "pupil"), "synth", "--shape", shape, "--quant", "q8_0",
+    subprocess.run([os.path.join(root, "target", "release", "pupil"), "synth", "--shape", shape, "--quant", "f16",
                     "-o", path], check=True)
     rng = random.Random(7)
     ids = [rng.randrange(256) for _ in range(SYNTHETIC_POSITIONS)]
     positions = Llama(path).logits(ids)
-    with open(os.path.join(out, f"{shape}-q8_0.logits.jsonl"), "w") as f:
-        f.write(json.dumps({"shape": shape, "quant": "q8_0", "ids": ids, "positions": positions}) + "\n")
+    with open(os.path.join(out, f"{shape}-f16.logits.jsonl"), "w") as f:
+        f.write(json.dumps({"shape": shape, "quant": "f16", "ids": ids, "positions": positions}) + "\n")
     os.unlink(path)
 
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::gguf::{value::type_id, GgmlDType, GgufWriter, Value};
 use crate::kernels::quantize::{quantize, quantize_q8_0};
 use crate::kernels::QMatrix;
+use crate::model::lora::{Fused, FUSED_GATE_UP, FUSED_QKV};
 use crate::model::{Family, Norm, Target};
 use crate::rng::Rng;
 
@@ -17,6 +18,8 @@ use crate::rng::Rng;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SynthQuant {
     F32,
+    #[value(name = "f16", alias = "F16")]
+    F16,
     #[value(name = "q8_0", alias = "Q8_0")]
     Q8_0,
     #[value(name = "q4_0", alias = "Q4_0")]
@@ -34,6 +37,7 @@ impl SynthQuant {
     pub fn label(self) -> &'static str {
         match self {
             SynthQuant::F32 => "F32",
+            SynthQuant::F16 => "F16",
             SynthQuant::Q8_0 => "Q8_0",
             SynthQuant::Q4_0 => "Q4_0",
             SynthQuant::Q4KM => "Q4_K_M",
@@ -44,6 +48,7 @@ impl SynthQuant {
     fn dtype(self, cols: usize, more_bits: bool) -> GgmlDType {
         match self {
             SynthQuant::F32 => GgmlDType::F32,
+            SynthQuant::F16 => GgmlDType::F16,
             SynthQuant::Q8_0 => GgmlDType::Q8_0,
             SynthQuant::Q4_0 => GgmlDType::Q4_0,
             SynthQuant::Q4KM if !cols.is_multiple_of(256) => GgmlDType::Q8_0,
@@ -95,6 +100,12 @@ pub struct SynthModel {
     /// as a trained model's (logits' standard deviation above 2): flat ones would let a
     /// comparison with llama.cpp pass whatever the architecture does.
     pub output_gain: f32,
+    /// An `output.weight` of its own rather than the embeddings again. Default false.
+    pub untied_output: bool,
+    /// Phi-3 128K's long-context RoPE: the original context length, written with per-pair
+    /// `rope_factors_short` / `_long` and the attention factor that goes with them. Default
+    /// none.
+    pub rope_factors: Option<usize>,
     /// `general.name`. Default "tiny synthetic llama".
     pub name: String,
 }
@@ -116,13 +127,16 @@ impl Default for SynthModel {
             seed: 1,
             quant: SynthQuant::F32,
             output_gain: 1.0,
+            untied_output: false,
+            rope_factors: None,
             name: "tiny synthetic llama".into(),
         }
     }
 }
 
 /// Published shapes of real students, by name (`pupil synth --shape`).
-pub const SHAPES: &[&str] = &["llama-3.2-1b", "llama-3.2-3b", "smollm2-135m", "qwen2.5-0.5b", "qwen3-0.6b"];
+pub const SHAPES: &[&str] =
+    &["llama-3.2-1b", "llama-3.2-3b", "smollm2-135m", "qwen2.5-0.5b", "qwen3-0.6b", "phi-3-mini", "gemma-3-1b"];
 
 impl SynthModel {
     /// The exact shape of a published model (see [`SHAPES`]), with random weights.
@@ -188,6 +202,36 @@ impl SynthModel {
                 rope_base: 1_000_000.0,
                 ..base
             },
+            // Phi-3 mini 128K (and 3.5 mini, the same shape): untied head, long-context RoPE
+            // factors from a 4K original context, a window wider than any context.
+            "phi-3-mini" => Self {
+                family: Family::Phi3,
+                n_vocab: 32_064,
+                n_embd: 3072,
+                n_layer: 32,
+                n_head: 32,
+                n_head_kv: 32,
+                n_ff: 8192,
+                n_ctx: 131_072,
+                sliding_window: Some(262_144),
+                untied_output: true,
+                rope_factors: Some(4096),
+                ..base
+            },
+            "gemma-3-1b" => Self {
+                family: Family::Gemma3,
+                n_vocab: 262_144,
+                n_embd: 1152,
+                n_layer: 26,
+                n_head: 4,
+                n_head_kv: 1,
+                head_dim: Some(256),
+                n_ff: 6912,
+                n_ctx: 32_768,
+                rope_base: 1_000_000.0,
+                sliding_window: Some(512),
+                ..base
+            },
             _ => return None,
         })
     }
@@ -222,12 +266,21 @@ impl SynthModel {
         if let Some(window) = self.sliding_window {
             w.add(key("attention.sliding_window"), u32v(window));
         }
+        if let Some(orig) = self.rope_factors {
+            // Phi-3's converter: √(1 + ln(scale) / ln(original context)).
+            let scale = self.n_ctx as f64 / orig as f64;
+            let attn_factor = (1.0 + scale.ln() / (orig as f64).ln()).sqrt() as f32;
+            w.add(key("rope.scaling.original_context_length"), u32v(orig))
+                .add(key("rope.scaling.attn_factor"), Value::F32(attn_factor));
+        }
 
         let table = crate::tokenizer::from_gguf::byte_level_table();
         let mut tokens: Vec<Value> = table.iter().map(|c| Value::String(c.to_string())).collect();
         let mut types = vec![Value::I32(1); tokens.len()];
-        for s in SPECIAL_TOKENS {
-            tokens.push(Value::String(s.into()));
+        // Phi-3's vocabulary also has SentencePiece's controls (llama.cpp looks them up).
+        let phi3_controls: &[&str] = if self.family == Family::Phi3 { &["<unk>", "<s>", "</s>"] } else { &[] };
+        for s in SPECIAL_TOKENS.iter().chain(phi3_controls) {
+            tokens.push(Value::String(s.to_string()));
             types.push(Value::I32(3));
         }
         for i in tokens.len()..self.n_vocab {
@@ -254,8 +307,19 @@ impl SynthModel {
             w.add_tensor(name, &dims, dtype, bytes);
         };
         let (e, q, kv) = (self.n_embd, self.n_head * head_dim, self.n_head_kv * head_dim);
-        // Tied: the embedding is also the output head, which the _M mixes widen.
-        matrix(&mut w, "token_embd.weight", e, n_vocab, true);
+        // Tied, the embedding is also the output head, which the _M mixes widen.
+        matrix(&mut w, "token_embd.weight", e, n_vocab, !self.untied_output);
+        if self.untied_output {
+            matrix(&mut w, "output.weight", e, n_vocab, true);
+        }
+        if self.rope_factors.is_some() {
+            // Divisors of each pair's frequency, growing towards the slow pairs as Phi-3's
+            // do: up to 2 for the original context, up to 40 for the long one.
+            let half = head_dim / 2;
+            let ramp = |top: f32| -> Vec<f32> { (0..half).map(|i| top.powf(i as f32 / (half - 1) as f32)).collect() };
+            w.add_f32("rope_factors_short.weight", &[half as u64], &ramp(2.0));
+            w.add_f32("rope_factors_long.weight", &[half as u64], &ramp(40.0));
+        }
         // Llama's norms start at one; the extra norms of other families get values around
         // one, so that a norm applied with the wrong weight shows.
         let mut norm_rng = Rng::new(self.seed ^ 0x6e6f726d);
@@ -269,13 +333,22 @@ impl SynthModel {
         // Biases of the size a trained model's have (Qwen2's reach several units), so that a
         // missing or misplaced one shows.
         let mut bias_rng = Rng::new(self.seed ^ 0x62696173);
+        let fused: &[&Fused] = if recipe.fused_gate_up { &[&FUSED_QKV, &FUSED_GATE_UP] } else { &[] };
         for i in 0..self.n_layer {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
             let wide = use_more_bits(i, self.n_layer);
             for t in Target::ALL {
                 let (n_out, n_in) = t.shape_of(e, q, kv, self.n_ff);
                 let more_bits = wide && matches!(t, Target::V | Target::Down);
-                matrix(&mut w, &name(t.tensor()), n_in, n_out, more_bits);
+                match fused.iter().find(|f| f.parts.contains(&t)) {
+                    // A fused tensor is written whole, where its first part comes.
+                    Some(f) if f.parts[0] == t => {
+                        let rows = f.parts.iter().map(|p| p.shape_of(e, q, kv, self.n_ff).0).sum();
+                        matrix(&mut w, &name(f.tensor), n_in, rows, false);
+                    }
+                    Some(_) => {}
+                    None => matrix(&mut w, &name(t.tensor()), n_in, n_out, more_bits),
+                }
                 if t.has_bias(&recipe) {
                     let values: Vec<f32> = (0..n_out).map(|_| (bias_rng.next_f64() as f32 - 0.5) * 2.0).collect();
                     w.add_f32(format!("blk.{i}.{}.bias", t.tensor()), &[n_out as u64], &values);
@@ -368,6 +441,16 @@ mod tests {
         );
         let s = SynthModel::shape("qwen3-0.6b", SynthQuant::Q8_0).unwrap();
         assert_eq!((s.family, s.n_embd, s.n_layer, s.n_head, s.head_dim), (Family::Qwen3, 1024, 28, 16, Some(128)));
+        let s = SynthModel::shape("phi-3-mini", SynthQuant::F16).unwrap();
+        assert_eq!(
+            (s.family, s.n_vocab, s.n_embd, s.n_layer, s.n_head_kv, s.n_ff, s.rope_factors),
+            (Family::Phi3, 32_064, 3072, 32, 32, 8192, Some(4096))
+        );
+        let s = SynthModel::shape("gemma-3-1b", SynthQuant::F16).unwrap();
+        assert_eq!(
+            (s.family, s.n_vocab, s.n_embd, s.n_layer, s.n_head, s.n_head_kv, s.head_dim, s.sliding_window),
+            (Family::Gemma3, 262_144, 1152, 26, 4, 1, Some(256), Some(512))
+        );
         assert!(SynthModel::shape("gpt-5", SynthQuant::F32).is_none());
     }
 }

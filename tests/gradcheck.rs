@@ -68,7 +68,7 @@ fn rope_backward_is_the_inverse_rotation() {
     let (t_len, d) = (5, 8);
     let inv_freq: Vec<f64> = (0..d / 4).map(|i| 10000f64.powf(-4.0 * i as f64 / d as f64)).collect();
     let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    rope_tables(&inv_freq, 0, t_len, &mut cos, &mut sin);
+    rope_tables(&inv_freq, 1.0, 0, t_len, &mut cos, &mut sin);
     // Partial rotation (n_rot = d/2), both pairings.
     for style in [RopeStyle::Adjacent, RopeStyle::NeoX] {
         let mut x = random(t_len * 2 * d, &mut rng);

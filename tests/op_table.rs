@@ -232,7 +232,7 @@ fn f32_cases(rng: &mut Rng) -> Vec<Case> {
             }
         }
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        rope_tables(&inv_freq, pos0, n, &mut cos, &mut sin);
+        rope_tables(&inv_freq, 1.0, pos0, n, &mut cos, &mut sin);
         #[cfg(feature = "gpu")]
         let (x2, cos2, sin2) = (x.clone(), cos.clone(), sin.clone());
         cases.push(Case {

@@ -77,7 +77,8 @@ fn qwen25_training_forward_equals_inference_forward() {
     check(QWEN25);
 }
 
-/// Tiny F32 models of every family (gemma3 with a window shorter than the sequence):
+/// Tiny F32 models of every family (gemma3 and phi3 with a window shorter than the
+/// sequence, phi3 with fused projections and RoPE factors):
 /// no 8-bit rounding on either side and an f32 KV cache (the default f16 one rounds the
 /// keys and values training keeps in f32), so the logits agree to float rounding.
 #[test]
@@ -96,6 +97,14 @@ fn with_f32_weights_training_and_inference_agree_to_rounding() {
         },
         SynthModel { family: Family::Qwen2, quant: SynthQuant::F32, ..SynthModel::default() },
         SynthModel { family: Family::Qwen3, head_dim: Some(16), quant: SynthQuant::F32, ..SynthModel::default() },
+        SynthModel {
+            family: Family::Phi3,
+            sliding_window: Some(5),
+            rope_factors: Some(64),
+            untied_output: true,
+            quant: SynthQuant::F32,
+            ..SynthModel::default()
+        },
     ] {
         let dir = scratch_dir(&format!("parity-{:?}", shape.family));
         let path = dir.join("tiny.gguf");
@@ -109,4 +118,27 @@ fn with_f32_weights_training_and_inference_agree_to_rounding() {
         eprintln!("{:?}: max |Δ logit| {max_delta:.2e} (logits up to {scale:.2})", shape.family);
         assert!(max_delta <= 1e-4 * scale.max(1.0), "{:?}: max |Δ logit| {max_delta}", shape.family);
     }
+}
+
+/// Phi-3 128K switches to its long RoPE factors for a session longer than the original
+/// context (llama.cpp's rule): the same tokens give other logits in a 17-position session
+/// than in a 16-position one, and the same in any session up to 16.
+#[test]
+fn phi3_takes_long_rope_factors_beyond_the_original_context() {
+    use pupil::model::Family;
+    use pupil::synth::SynthModel;
+    let dir = scratch_dir("phi3-long-rope");
+    let path = dir.join("tiny.gguf");
+    SynthModel { family: Family::Phi3, rope_factors: Some(16), ..SynthModel::default() }.writer().write(&path).unwrap();
+    let rt = Runtime::load_path(&path, 2).unwrap();
+    let tokens = [72, 101, 108, 108, 111, 32, 119, 111];
+    let last = |n_ctx: usize| {
+        let mut cache = rt.model.new_cache(n_ctx).unwrap();
+        let hidden = rt.pool.install(|| rt.model.forward(&tokens, &mut cache)).unwrap().to_vec();
+        rt.pool.install(|| rt.model.logits(&hidden)).unwrap()
+    };
+    let (short, short_too, long) = (last(8), last(16), last(17));
+    assert_eq!(short, short_too);
+    let change = short.iter().zip(&long).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(change > 1e-2, "long factors changed the logits by only {change}");
 }

@@ -53,6 +53,19 @@ fn q8_tiny_qwen3() -> SynthModel {
     SynthModel { family: Family::Qwen3, head_dim: Some(16), name: "tiny synthetic qwen3".into(), ..q8_tiny() }
 }
 
+/// A tiny phi3: fused Q/K/V and gate/up tensors, NeoX RoPE with per-pair factors and an
+/// attention factor, an untied head, and a window of 3 positions over every layer.
+fn q8_tiny_phi3() -> SynthModel {
+    SynthModel {
+        family: Family::Phi3,
+        sliding_window: Some(3),
+        rope_factors: Some(64),
+        untied_output: true,
+        name: "tiny synthetic phi3".into(),
+        ..q8_tiny()
+    }
+}
+
 /// A random top-k teacher distribution over `n_vocab` ids.
 fn random_dist(rng: &mut Rng, n_vocab: u32, k: usize) -> Dist {
     let mut ids: Vec<u32> = Vec::new();
@@ -93,10 +106,10 @@ fn total_loss(rt: &Runtime, lora: &mut LoraParams, tokens: &[u32], dists: &[Dist
 
 /// The gradient of a whole model (every op's backward, in the graph's order) against
 /// finite differences of its loss, for every family: llama, gemma3 with a window shorter
-/// than the sequence, qwen2 and qwen3.
+/// than the sequence, qwen2, qwen3 and phi3.
 #[test]
 fn gradients_reach_every_adapter_and_match_finite_differences() {
-    for shape in [q8_tiny(), q8_tiny_gemma(), q8_tiny_qwen2(), q8_tiny_qwen3()] {
+    for shape in [q8_tiny(), q8_tiny_gemma(), q8_tiny_qwen2(), q8_tiny_qwen3(), q8_tiny_phi3()] {
         let dir = scratch_dir(&format!("grad-{:?}", shape.family));
         let rt = tiny(&dir, shape);
         let cfg = &rt.model.cfg;
@@ -270,9 +283,12 @@ fn adapters_round_trip_and_apply_at_inference_as_in_training() {
 fn merged_weights_equal_the_adapter_applied_at_inference() {
     let mut rng = Rng::new(9);
     let tokens: Vec<u32> = (0..7).map(|_| (rng.next_u64() % 256) as u32).collect();
-    for quant in [SynthQuant::F32, SynthQuant::Q8_0] {
-        let dir = scratch_dir(&format!("merge-{quant:?}"));
-        let mut rt = tiny(&dir, SynthModel { quant, ..SynthModel::default() });
+    // Phi-3's fused attn_qkv and ffn_up take each part's update in that part's rows.
+    let phi3 = SynthModel { family: Family::Phi3, quant: SynthQuant::F32, ..SynthModel::default() };
+    for shape in [SynthModel { quant: SynthQuant::Q8_0, ..SynthModel::default() }, SynthModel::default(), phi3] {
+        let quant = shape.quant;
+        let dir = scratch_dir(&format!("merge-{quant:?}-{:?}", shape.family));
+        let mut rt = tiny(&dir, shape);
         let cfg = rt.model.cfg.clone();
         let mut lora = LoraParams::for_model(&cfg, 4, 8.0, &Target::ALL, 2);
         for (_, _, _, b) in lora.adapter.tensors() {

@@ -100,6 +100,15 @@ impl QMatrix {
         Some(QMatrix { data: Arc::new(bytes), range, interleaved: true, ..*self })
     }
 
+    /// Rows `rows` of this matrix in the file's layout, sharing its bytes: one projection
+    /// of a fused tensor (Phi-3's `attn_qkv`), which then runs like any other matrix.
+    pub fn row_range(&self, rows: Range<usize>) -> QMatrix {
+        assert!(!self.interleaved && rows.start <= rows.end && rows.end <= self.rows, "row_range: rows");
+        let rb = self.row_bytes();
+        let start = self.range.start + rows.start * rb;
+        QMatrix { rows: rows.len(), range: start..start + rows.len() * rb, data: self.data.clone(), ..*self }
+    }
+
     pub fn row_bytes(&self) -> usize {
         self.cols / self.dtype.block_size() * self.dtype.type_size()
     }

@@ -12,16 +12,18 @@ pub enum RopeStyle {
 }
 
 /// cos and sin of every rotated pair at positions `pos0..pos0 + n`, `n × inv_freq.len()`
-/// each (the vectors are overwritten). Angles are computed in f64: `position · freq`
-/// reaches 10⁵ radians in long contexts, where f32 keeps three digits.
-pub fn rope_tables(inv_freq: &[f64], pos0: usize, n: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+/// each (the vectors are overwritten), times `mscale` (Phi-3 128K's attention factor, 1
+/// elsewhere: the rotation then also scales, and its inverse in the backward pass scales
+/// the same). Angles are computed in f64: `position · freq` reaches 10⁵ radians in long
+/// contexts, where f32 keeps three digits.
+pub fn rope_tables(inv_freq: &[f64], mscale: f32, pos0: usize, n: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
     cos.clear();
     sin.clear();
     for p in pos0..pos0 + n {
         for &f in inv_freq {
             let (s, c) = (p as f64 * f).sin_cos();
-            cos.push(c as f32);
-            sin.push(s as f32);
+            cos.push(c as f32 * mscale);
+            sin.push(s as f32 * mscale);
         }
     }
 }

@@ -32,10 +32,16 @@ pub enum Family {
     /// `qwen3` (Qwen 3 dense): Llama's layer with an RMS-norm on every query and key head
     /// before RoPE, RoPE on the two halves of each head, no biases.
     Qwen3,
+    /// `phi3` (Phi-3 / 3.5 mini, Phi-4 mini): Llama's layer with Q, K and V stored as one
+    /// fused `attn_qkv` matrix and gate and up as one `ffn_up` of twice the MLP width, RoPE
+    /// on the two halves of each head with the 128K variants' per-pair frequency factors
+    /// (`rope_factors_short` / `_long`) and attention factor, and a sliding window over
+    /// every layer where the metadata sets one.
+    Phi3,
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [Family::Llama, Family::Gemma3, Family::Qwen2, Family::Qwen3];
+    pub const ALL: [Family; 5] = [Family::Llama, Family::Gemma3, Family::Qwen2, Family::Qwen3, Family::Phi3];
 
     /// `general.architecture` of the family's files.
     pub fn architecture(self) -> &'static str {
@@ -44,6 +50,7 @@ impl Family {
             Family::Gemma3 => "gemma3",
             Family::Qwen2 => "qwen2",
             Family::Qwen3 => "qwen3",
+            Family::Phi3 => "phi3",
         }
     }
 
@@ -57,7 +64,9 @@ impl Family {
                 post_norms: false,
                 gate: Gate::Silu,
                 qkv_bias: false,
+                fused_gate_up: false,
             },
+            Family::Phi3 => Recipe { rope: RopeStyle::NeoX, fused_gate_up: true, ..Family::Llama.recipe(n_embd) },
             Family::Gemma3 => Recipe {
                 embed_scale: Some((n_embd as f32).sqrt()),
                 rope: RopeStyle::NeoX,
@@ -65,6 +74,7 @@ impl Family {
                 post_norms: true,
                 gate: Gate::GeluTanh,
                 qkv_bias: false,
+                fused_gate_up: false,
             },
             Family::Qwen2 => Recipe {
                 embed_scale: None,
@@ -73,6 +83,7 @@ impl Family {
                 post_norms: false,
                 gate: Gate::Silu,
                 qkv_bias: true,
+                fused_gate_up: false,
             },
             Family::Qwen3 => Recipe {
                 embed_scale: None,
@@ -81,6 +92,7 @@ impl Family {
                 post_norms: false,
                 gate: Gate::Silu,
                 qkv_bias: false,
+                fused_gate_up: false,
             },
         }
     }
@@ -104,6 +116,9 @@ pub struct Recipe {
     pub gate: Gate,
     /// Biases added to the query, key and value projections (`attn_{q,k,v}.bias`).
     pub qkv_bias: bool,
+    /// The MLP's gate and up projections stored as one `ffn_up` tensor, gate rows first
+    /// ([`FUSED_GATE_UP`](super::lora::FUSED_GATE_UP)).
+    pub fused_gate_up: bool,
 }
 
 /// In Gemma 3 every sixth layer attends globally; the others use the sliding window.
@@ -119,7 +134,9 @@ pub struct Config {
     /// Derived from the architecture.
     pub family: Family,
     /// `{arch}.attention.sliding_window`: how many positions a sliding-window layer sees
-    /// (Gemma 3; `None` elsewhere).
+    /// (Gemma 3, Phi-3; `None` elsewhere). llama.cpp ignores Phi-3's for now (its
+    /// converter's value is doubtful); pupil applies it as Hugging Face does, so the two
+    /// agree up to the window's length (2047 positions on Phi-3 mini 4K).
     pub sliding_window: Option<usize>,
     /// Vocabulary size: length of `tokenizer.ggml.tokens` (or `{arch}.vocab_size`).
     pub n_vocab: usize,
@@ -144,6 +161,13 @@ pub struct Config {
     pub n_rot: usize,
     /// `{arch}.rope.scaling.type` / `.factor`.
     pub rope_scaling: RopeScaling,
+    /// `{arch}.rope.scaling.attn_factor`: a factor on every rotated value (Phi-3 128K's
+    /// `√(1 + ln(scale) / ln(n_ctx_orig))`); default 1.
+    pub rope_attn_factor: f32,
+    /// `{arch}.rope.scaling.original_context_length`: the context the RoPE frequencies were
+    /// trained for before any extension; a session longer than this switches Phi-3 to its
+    /// long-context factors. Defaults to `n_ctx_train`.
+    pub n_ctx_orig: usize,
     /// `{arch}.attention.layer_norm_rms_epsilon`; default 1e-5.
     pub rms_norm_eps: f32,
 }
@@ -216,10 +240,20 @@ impl Config {
         if !(rope_freq_base.is_finite() && rope_freq_base > 0.0 && rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
             return Err(ModelError::BadConfig("rope.freq_base or layer_norm_rms_epsilon out of range".into()));
         }
+        let rope_attn_factor = file.get_f64(&key("rope.scaling.attn_factor"))?.unwrap_or(1.0) as f32;
+        if !(rope_attn_factor.is_finite() && rope_attn_factor > 0.0) {
+            return Err(ModelError::BadConfig(format!("rope.scaling.attn_factor {rope_attn_factor} must be positive")));
+        }
+        // Phi's converter writes 0 for "no window" (Phi-4).
         let sliding_window = match family {
             Family::Gemma3 => opt_dim("attention.sliding_window")?,
+            Family::Phi3 => match file.get_u64(&key("attention.sliding_window"))? {
+                None | Some(0) => None,
+                Some(_) => opt_dim("attention.sliding_window")?,
+            },
             Family::Llama | Family::Qwen2 | Family::Qwen3 => None,
         };
+        let n_ctx_train = dim("context_length")?;
         Ok(Self {
             family,
             sliding_window,
@@ -230,7 +264,9 @@ impl Config {
             n_head_kv,
             head_dim,
             n_ff: dim("feed_forward_length")?,
-            n_ctx_train: dim("context_length")?,
+            n_ctx_train,
+            n_ctx_orig: opt_dim("rope.scaling.original_context_length")?.unwrap_or(n_ctx_train),
+            rope_attn_factor,
             rope_freq_base,
             n_rot,
             rope_scaling,
@@ -254,11 +290,15 @@ impl Config {
         }
     }
 
-    /// Whether `layer` attends only within the sliding window.
+    /// Whether `layer` attends only within the sliding window: five of every six layers of
+    /// Gemma 3, every layer of a Phi-3 that has a window.
     pub fn is_sliding(&self, layer: usize) -> bool {
         self.sliding_window.is_some()
-            && self.family == Family::Gemma3
-            && !(layer + 1).is_multiple_of(GEMMA3_GLOBAL_EVERY)
+            && match self.family {
+                Family::Gemma3 => !(layer + 1).is_multiple_of(GEMMA3_GLOBAL_EVERY),
+                Family::Phi3 => true,
+                Family::Llama | Family::Qwen2 | Family::Qwen3 => false,
+            }
     }
 
     /// The attention layers' head layout.

@@ -69,6 +69,8 @@ pub(super) struct CpuPass<'a> {
     pub adapters: &'a [(Adapter, f32)],
     pub tokens: &'a [u32],
     pub pos0: usize,
+    /// The session's context size, which picks Phi-3's short or long RoPE factors.
+    pub n_ctx: usize,
     pub kv: KvLayers<'a>,
     pub scratch: &'a mut Scratch,
     pub batching: Batching,
@@ -80,7 +82,8 @@ impl<'a> CpuPass<'a> {
         let n = self.tokens.len();
         for (sliding, (cos, sin)) in self.scratch.rope.iter_mut().enumerate() {
             if sliding == 0 || self.cfg.sliding_window.is_some() {
-                rope_tables(self.weights.inv_freq(sliding == 1), self.pos0, n, cos, sin);
+                let inv_freq = self.weights.rope.inv_freq(sliding == 1, self.n_ctx);
+                rope_tables(inv_freq, self.cfg.rope_attn_factor, self.pos0, n, cos, sin);
             }
         }
         let Ok(hidden) = super::graph::forward(self.cfg, &mut self);

@@ -15,7 +15,7 @@ use candle_core::{DType, Module, Tensor};
 
 use super::device::{Device, DeviceError};
 use super::graph::{self, Ops, Rope};
-use super::weights::{Norm, NormId, Weights};
+use super::weights::{Norm, NormId, RopeFrequencies, Weights};
 use super::{Adapter, Config, Target};
 use crate::gguf::GgmlDType;
 use crate::kernels::dot::Gate;
@@ -69,8 +69,8 @@ pub struct GpuWeights {
     output: QMatMul,
     output_norm: Tensor,
     blocks: Vec<Block>,
-    /// RoPE frequencies of global and of sliding-window layers, as the host has them.
-    inv_freq: [Vec<f64>; 2],
+    /// RoPE frequencies, as the host has them.
+    rope: RopeFrequencies,
     loras: HashMap<(usize, Target), Vec<DeviceLora>>,
     /// Each uploaded weight by the address of its mapped bytes, so that training can find
     /// the device copy of a host [`QMatrix`].
@@ -141,7 +141,7 @@ impl GpuWeights {
             token_embd,
             output_norm: vector(&w.output_norm)?,
             blocks,
-            inv_freq: [w.inv_freq(false).to_vec(), w.inv_freq(true).to_vec()],
+            rope: w.rope.clone(),
             loras: HashMap::new(),
             by_address,
             dev,
@@ -180,21 +180,22 @@ impl GpuWeights {
         Ok(DeviceKv { k: layers().map_err(failure(self.device))?, v: layers().map_err(failure(self.device))? })
     }
 
-    /// Runs `tokens` at positions `pos0..` and returns the final normed hidden state of
-    /// every position (`tokens.len() × n_embd`, on the host).
+    /// Runs `tokens` at positions `pos0..` of a cache of `n_ctx` positions and returns the
+    /// final normed hidden state of every position (`tokens.len() × n_embd`, on the host).
     pub fn forward(
         &self,
         cfg: &Config,
         tokens: &[u32],
         kv: &mut DeviceKv,
         pos0: usize,
+        n_ctx: usize,
     ) -> Result<Vec<f32>, DeviceError> {
         let mut run = || -> candle_core::Result<Vec<f32>> {
             let n = tokens.len();
             let tables = |sliding: bool| -> candle_core::Result<(Tensor, Tensor)> {
-                let inv_freq = &self.inv_freq[sliding as usize];
+                let inv_freq = self.rope.inv_freq(sliding, n_ctx);
                 let (mut c, mut s) = (Vec::new(), Vec::new());
-                rope_tables(inv_freq, pos0, n, &mut c, &mut s);
+                rope_tables(inv_freq, cfg.rope_attn_factor, pos0, n, &mut c, &mut s);
                 let half = inv_freq.len();
                 Ok((Tensor::from_vec(c, (n, half), &self.dev)?, Tensor::from_vec(s, (n, half), &self.dev)?))
             };

@@ -100,6 +100,49 @@ impl Target {
     }
 }
 
+/// A block tensor that holds several projections' weights one after another, by rows.
+/// Each part is still its own [`Target`]: the loader views its rows as a matrix of its
+/// own, adapters update it alone, and merging writes it back into its rows.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fused {
+    /// llama.cpp's tensor name within a block.
+    pub tensor: &'static str,
+    pub parts: &'static [Target],
+}
+
+/// Q, K and V in one `attn_qkv` (Phi-3; llama.cpp accepts it for other families too).
+pub const FUSED_QKV: Fused = Fused { tensor: "attn_qkv", parts: &[Target::Q, Target::K, Target::V] };
+/// Gate, then up, in one `ffn_up` of twice the MLP width (Phi-3).
+pub const FUSED_GATE_UP: Fused = Fused { tensor: "ffn_up", parts: &[Target::Gate, Target::Up] };
+
+impl Fused {
+    /// The fused tensor a block tensor called `name` is in a model of `cfg`, if it is one.
+    pub fn named(name: &str, cfg: &Config) -> Option<&'static Fused> {
+        match name {
+            "attn_qkv" => Some(&FUSED_QKV),
+            "ffn_up" if cfg.recipe().fused_gate_up => Some(&FUSED_GATE_UP),
+            _ => None,
+        }
+    }
+
+    /// Each part with its first row, in a model of `cfg`.
+    pub fn parts(&self, cfg: &Config) -> Vec<(Target, usize)> {
+        let mut row = 0;
+        self.parts
+            .iter()
+            .map(|&t| {
+                row += t.shape(cfg).0;
+                (t, row - t.shape(cfg).0)
+            })
+            .collect()
+    }
+
+    /// Rows of the whole tensor in a model of `cfg`.
+    pub fn rows(&self, cfg: &Config) -> usize {
+        self.parts.iter().map(|t| t.shape(cfg).0).sum()
+    }
+}
+
 /// An adapter: low-rank updates of some (layer, target) weights, one rank and alpha for
 /// all. Every A (`rank × n_in`, row-major) and B (`n_out × rank`) lives in one flat
 /// `values` vector, so inference reads the same storage that training's optimizer and
@@ -318,11 +361,16 @@ pub fn lora_backward(
 
 /// `blk.N.<tensor>.weight` → (N, target).
 fn parse_base(base: &str, n_layer: usize) -> Option<(usize, Target)> {
-    let rest = base.strip_prefix("blk.")?.strip_suffix(".weight")?;
+    let (layer, name) = block_tensor(base, n_layer)?;
+    Some((layer, Target::ALL.into_iter().find(|t| t.tensor() == name)?))
+}
+
+/// `blk.N.<name>.weight` of a model of `n_layer` layers → (N, name).
+fn block_tensor(tensor: &str, n_layer: usize) -> Option<(usize, &str)> {
+    let rest = tensor.strip_prefix("blk.")?.strip_suffix(".weight")?;
     let (n, name) = rest.split_once('.')?;
     let layer: usize = n.parse().ok()?;
-    let target = Target::ALL.into_iter().find(|t| t.tensor() == name)?;
-    (layer < n_layer).then_some((layer, target))
+    (layer < n_layer).then_some((layer, name))
 }
 
 /// A standalone GGUF: `file` with every adapted weight replaced by
@@ -344,23 +392,31 @@ pub fn merge(
         }
     }
     for info in file.tensors() {
-        let base = info.name.strip_suffix(".weight").and_then(|b| parse_base(&format!("{b}.weight"), cfg.n_layer));
-        let pairs: Vec<_> = match base {
-            Some((layer, t)) => {
-                adapters.iter().filter_map(|(a, s)| a.pair(layer, t).map(|p| (p, a.scale() * s, a.rank))).collect()
-            }
-            None => Vec::new(),
-        };
-        if pairs.is_empty() {
+        // The targets this tensor holds, each with its first row (several in a fused one).
+        let parts: Vec<(usize, Target, usize)> = block_tensor(&info.name, cfg.n_layer)
+            .map(|(layer, name)| match Fused::named(name, cfg) {
+                Some(f) => f.parts(cfg).into_iter().map(|(t, row)| (layer, t, row)).collect(),
+                None => Target::ALL.into_iter().filter(|t| t.tensor() == name).map(|t| (layer, t, 0)).collect(),
+            })
+            .unwrap_or_default();
+        let updates: Vec<_> = parts
+            .iter()
+            .flat_map(|&(layer, t, row)| {
+                adapters.iter().filter_map(move |(a, s)| a.pair(layer, t).map(|p| (p, a.scale() * s, a.rank, row)))
+            })
+            .collect();
+        if updates.is_empty() {
             w.add_tensor(info.name.clone(), &info.dims, info.dtype, file.tensor_bytes(info).to_vec());
             continue;
         }
         let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
         let mut weight = vec![0f32; n_in * n_out];
         crate::kernels::dequantize(info.dtype, file.tensor_bytes(info), &mut weight);
-        for ((a, b), scale, r) in pairs {
+        for ((a, b), scale, r, row) in updates {
             let b: Vec<f32> = b.iter().map(|v| v * scale).collect();
-            gemm_nn(n_out, n_in, r, Mat { data: &b, ld: r }, Mat { data: a, ld: n_in }, &mut weight, n_in, true);
+            let rows = b.len() / r;
+            let part = &mut weight[row * n_in..(row + rows) * n_in];
+            gemm_nn(rows, n_in, r, Mat { data: &b, ld: r }, Mat { data: a, ld: n_in }, part, n_in, true);
         }
         let (dtype, bytes) = match quant {
             Some(q) => (q, quantize(q, &weight)),

@@ -226,13 +226,15 @@ impl Model {
         }
         #[cfg(feature = "gpu")]
         if let Some(g) = &self.gpu {
-            let hidden = g.forward(&self.cfg, tokens, cache.device_mut()?, pos0)?;
+            let n_ctx = cache.n_ctx();
+            let hidden = g.forward(&self.cfg, tokens, cache.device_mut()?, pos0, n_ctx)?;
             cache.advance(n);
             return Ok(cache.parts().1.finish(hidden));
         }
         if !cache.is_on_host() {
             return Err(ModelError::BadConfig("this KV cache was made for a GPU, the model runs on the CPU".into()));
         }
+        let n_ctx = cache.n_ctx();
         let (kv, scratch) = cache.parts();
         let pass = cpu::CpuPass {
             cfg: &self.cfg,
@@ -240,6 +242,7 @@ impl Model {
             adapters: &self.adapters,
             tokens,
             pos0,
+            n_ctx,
             kv,
             scratch,
             batching,

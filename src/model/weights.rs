@@ -4,7 +4,7 @@
 //! the layer graph runs. Tensor names are llama.cpp's.
 
 use super::config::{Config, Family, Recipe, RopeScaling, GEMMA3_SWA_ROPE_BASE};
-use super::lora::Target;
+use super::lora::{Target, FUSED_GATE_UP, FUSED_QKV};
 use super::ModelError;
 use crate::gguf::GgufFile;
 use crate::kernels::{self, QMatrix};
@@ -106,12 +106,33 @@ pub struct Weights {
     pub output: QMatrix,
     pub output_norm: Vec<f32>,
     pub blocks: Vec<Block>,
-    /// Angle per position for each rotated pair: `base^(-2i/n_rot) / freq_factor[i]`,
-    /// with linear scaling folded in.
-    inv_freq: Vec<f64>,
-    /// The same for sliding-window layers (Gemma 3's own base); equal to `inv_freq`
+    pub rope: RopeFrequencies,
+}
+
+/// RoPE's angle per position for each rotated pair: `base^(-2i/n_rot) / freq_factor[i]`,
+/// with linear scaling folded in, for each kind of layer and session.
+#[derive(Debug, Clone)]
+pub struct RopeFrequencies {
+    global: Vec<f64>,
+    /// The same with Phi-3 128K's long-context factors, used by every layer of a session
+    /// whose context exceeds `n_ctx_orig` (as llama.cpp chooses).
+    long: Option<Vec<f64>>,
+    /// The same for sliding-window layers (Gemma 3's own base); equal to `global`
     /// elsewhere.
-    inv_freq_swa: Vec<f64>,
+    sliding: Vec<f64>,
+    n_ctx_orig: usize,
+}
+
+impl RopeFrequencies {
+    /// The frequencies of sliding-window layers, or of the others, in a session of `n_ctx`
+    /// positions.
+    pub fn inv_freq(&self, sliding: bool, n_ctx: usize) -> &[f64] {
+        match &self.long {
+            Some(long) if n_ctx > self.n_ctx_orig => long,
+            _ if sliding => &self.sliding,
+            _ => &self.global,
+        }
+    }
 }
 
 /// A `rows × cols` view of tensor `name`, whose GGUF dimensions must be `dims`.
@@ -159,58 +180,68 @@ impl Weights {
                         t.has_bias(&recipe).then(|| vector(file, &bias, t.shape(cfg).0)).transpose()
                     })
                     .collect::<Result<_, _>>()?;
-                let linear: Vec<QMatrix> = Target::ALL
-                    .iter()
-                    .map(|t| {
+                // Fused tensors first: their parts are row ranges of one view.
+                let mut linear: [Option<QMatrix>; 7] = Default::default();
+                let qkv_fused = file.tensor(&name(FUSED_QKV.tensor)).is_some();
+                let fused = [qkv_fused.then_some(&FUSED_QKV), recipe.fused_gate_up.then_some(&FUSED_GATE_UP)];
+                for f in fused.into_iter().flatten() {
+                    let whole = matrix(file, &name(f.tensor), e, f.rows(cfg))?;
+                    for (t, first) in f.parts(cfg) {
+                        linear[t as usize] = Some(whole.row_range(first..first + t.shape(cfg).0));
+                    }
+                }
+                for t in Target::ALL {
+                    if linear[t as usize].is_none() {
                         let (n_out, n_in) = t.shape(cfg);
-                        matrix(file, &name(t.tensor()), n_in, n_out)
-                    })
-                    .collect::<Result<_, _>>()?;
+                        linear[t as usize] = Some(matrix(file, &name(t.tensor()), n_in, n_out)?);
+                    }
+                }
                 let norms: Vec<Option<Vec<f32>>> = Norm::ALL
                     .iter()
                     .map(|n| n.present(&recipe).then(|| vector(file, &name(n.tensor()), n.width(cfg))).transpose())
                     .collect::<Result<_, _>>()?;
                 Ok(Block {
-                    linear: linear.try_into().expect("one weight per target"),
+                    linear: linear.map(|m| m.expect("every target loaded above")),
                     biases: biases.try_into().expect("one slot per target"),
                     norms: norms.try_into().expect("one slot per norm"),
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
 
-        // Llama 3.1+ stores per-pair frequency divisors in `rope_freqs.weight`.
-        let freq_factors = match file.tensor("rope_freqs.weight") {
-            Some(_) => Some(vector(file, "rope_freqs.weight", cfg.n_rot / 2)?),
-            None => None,
+        // Per-pair frequency divisors: Llama 3.1+'s `rope_freqs`, or Phi-3 128K's short
+        // factors, with long ones for sessions beyond the original context.
+        let factors = |name: &str| file.tensor(name).map(|_| vector(file, name, cfg.n_rot / 2)).transpose();
+        let short = match factors("rope_freqs.weight")? {
+            Some(f) => Some(f),
+            None => factors("rope_factors_short.weight")?,
         };
+        let long = factors("rope_factors_long.weight")?;
         let pos_scale = match cfg.rope_scaling {
             RopeScaling::None => 1.0,
             RopeScaling::Linear { factor } => 1.0 / factor as f64,
         };
-        let frequencies = |base: f32| -> Vec<f64> {
+        let frequencies = |base: f32, factors: Option<&[f32]>| -> Vec<f64> {
             (0..cfg.n_rot / 2)
                 .map(|i| {
                     let f = (base as f64).powf(-2.0 * i as f64 / cfg.n_rot as f64) * pos_scale;
-                    match &freq_factors {
+                    match factors {
                         Some(ff) => f / ff[i] as f64,
                         None => f,
                     }
                 })
                 .collect()
         };
-        let inv_freq = frequencies(cfg.rope_freq_base);
-        let inv_freq_swa = match cfg.family {
-            Family::Gemma3 => frequencies(GEMMA3_SWA_ROPE_BASE),
-            Family::Llama | Family::Qwen2 | Family::Qwen3 => inv_freq.clone(),
+        let global = frequencies(cfg.rope_freq_base, short.as_deref());
+        let rope = RopeFrequencies {
+            long: long.map(|l| frequencies(cfg.rope_freq_base, Some(&l))),
+            sliding: match cfg.family {
+                Family::Gemma3 => frequencies(GEMMA3_SWA_ROPE_BASE, None),
+                Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Phi3 => global.clone(),
+            },
+            global,
+            n_ctx_orig: cfg.n_ctx_orig,
         };
-        Ok(Self {
-            token_embd,
-            output,
-            output_norm: vector(file, "output_norm.weight", e)?,
-            blocks,
-            inv_freq,
-            inv_freq_swa,
-        })
+        Ok(Self { token_embd, output, output_norm: vector(file, "output_norm.weight", e)?, blocks, rope })
     }
 
     /// Re-lays every layer matrix and the output head for the CPU's eight-row kernels,
@@ -242,15 +273,6 @@ impl Weights {
                 self.blocks[layer].norm(norm).expect("the recipe that uses a norm is the one that loaded it")
             }
             NormId::Output => &self.output_norm,
-        }
-    }
-
-    /// RoPE frequencies of sliding-window layers, or of the others.
-    pub fn inv_freq(&self, sliding: bool) -> &[f64] {
-        if sliding {
-            &self.inv_freq_swa
-        } else {
-            &self.inv_freq
         }
     }
 

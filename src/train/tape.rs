@@ -36,7 +36,8 @@ impl<'a> Sequence<'a> {
     pub fn new(model: &'a Model, frozen: Frozen<'a>, tokens: &'a [u32]) -> Self {
         let rope = [false, true].map(|sliding| {
             let (mut cos, mut sin) = (Vec::new(), Vec::new());
-            rope_tables(model.weights().inv_freq(sliding), 0, tokens.len(), &mut cos, &mut sin);
+            let inv_freq = model.weights().rope.inv_freq(sliding, tokens.len());
+            rope_tables(inv_freq, model.cfg.rope_attn_factor, 0, tokens.len(), &mut cos, &mut sin);
             (cos, sin)
         });
         Self { model, frozen, tokens, rope }
