@@ -59,6 +59,22 @@ CHATS = [
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
      {"role": "user", "content": "Tell me a joke."}],
 ]
+# Tool use as `apply_chat_template(messages, tools=TOOLS)` renders it: an offer of tools, and
+# a full round (the assistant's call with dict arguments, the tool's reply, the answer).
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "description": "City name"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}}]
+TOOL_CHATS = [
+    [{"role": "user", "content": "What's the weather in Paris?"}],
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "Weather in Tokyo, in fahrenheit?"},
+     {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
+         "name": "get_weather", "arguments": {"city": "Tokyo", "unit": "fahrenheit"}}}]},
+     {"role": "tool", "content": "{\"temperature\": 68, \"sky\": \"clear\"}"},
+     {"role": "assistant", "content": "It is 68°F and clear in Tokyo."}],
+]
 
 
 def gguf_metadata(path):
@@ -128,7 +144,7 @@ class Llama:
         return positions
 
 
-def render(template, messages, add_generation_prompt, bos, eos):
+def render(template, messages, add_generation_prompt, bos, eos, tools=None):
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
@@ -138,7 +154,7 @@ def render(template, messages, add_generation_prompt, bos, eos):
     env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
     env.globals["raise_exception"] = raise_exception
     return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                            bos_token=bos, eos_token=eos)
+                                            bos_token=bos, eos_token=eos, tools=tools)
 
 
 def main():
@@ -175,11 +191,14 @@ def main():
             return meta["tokenizer.ggml.tokens"][i] if i is not None else ""
 
         rows = []
-        for messages in CHATS:
+        for messages, tools in [(m, None) for m in CHATS] + [(m, TOOLS) for m in TOOL_CHATS]:
             for agp in (True, False):
-                text = render(template, messages, agp, token("bos"), token("eos"))
-                rows.append({"messages": messages, "add_generation_prompt": agp, "text": text,
-                             "ids": llama.tokenize(text, False, True)})
+                text = render(template, messages, agp, token("bos"), token("eos"), tools)
+                row = {"messages": messages, "add_generation_prompt": agp, "text": text,
+                       "ids": llama.tokenize(text, False, True)}
+                if tools:
+                    row["tools"] = tools
+                rows.append(row)
         write("chat_template.jsonl", rows)
     sha = hashlib.sha256()
     with open(a.model, "rb") as f:

@@ -62,7 +62,8 @@ fn check_chat_template(name: &str, fixtures: &str) {
     for case in fixture_lines(fixtures, "chat_template.jsonl") {
         let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
         let agp = case["add_generation_prompt"].as_bool().unwrap();
-        let text = template.render(&messages, agp).unwrap();
+        let tools: Option<Vec<serde_json::Value>> = case.get("tools").map(|t| t.as_array().unwrap().clone());
+        let text = template.render_with_tools(&messages, tools.as_deref(), agp).unwrap();
         assert_eq!(text, case["text"].as_str().unwrap(), "rendering of {messages:?}");
         assert_eq!(tok.encode(&text, true).unwrap(), ids(&case["ids"]), "ids of {text:?}");
     }

@@ -24,16 +24,31 @@ pub enum TemplateError {
     Render(String),
 }
 
-/// One chat message.
+/// One chat message, as OpenAI's chat API and Hugging Face's templates spell it: a role
+/// and its text, and for tool use the assistant's `tool_calls` and a tool reply's
+/// `tool_call_id` / `name`. Fields a message lacks stay undefined in the template (not
+/// `none`), so `is defined` tests behave as in Python.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
+    /// The text; a JSON `null` (an assistant turn that only calls tools) reads as empty.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), tool_calls: None, tool_call_id: None, name: None }
     }
 }
 
@@ -71,9 +86,22 @@ impl ChatTemplate {
     /// Renders `messages`; with `add_generation_prompt` the text ends where the
     /// assistant's reply begins.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TemplateError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`Self::render`] offering the model `tools` (OpenAI-style function schemas, passed
+    /// to the template as `tools` the way `apply_chat_template(tools=…)` does; a template
+    /// that knows no tools ignores them).
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
         let tmpl = self.env.get_template("chat").map_err(|e| TemplateError::Parse(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
