@@ -165,7 +165,7 @@ fn unsupported_architecture() {
     let (ok, stderr) = pupil(&["complete", "-m", p.to_str().unwrap(), "hi"], &[]);
     assert!(!ok && !stderr.contains("panicked"));
     assert!(
-        stderr.contains("unsupported architecture \"mamba\" (pupil runs: llama, gemma3, qwen2, qwen3)"),
+        stderr.contains("unsupported architecture \"mamba\" (pupil runs: llama, gemma3, qwen2, qwen3, phi3)"),
         "{stderr}"
     );
 }

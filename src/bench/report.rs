@@ -1,6 +1,9 @@
 //! Merging `pupil bench -o jsonl` results from many devices into one report: a markdown
 //! table of models × devices (speed, load time, memory, quality) and an SVG chart of
-//! tokens/s per model per device.
+//! tokens/s per model per device. llama.cpp's `llama-bench -o jsonl` lines are read too, as
+//! columns of their own beside pupil's on the same device (with the ratio), so one sitting's
+//! alternating runs of both make one head-to-head table. Repeated runs of a cell (rounds)
+//! report their median.
 //!
 //! Lines are read leniently (fields added by later versions are ignored, missing ones
 //! left blank) but a line that is not a bench result is an error naming it.
@@ -10,10 +13,14 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-/// One measurement, as `pupil bench` writes it.
+/// One measurement, as `pupil bench` (or `llama-bench`) writes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultLine {
+    /// "pupil", or "llama.cpp <commit>".
+    pub runtime: String,
     pub model: String,
+    /// The model file's name, which matches llama-bench's rows to pupil's.
+    pub file: Option<String>,
     pub test: String,
     pub threads: u64,
     pub backend: String,
@@ -33,18 +40,22 @@ pub const SCHEMA: u64 = 1;
 /// Parses one JSON line of `pupil bench -o jsonl`.
 pub fn parse_line(line: &str) -> Result<ResultLine, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    match v.get("schema").and_then(Value::as_u64) {
-        Some(SCHEMA) => {}
-        Some(other) => return Err(format!("result schema {other} is not supported (this pupil reads {SCHEMA})")),
-        None => return Err("no `schema` field: not a `pupil bench -o jsonl` result".into()),
-    }
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let f = |k: &str| v.get(k).and_then(Value::as_f64);
     let u = |k: &str| v.get(k).and_then(Value::as_u64);
+    let file = |k: &str| s(k).map(|p| p.rsplit(['/', '\\']).next().unwrap_or(&p).to_string());
+    match v.get("schema").and_then(Value::as_u64) {
+        Some(SCHEMA) => {}
+        Some(other) => return Err(format!("result schema {other} is not supported (this pupil reads {SCHEMA})")),
+        None if v.get("build_commit").is_some() => return parse_llama_bench(&v),
+        None => return Err("no `schema` field: neither a `pupil bench` nor a `llama-bench` -o jsonl result".into()),
+    }
     let dev = v.get("device").ok_or("no `device`")?;
     let ds = |k: &str| dev.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
     Ok(ResultLine {
+        runtime: "pupil".into(),
         model: s("model_type").or_else(|| s("model")).ok_or("no `model`")?,
+        file: file("model"),
         test: s("test").ok_or("no `test`")?,
         threads: u("threads").ok_or("no `threads`")?,
         backend: s("backend").unwrap_or_else(|| "CPU".into()),
@@ -62,28 +73,127 @@ pub fn parse_line(line: &str) -> Result<ResultLine, String> {
     })
 }
 
+/// One `llama-bench -o jsonl` line.
+fn parse_llama_bench(v: &Value) -> Result<ResultLine, String> {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let u = |k: &str| v.get(k).and_then(Value::as_u64);
+    let (n_prompt, n_gen) = (u("n_prompt").ok_or("no `n_prompt`")?, u("n_gen").ok_or("no `n_gen`")?);
+    let test = match (n_prompt, n_gen) {
+        (p, 0) => format!("pp{p}"),
+        (0, g) => format!("tg{g}"),
+        (p, g) => format!("pp{p}+tg{g}"),
+    };
+    let test = match u("n_depth") {
+        Some(d) if d > 0 => format!("{test} @ d{d}"),
+        _ => test,
+    };
+    Ok(ResultLine {
+        runtime: format!("llama.cpp {}", s("build_commit").unwrap_or_default()),
+        model: s("model_type").ok_or("no `model_type`")?,
+        file: s("model_filename").map(|p| p.rsplit(['/', '\\']).next().unwrap_or(&p).to_string()),
+        test,
+        threads: u("n_threads").ok_or("no `n_threads`")?,
+        backend: s("backends").unwrap_or_else(|| "CPU".into()),
+        median_ts: v.get("avg_ts").and_then(Value::as_f64).ok_or("no `avg_ts`")?,
+        load_ms: None,
+        peak_rss: None,
+        peak_anon: None,
+        bits_per_byte: None,
+        ppl: None,
+        device: match s("gpu_info").filter(|g| !g.is_empty()) {
+            Some(gpu) => gpu,
+            None => s("cpu_info").unwrap_or_else(|| "?".into()),
+        },
+    })
+}
+
+/// A results column: pupil's are named by device, backend and threads; another runtime's
+/// get its name in front.
+fn column(r: &ResultLine) -> String {
+    let base = format!("{} · {} · {}t", r.device, r.backend, r.threads);
+    if r.runtime == "pupil" {
+        base
+    } else {
+        format!("{} · {base}", r.runtime)
+    }
+}
+
+/// The row a result belongs in: another runtime's run of a file pupil also ran joins
+/// pupil's row for it (the runtimes name model types differently).
+fn row_names(results: &[ResultLine]) -> Vec<String> {
+    let pupil_name: BTreeMap<&str, &str> = results
+        .iter()
+        .filter(|r| r.runtime == "pupil")
+        .filter_map(|r| Some((r.file.as_deref()?, r.model.as_str())))
+        .collect();
+    results
+        .iter()
+        .map(|r| match r.file.as_deref().and_then(|f| pupil_name.get(f)) {
+            Some(name) if r.runtime != "pupil" => name.to_string(),
+            _ => r.model.clone(),
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// The markdown report.
 pub fn markdown(results: &[ResultLine]) -> String {
-    let devices: Vec<String> = unique(results.iter().map(|r| format!("{} · {} · {}t", r.device, r.backend, r.threads)));
-    let key = |r: &ResultLine| format!("{} · {} · {}t", r.device, r.backend, r.threads);
+    let devices: Vec<String> = unique(results.iter().map(column));
+    // pupil / other runtime, for each other runtime's column whose backend and threads one
+    // pupil column shares.
+    let ratios: Vec<(String, usize, usize)> = devices
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let other = results.iter().find(|r| &column(r) == d && r.runtime != "pupil")?;
+            let mut mine = devices.iter().enumerate().filter(|(_, p)| {
+                results.iter().any(|r| {
+                    &&column(r) == p && r.runtime == "pupil" && r.backend == other.backend && r.threads == other.threads
+                })
+            });
+            let (j, _) = mine.next()?;
+            mine.next().is_none().then(|| (format!("pupil / {} · {}t", other.runtime, other.threads), j, i))
+        })
+        .collect();
     let mut out = String::from("# pupil results\n\n## Tokens per second (median)\n\n");
-    let _ = writeln!(out, "| model | test | {} |", devices.join(" | "));
-    let _ = writeln!(out, "| --- | --- |{}", " ---: |".repeat(devices.len()));
-    let mut cells: BTreeMap<(String, String), BTreeMap<String, f64>> = BTreeMap::new();
-    for r in results {
-        cells.entry((r.model.clone(), r.test.clone())).or_default().insert(key(r), r.median_ts);
+    let headers: Vec<&str> = devices.iter().map(String::as_str).chain(ratios.iter().map(|r| r.0.as_str())).collect();
+    let _ = writeln!(out, "| model | test | {} |", headers.join(" | "));
+    let _ = writeln!(out, "| --- | --- |{}", " ---: |".repeat(headers.len()));
+    let names = row_names(results);
+    let mut cells: BTreeMap<(String, String), BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    for (r, name) in results.iter().zip(&names) {
+        cells.entry((name.clone(), r.test.clone())).or_default().entry(column(r)).or_default().push(r.median_ts);
     }
     for ((model, test), by_device) in &cells {
-        let row: Vec<String> =
-            devices.iter().map(|d| by_device.get(d).map_or("—".into(), |t| format!("{t:.1}"))).collect();
+        let medians: Vec<Option<f64>> = devices.iter().map(|d| by_device.get(d).cloned().map(median)).collect();
+        let row: Vec<String> = medians
+            .iter()
+            .map(|m| m.map_or("—".into(), |t| format!("{t:.1}")))
+            .chain(ratios.iter().map(|&(_, mine, other)| match (medians[mine], medians[other]) {
+                (Some(a), Some(b)) => format!("{:.2}x", a / b),
+                _ => "—".into(),
+            }))
+            .collect();
         let _ = writeln!(out, "| {model} | {test} | {} |", row.join(" | "));
     }
     out += "\n## Load, memory and quality\n\n";
     out += "| model | device | load → first token | peak RSS | peak anonymous | bits/byte | PPL |\n";
     out += "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
     let mut seen = BTreeMap::new();
-    for r in results {
-        seen.entry((r.model.clone(), key(r))).or_insert(r);
+    for (r, name) in results.iter().zip(&names) {
+        // llama-bench reports none of these.
+        if r.runtime == "pupil" {
+            seen.entry((name.clone(), column(r))).or_insert(r);
+        }
     }
     let mib = |b: Option<u64>| b.map_or("—".into(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64));
     let num = |v: Option<f64>, unit: &str| v.map_or("—".into(), |v| format!("{v:.4}{unit}"));
@@ -103,16 +213,24 @@ pub fn markdown(results: &[ResultLine]) -> String {
 
 /// A grouped bar chart: for `test`, tokens/s per model (groups) per device (bars).
 pub fn chart(results: &[ResultLine], test: &str) -> String {
-    let rows: Vec<&ResultLine> = results.iter().filter(|r| r.test == test).collect();
-    let models = unique(rows.iter().map(|r| r.model.clone()));
-    let label = |r: &ResultLine| format!("{} · {} · {}t", r.device, r.backend, r.threads);
-    let devices = unique(rows.iter().map(|r| label(r)));
+    let names = row_names(results);
+    let rows: Vec<(&ResultLine, &String)> = results.iter().zip(&names).filter(|(r, _)| r.test == test).collect();
+    let models = unique(rows.iter().map(|(_, m)| m.to_string()));
+    let devices = unique(rows.iter().map(|(r, _)| column(r)));
     let groups: Vec<(String, Vec<f64>)> = models
         .iter()
         .map(|m| {
             let vals = devices
                 .iter()
-                .map(|d| rows.iter().find(|r| &r.model == m && &label(r) == d).map_or(0.0, |r| r.median_ts))
+                .map(|d| {
+                    let runs: Vec<f64> =
+                        rows.iter().filter(|(r, n)| *n == m && &column(r) == d).map(|(r, _)| r.median_ts).collect();
+                    if runs.is_empty() {
+                        0.0
+                    } else {
+                        median(runs)
+                    }
+                })
                 .collect();
             (m.clone(), vals)
         })
@@ -167,6 +285,41 @@ mod tests {
             .contains("schema 7"));
         assert!(parse_line("{\"test\": \"tg128\"}").unwrap_err().contains("no `schema`"));
         assert!(parse_line("garbage").unwrap_err().contains("not JSON"));
+    }
+
+    fn llama_bench_line(n_prompt: u64, n_gen: u64, ts: f64) -> String {
+        serde_json::json!({
+            "build_commit": "0c1e570", "cpu_info": "Xeon", "gpu_info": "", "backends": "CPU",
+            "model_filename": "/models/m.gguf", "model_type": "llama 256M Q4_1", "n_threads": 2,
+            "n_prompt": n_prompt, "n_gen": n_gen, "n_depth": 0, "avg_ts": ts,
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn llama_bench_runs_join_pupils_rows_with_ratios_of_round_medians() {
+        let lines = [
+            llama_bench_line(512, 0, 400.0),
+            line("llama 135M Q4_1", "pp512", "Xeon", 500.0),
+            llama_bench_line(512, 0, 410.0),
+            line("llama 135M Q4_1", "pp512", "Xeon", 530.0),
+            llama_bench_line(512, 0, 380.0),
+            line("llama 135M Q4_1", "pp512", "Xeon", 540.0),
+            llama_bench_line(0, 128, 100.0),
+        ];
+        let rs: Vec<ResultLine> = lines.iter().map(|l| parse_line(l).unwrap()).collect();
+        assert_eq!((rs[0].test.as_str(), rs[6].test.as_str()), ("pp512", "tg128"));
+        let md = markdown(&rs);
+        assert!(
+            md.contains("| model | test | llama.cpp 0c1e570 · Xeon · CPU · 2t | Xeon (x86_64, linux) · CPU · 2t | pupil / llama.cpp 0c1e570 · 2t |"),
+            "{md}"
+        );
+        // Medians of three rounds: 400 and 530.
+        assert!(md.contains("| llama 135M Q4_1 | pp512 | 400.0 | 530.0 | 1.32x |"), "{md}");
+        assert!(md.contains("| llama 135M Q4_1 | tg128 | 100.0 | — | — |"), "{md}");
+        // llama-bench measures no memory or quality: only pupil's row there.
+        assert_eq!(md.matches("| llama 135M Q4_1 | ").count(), 3, "{md}");
+        assert!(parse_line("{\"build_commit\": \"x\"}").unwrap_err().contains("n_prompt"));
     }
 
     #[test]

@@ -228,7 +228,13 @@ fn describe(rt: &crate::generate::Runtime) -> Description {
     let main_type = mix.first().map_or("?", |m| m.0);
     Description {
         file: f.path().file_name().map_or_else(|| f.path().display().to_string(), |n| n.to_string_lossy().into_owned()),
-        model_type: format!("{} {:.0}M {main_type}", rt.model.cfg.architecture, params as f64 / 1e6),
+        // Random-weight files (`pupil synth`) say so wherever their figures are shown.
+        model_type: format!(
+            "{} {:.0}M {main_type}{}",
+            rt.model.cfg.architecture,
+            params as f64 / 1e6,
+            if rt.file.get_bool("general.synthetic").ok().flatten() == Some(true) { " (synthetic)" } else { "" }
+        ),
         size,
         params,
         quant_mix,
