@@ -188,24 +188,26 @@ pub fn markdown(results: &[ResultLine]) -> String {
     out += "\n## Load, memory and quality\n\n";
     out += "| model | device | load → first token | peak RSS | peak anonymous | bits/byte | PPL |\n";
     out += "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
-    let mut seen = BTreeMap::new();
+    // Over a cell's rounds: the median load time, the largest memory, the quality figures
+    // of whichever round measured them. llama-bench reports none of these.
+    let mut runs: BTreeMap<(String, String), Vec<&ResultLine>> = BTreeMap::new();
     for (r, name) in results.iter().zip(&names) {
-        // llama-bench reports none of these.
         if r.runtime == "pupil" {
-            seen.entry((name.clone(), column(r))).or_insert(r);
+            runs.entry((name.clone(), column(r))).or_default().push(r);
         }
     }
     let mib = |b: Option<u64>| b.map_or("—".into(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64));
-    let num = |v: Option<f64>, unit: &str| v.map_or("—".into(), |v| format!("{v:.4}{unit}"));
-    for ((model, device), r) in seen {
-        let load = r.load_ms.map_or("—".into(), |v| format!("{v:.0} ms"));
+    let num = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.4}"));
+    for ((model, device), rs) in runs {
+        let loads: Vec<f64> = rs.iter().filter_map(|r| r.load_ms).collect();
+        let load = if loads.is_empty() { "—".into() } else { format!("{:.0} ms", median(loads)) };
         let _ = writeln!(
             out,
             "| {model} | {device} | {load} | {} | {} | {} | {} |",
-            mib(r.peak_rss),
-            mib(r.peak_anon),
-            num(r.bits_per_byte, ""),
-            num(r.ppl, "")
+            mib(rs.iter().filter_map(|r| r.peak_rss).max()),
+            mib(rs.iter().filter_map(|r| r.peak_anon).max()),
+            num(rs.iter().find_map(|r| r.bits_per_byte)),
+            num(rs.iter().find_map(|r| r.ppl))
         );
     }
     out
@@ -300,9 +302,9 @@ mod tests {
     fn llama_bench_runs_join_pupils_rows_with_ratios_of_round_medians() {
         let lines = [
             llama_bench_line(512, 0, 400.0),
-            line("llama 135M Q4_1", "pp512", "Xeon", 500.0),
+            line("llama 135M Q4_1", "pp512", "Xeon", 500.0).replace("\"ppl\":18.4", "\"ppl\":null"),
             llama_bench_line(512, 0, 410.0),
-            line("llama 135M Q4_1", "pp512", "Xeon", 530.0),
+            line("llama 135M Q4_1", "pp512", "Xeon", 530.0).replace("\"ppl\":18.4", "\"ppl\":null"),
             llama_bench_line(512, 0, 380.0),
             line("llama 135M Q4_1", "pp512", "Xeon", 540.0),
             llama_bench_line(0, 128, 100.0),
@@ -317,8 +319,10 @@ mod tests {
         // Medians of three rounds: 400 and 530.
         assert!(md.contains("| llama 135M Q4_1 | pp512 | 400.0 | 530.0 | 1.32x |"), "{md}");
         assert!(md.contains("| llama 135M Q4_1 | tg128 | 100.0 | — | — |"), "{md}");
-        // llama-bench measures no memory or quality: only pupil's row there.
+        // llama-bench measures no memory or quality: only pupil's row there, with the
+        // perplexity of the one round that measured it.
         assert_eq!(md.matches("| llama 135M Q4_1 | ").count(), 3, "{md}");
+        assert!(md.contains("| 50 ms | 100 MiB | 10 MiB | 0.9000 | 18.4000 |"), "{md}");
         assert!(parse_line("{\"build_commit\": \"x\"}").unwrap_err().contains("n_prompt"));
     }
 
