@@ -232,6 +232,41 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
     assert!(diff <= tol * norm, "{what}: ‖cpu − gpu‖ = {diff:.3e} > {tol} · {norm:.3e}");
 }
 
+/// Every family's recipe on the device, on tiny F32 files (no 8-bit rounding on either
+/// side, f32 caches): Gemma 3 and Phi-3 with windows shorter than the sequence, Phi-3 with
+/// fused projections and a session past its original context (long RoPE factors and the
+/// attention factor). The logits agree to float rounding.
+#[test]
+fn every_family_on_a_tiny_file_matches_cpu() {
+    use pupil::model::{CacheType, CacheTypes, Family};
+    use pupil::synth::{SynthModel, SynthQuant};
+    let f32_tiny = SynthModel { quant: SynthQuant::F32, output_gain: 3.0, ..SynthModel::default() };
+    for shape in [
+        f32_tiny.clone(),
+        SynthModel { family: Family::Gemma3, sliding_window: Some(5), n_layer: 6, ..f32_tiny.clone() },
+        SynthModel { family: Family::Qwen2, ..f32_tiny.clone() },
+        SynthModel { family: Family::Qwen3, head_dim: Some(16), ..f32_tiny.clone() },
+        SynthModel {
+            family: Family::Phi3,
+            sliding_window: Some(5),
+            rope_factors: Some(16),
+            untied_output: true,
+            ..f32_tiny.clone()
+        },
+    ] {
+        let family = shape.family;
+        let dir = scratch_dir(&format!("device-{family:?}"));
+        let path = dir.join("tiny.gguf");
+        shape.writer().write(&path).unwrap();
+        let mut cpu = Runtime::load_path(&path, 2).unwrap();
+        cpu.model.cache_types = CacheTypes { k: CacheType::F32, v: CacheType::F32 };
+        let dev = Runtime::load_path_on(&path, 2, gpu(), Default::default()).unwrap();
+        let ids: Vec<u32> = (0..24).map(|i| (i * 37 % 256) as u32).collect();
+        let (c, d) = (all_logits(&cpu, &ids), all_logits(&dev, &ids));
+        assert_close(&format!("{family:?} logits"), &c.concat(), &d.concat(), 1e-3);
+    }
+}
+
 #[test]
 fn a_cache_from_the_other_device_is_refused_with_a_clear_error() {
     let Some((cpu, dev)) = pair(SMOLLM2) else { return };
