@@ -19,6 +19,19 @@ pub enum RopeStyle {
 pub fn rope_tables(inv_freq: &[f64], mscale: f32, pos0: usize, n: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
     cos.clear();
     sin.clear();
+    extend_rope_tables(inv_freq, mscale, pos0, n, cos, sin);
+}
+
+/// [`rope_tables`] appended to what `cos`/`sin` hold: a batch of several sequences has
+/// one run of positions per sequence.
+pub fn extend_rope_tables(
+    inv_freq: &[f64],
+    mscale: f32,
+    pos0: usize,
+    n: usize,
+    cos: &mut Vec<f32>,
+    sin: &mut Vec<f32>,
+) {
     for p in pos0..pos0 + n {
         for &f in inv_freq {
             let (s, c) = (p as f64 * f).sin_cos();

@@ -7,13 +7,13 @@ use std::convert::Infallible;
 
 use super::config::Config;
 use super::graph::{Ops, Rope};
-use super::kv_cache::KvLayers;
 use super::lora::{lora_forward, Adapter, Target};
 use super::weights::{NormId, Weights};
+use super::BatchItem;
 use crate::kernels::attention;
 use crate::kernels::dot::{add_to_rows, gated, Gate};
 use crate::kernels::norm::{rms_norm, rms_norm_in_place};
-use crate::kernels::rope::{rope, rope_tables};
+use crate::kernels::rope::{extend_rope_tables, rope};
 use crate::kernels::{matmul_many, Batching};
 use crate::threads::DisjointMut;
 
@@ -62,47 +62,48 @@ impl Scratch {
     }
 }
 
-/// One forward call on the CPU: `tokens` at positions `pos0..` of the cache.
-pub(super) struct CpuPass<'a> {
+/// One forward call on the CPU: each item's tokens at the next positions of its own
+/// cache, all items' rows through every weight product together.
+pub(super) struct CpuPass<'a, 'c> {
     pub cfg: &'a Config,
     pub weights: &'a Weights,
     pub adapters: &'a [(Adapter, f32)],
-    pub tokens: &'a [u32],
-    pub pos0: usize,
-    /// The session's context size, which picks Phi-3's short or long RoPE factors.
-    pub n_ctx: usize,
-    pub kv: KvLayers<'a>,
+    pub items: &'a mut [BatchItem<'c>],
+    /// Rows of all items together.
+    pub rows: usize,
     pub scratch: &'a mut Scratch,
     pub batching: Batching,
 }
 
-impl<'a> CpuPass<'a> {
+impl CpuPass<'_, '_> {
     /// Fills the RoPE tables for this call's positions, then runs the graph.
     pub fn run(mut self) -> Vec<f32> {
-        let n = self.tokens.len();
         for (sliding, (cos, sin)) in self.scratch.rope.iter_mut().enumerate() {
+            cos.clear();
+            sin.clear();
             if sliding == 0 || self.cfg.sliding_window.is_some() {
-                let inv_freq = self.weights.rope.inv_freq(sliding == 1, self.n_ctx);
-                rope_tables(inv_freq, self.cfg.rope_attn_factor, self.pos0, n, cos, sin);
+                for item in self.items.iter() {
+                    // The session's context size picks Phi-3's short or long factors.
+                    let inv_freq = self.weights.rope.inv_freq(sliding == 1, item.cache.n_ctx());
+                    let (pos0, n) = (item.cache.len(), item.tokens.len());
+                    extend_rope_tables(inv_freq, self.cfg.rope_attn_factor, pos0, n, cos, sin);
+                }
             }
         }
         let Ok(hidden) = super::graph::forward(self.cfg, &mut self);
         hidden
     }
-
-    fn rows(&self) -> usize {
-        self.tokens.len()
-    }
 }
 
-impl Ops for CpuPass<'_> {
+impl Ops for CpuPass<'_, '_> {
     type Act = Vec<f32>;
     type Error = Infallible;
 
     fn embed(&mut self) -> Result<Vec<f32>, Infallible> {
         let e = self.cfg.n_embd;
-        let mut x = self.scratch.take(self.rows() * e);
-        for (row, &id) in x.chunks_exact_mut(e).zip(self.tokens) {
+        let mut x = self.scratch.take(self.rows * e);
+        let tokens = self.items.iter().flat_map(|item| item.tokens);
+        for (row, &id) in x.chunks_exact_mut(e).zip(tokens) {
             self.weights.token_embd.dequantize_row(id as usize, row);
         }
         Ok(x)
@@ -115,13 +116,13 @@ impl Ops for CpuPass<'_> {
 
     fn rms_norm(&mut self, x: &Vec<f32>, w: NormId) -> Result<Vec<f32>, Infallible> {
         let mut out = self.scratch.take(x.len());
-        let (w, eps, row) = (self.weights.norm(w), self.cfg.rms_norm_eps, x.len() / self.rows());
+        let (w, eps, row) = (self.weights.norm(w), self.cfg.rms_norm_eps, x.len() / self.rows);
         by_rows(&mut out, row, |rows, o| rms_norm(&x[rows.start * row..rows.end * row], w, eps, o, None));
         Ok(out)
     }
 
     fn rms_norm_owned(&mut self, mut x: Vec<f32>, w: NormId) -> Result<Vec<f32>, Infallible> {
-        let (w, eps, row) = (self.weights.norm(w), self.cfg.rms_norm_eps, x.len() / self.rows());
+        let (w, eps, row) = (self.weights.norm(w), self.cfg.rms_norm_eps, x.len() / self.rows);
         by_rows(&mut x, row, |_, o| rms_norm_in_place(o, w, eps));
         Ok(x)
     }
@@ -132,23 +133,29 @@ impl Ops for CpuPass<'_> {
         layer: usize,
         targets: [Target; N],
     ) -> Result<[Vec<f32>; N], Infallible> {
-        let n = self.rows();
+        let n = self.rows;
         let block = &self.weights.blocks[layer];
         let mut outs = targets.map(|t| self.scratch.take(n * block.weight(t).rows));
         let mut next = targets.iter();
         let mut jobs =
             outs.each_mut().map(|o| (block.weight(*next.next().expect("one target per output")), &mut o[..]));
         matmul_many(&mut jobs, &x, n, self.batching);
-        // Decode-exact rows take the adapters' products one row at a time, as decode does.
-        let rows_per_product = if self.batching == Batching::AsDecode { 1 } else { n };
+        // Decode-exact rows take the adapters' products one row at a time, as decode does;
+        // each item with its own scales.
         let n_in = x.len() / n;
         for (&t, y) in targets.iter().zip(&mut outs) {
             let n_out = y.len() / n;
-            for (adapter, user_scale) in self.adapters {
-                if let Some((a, b)) = adapter.pair(layer, t) {
-                    let scale = adapter.scale() * user_scale;
-                    let rows = x.chunks(rows_per_product * n_in).zip(y.chunks_mut(rows_per_product * n_out));
-                    for (xr, yr) in rows {
+            for (i, (adapter, user_scale)) in self.adapters.iter().enumerate() {
+                let Some((a, b)) = adapter.pair(layer, t) else { continue };
+                for (rows, item) in segments(self.items) {
+                    let scale = adapter.scale() * item.lora_scales.map_or(*user_scale, |s| s[i]);
+                    if rows.is_empty() || scale == 0.0 {
+                        continue;
+                    }
+                    let per_product = if self.batching == Batching::AsDecode { 1 } else { rows.len() };
+                    let xs = x[rows.start * n_in..rows.end * n_in].chunks(per_product * n_in);
+                    let ys = y[rows.start * n_out..rows.end * n_out].chunks_mut(per_product * n_out);
+                    for (xr, yr) in xs.zip(ys) {
                         lora_forward(a, b, scale, xr, xr.len() / n_in, yr, &mut self.scratch.lora_u);
                     }
                 }
@@ -163,7 +170,7 @@ impl Ops for CpuPass<'_> {
 
     fn rope(&mut self, mut x: Vec<f32>, r: Rope) -> Result<Vec<f32>, Infallible> {
         let (cos, sin) = &self.scratch.rope[r.sliding as usize];
-        let (d, n_rot, row) = (self.cfg.head_dim, self.cfg.n_rot, x.len() / self.rows());
+        let (d, n_rot, row) = (self.cfg.head_dim, self.cfg.n_rot, x.len() / self.rows);
         let half = n_rot / 2;
         by_rows(&mut x, row, |rows, o| {
             let tables = rows.start * half..rows.end * half;
@@ -181,10 +188,21 @@ impl Ops for CpuPass<'_> {
         window: Option<usize>,
     ) -> Result<Vec<f32>, Infallible> {
         let cfg = self.cfg;
-        self.kv.store(layer, self.pos0 * cfg.kv_dim(), &k, &v);
-        let (k_cache, v_cache) = self.kv.layer(layer);
+        let (q_dim, kv_dim) = (cfg.n_head * cfg.head_dim, cfg.kv_dim());
         let mut out = self.scratch.take(q.len());
-        attention::causal(&q, k_cache, v_cache, self.pos0, cfg.heads(), window, &mut out, self.batching);
+        for (rows, item) in segments(self.items) {
+            let pos0 = item.cache.len();
+            let (mut kv, _) = item.cache.parts();
+            kv.store(
+                layer,
+                pos0 * kv_dim,
+                &k[rows.start * kv_dim..rows.end * kv_dim],
+                &v[rows.start * kv_dim..rows.end * kv_dim],
+            );
+            let (k_cache, v_cache) = kv.layer(layer);
+            let (q, out) = (&q[rows.start * q_dim..rows.end * q_dim], &mut out[rows.start * q_dim..rows.end * q_dim]);
+            attention::causal(q, k_cache, v_cache, pos0, cfg.heads(), window, out, self.batching);
+        }
         for used in [q, k, v] {
             self.scratch.give(used);
         }
@@ -192,7 +210,7 @@ impl Ops for CpuPass<'_> {
     }
 
     fn gate(&mut self, act: Gate, mut g: Vec<f32>, up: Vec<f32>) -> Result<Vec<f32>, Infallible> {
-        let row = g.len() / self.rows();
+        let row = g.len() / self.rows;
         // Row by row, so that a row's values meet the same SIMD lanes however many rows
         // the pass has.
         by_rows(&mut g, row, |rows, o| {
@@ -209,6 +227,17 @@ impl Ops for CpuPass<'_> {
         self.scratch.give(y);
         Ok(x)
     }
+}
+
+/// Each item's rows of a pass, with the item.
+fn segments<'i, 'c>(
+    items: &'i mut [BatchItem<'c>],
+) -> impl Iterator<Item = (std::ops::Range<usize>, &'i mut BatchItem<'c>)> {
+    items.iter_mut().scan(0, |start, item| {
+        let rows = *start..*start + item.tokens.len();
+        *start = rows.end;
+        Some((rows, item))
+    })
 }
 
 /// Prompt rows per task of the per-layer elementwise steps (norms, RoPE, the gate).

@@ -193,6 +193,11 @@ impl KvCache {
         (KvLayers { k: &mut self.k, v: &mut self.v }, &mut self.scratch)
     }
 
+    /// The final hidden states of the last forward pass this cache's arena served.
+    pub(super) fn hidden(&self) -> &[f32] {
+        &self.scratch.hidden
+    }
+
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
         debug_assert!(self.len <= self.n_ctx);

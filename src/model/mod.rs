@@ -79,6 +79,17 @@ fn first_gpu() -> Option<Device> {
     None
 }
 
+/// One sequence's part of a batched forward pass ([`Model::forward_batch`]).
+pub struct BatchItem<'c> {
+    /// Its new tokens, at the next positions of its cache.
+    pub tokens: &'c [u32],
+    pub cache: &'c mut KvCache,
+    /// Its scale for each of the model's adapters, in place of the scales they were added
+    /// with (`None`: those): a server's requests that ask for different adapters share a
+    /// pass.
+    pub lora_scales: Option<&'c [f32]>,
+}
+
 /// A model ready to run: its hyperparameters, the weights in the map, the adapters applied
 /// on top, and — when it runs on a GPU — the device's copy of the weights.
 pub struct Model {
@@ -213,43 +224,89 @@ impl Model {
         cache: &'c mut KvCache,
         batching: Batching,
     ) -> Result<&'c [f32], ModelError> {
-        let n = tokens.len();
-        if n == 0 {
+        self.forward_batch(&mut [BatchItem { tokens, cache: &mut *cache, lora_scales: None }], batching)?;
+        Ok(cache.hidden())
+    }
+
+    /// Runs several sequences in one pass, each item's tokens at the next positions of its
+    /// own cache: every weight row is read once for the rows of all of them (a server's
+    /// concurrent requests decode together), while attention stays within each sequence.
+    /// Returns the final hidden states of all rows, item after item, held in the first
+    /// item's cache until its next call. With [`Batching::AsDecode`] every row gets the
+    /// bits it would get alone. On a GPU the items run one after another.
+    pub fn forward_batch<'b>(
+        &self,
+        items: &'b mut [BatchItem<'_>],
+        batching: Batching,
+    ) -> Result<&'b [f32], ModelError> {
+        for item in items.iter() {
+            let (n, pos0, n_ctx) = (item.tokens.len(), item.cache.len(), item.cache.n_ctx());
+            if pos0 + n > n_ctx {
+                return Err(ModelError::ContextFull { needed: pos0 + n, n_ctx });
+            }
+            if let Some(&id) = item.tokens.iter().find(|&&id| id as usize >= self.cfg.n_vocab) {
+                return Err(ModelError::TokenOutOfRange { id, n_vocab: self.cfg.n_vocab });
+            }
+            if item.lora_scales.is_some_and(|s| s.len() != self.adapters.len()) {
+                return Err(ModelError::BadConfig(format!(
+                    "{} adapter scales given for {} adapters",
+                    item.lora_scales.map_or(0, <[f32]>::len),
+                    self.adapters.len()
+                )));
+            }
+        }
+        let rows: usize = items.iter().map(|i| i.tokens.len()).sum();
+        if rows == 0 {
             return Ok(&[]);
-        }
-        let pos0 = cache.len();
-        if pos0 + n > cache.n_ctx() {
-            return Err(ModelError::ContextFull { needed: pos0 + n, n_ctx: cache.n_ctx() });
-        }
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= self.cfg.n_vocab) {
-            return Err(ModelError::TokenOutOfRange { id, n_vocab: self.cfg.n_vocab });
         }
         #[cfg(feature = "gpu")]
         if let Some(g) = &self.gpu {
-            let n_ctx = cache.n_ctx();
-            let hidden = g.forward(&self.cfg, tokens, cache.device_mut()?, pos0, n_ctx)?;
-            cache.advance(n);
-            return Ok(cache.parts().1.finish(hidden));
+            return self.forward_batch_on_device(g, items);
         }
-        if !cache.is_on_host() {
+        if !items.iter().all(|i| i.cache.is_on_host()) {
             return Err(ModelError::BadConfig("this KV cache was made for a GPU, the model runs on the CPU".into()));
         }
-        let n_ctx = cache.n_ctx();
-        let (kv, scratch) = cache.parts();
+        // The first item's arena serves the whole pass (and keeps its result).
+        let mut scratch = std::mem::take(items[0].cache.parts().1);
         let pass = cpu::CpuPass {
             cfg: &self.cfg,
             weights: &self.weights,
             adapters: &self.adapters,
-            tokens,
-            pos0,
-            n_ctx,
-            kv,
-            scratch,
+            items: &mut *items,
+            rows,
+            scratch: &mut scratch,
             batching,
         };
         let hidden = pass.run();
-        cache.advance(n);
-        Ok(cache.parts().1.finish(hidden))
+        for item in items.iter_mut() {
+            item.cache.advance(item.tokens.len());
+        }
+        let first = items[0].cache.parts().1;
+        *first = scratch;
+        Ok(first.finish(hidden))
+    }
+
+    /// [`Model::forward_batch`] on a GPU: item by item, with the adapters' scales the
+    /// weights were uploaded with.
+    #[cfg(feature = "gpu")]
+    fn forward_batch_on_device<'b>(
+        &self,
+        g: &gpu::GpuWeights,
+        items: &'b mut [BatchItem<'_>],
+    ) -> Result<&'b [f32], ModelError> {
+        let uploaded: Vec<f32> = self.adapters.iter().map(|a| a.1).collect();
+        if items.iter().any(|i| i.lora_scales.is_some_and(|s| s != uploaded)) {
+            return Err(ModelError::BadConfig(
+                "per-sequence adapter scales run on the CPU only (a GPU's weights carry the adapters' scales they were loaded with)".into(),
+            ));
+        }
+        let mut all = Vec::new();
+        for item in items.iter_mut() {
+            let (pos0, n_ctx) = (item.cache.len(), item.cache.n_ctx());
+            all.extend(g.forward(&self.cfg, item.tokens, item.cache.device_mut()?, pos0, n_ctx)?);
+            item.cache.advance(item.tokens.len());
+        }
+        Ok(items[0].cache.parts().1.finish(all))
     }
 
     /// Logits (`rows × n_vocab`) for `rows` hidden states returned by [`Model::forward`].
