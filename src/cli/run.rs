@@ -181,6 +181,10 @@ pub struct CompleteArgs {
     /// Print one JSON object {prompt_ids, ids, text, stop, timings} instead of streaming.
     #[arg(long)]
     pub json: bool,
+    /// With --json: each generated token's log-probability under the model and its N most
+    /// likely alternatives (`logprobs`: [{id, logprob, top: [[id, logprob], ...]}]).
+    #[arg(long, value_name = "N", requires = "json")]
+    pub logprobs: Option<usize>,
     /// Print memory and kernel details to stderr.
     #[arg(short = 'v', long)]
     pub verbose: bool,
@@ -208,6 +212,7 @@ pub fn complete(a: CompleteArgs, exec: super::Exec) -> anyhow::Result<()> {
     let prompt_ids = rt.tokenizer.encode_prompt(&prompt, !a.no_special || a.chat)?;
     let mut session = Session::new(&rt, a.sampling.ctx_size)?;
     a.sampling.speculate(&mut session, draft.as_ref())?;
+    session.record_logprobs(a.logprobs);
     let mut stdout = std::io::stdout().lock();
     let stream = !a.json;
     let generation = session.generate(&prompt_ids, a.sampling.max_tokens, &mut sampler, |piece| {
@@ -218,7 +223,7 @@ pub fn complete(a: CompleteArgs, exec: super::Exec) -> anyhow::Result<()> {
     })?;
     if a.json {
         let t = &generation.timings;
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "prompt_ids": prompt_ids,
             "ids": generation.ids,
             "text": generation.text,
@@ -230,6 +235,9 @@ pub fn complete(a: CompleteArgs, exec: super::Exec) -> anyhow::Result<()> {
                 "drafted_tokens": t.drafted_tokens, "accepted_tokens": t.accepted_tokens,
             },
         });
+        if a.logprobs.is_some() {
+            out["logprobs"] = serde_json::to_value(&generation.logprobs)?;
+        }
         writeln!(stdout, "{out}")?;
     } else {
         writeln!(stdout)?;

@@ -8,5 +8,5 @@ pub mod session;
 
 pub use crate::rng::Rng;
 pub use runtime::{LoadError, Runtime, WeightLayout};
-pub use sampler::{Sampler, SamplerConfig};
+pub use sampler::{Sampler, SamplerConfig, TokenLogprob};
 pub use session::{Generation, GenerationError, Session, StopReason, Timings};

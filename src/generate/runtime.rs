@@ -1,6 +1,7 @@
 //! A loaded student: its mapped file, weights, tokenizer, chat template and thread pool.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalog::CatalogError;
@@ -41,8 +42,9 @@ pub enum WeightLayout {
 pub struct Runtime {
     pub file: GgufFile,
     pub model: Model,
-    pub tokenizer: Tokenizer,
-    pub template: ChatTemplate,
+    /// Shared so that a server's HTTP side tokenizes while the engine thread runs the model.
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: Arc<ChatTemplate>,
     pub pool: crate::threads::Pool,
     /// Wall time from opening the file to a ready model.
     pub load_time: Duration,
@@ -95,7 +97,14 @@ impl Runtime {
         )?;
         // Building the tokenizer churns through temporary strings; hand that heap back.
         crate::threads::release_free_heap();
-        Ok(Self { file, model, tokenizer, template, pool, load_time: start.elapsed() })
+        Ok(Self {
+            file,
+            model,
+            tokenizer: Arc::new(tokenizer),
+            template: Arc::new(template),
+            pool,
+            load_time: start.elapsed(),
+        })
     }
 
     pub fn threads(&self) -> usize {

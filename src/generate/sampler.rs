@@ -125,6 +125,33 @@ impl Sampler {
     }
 }
 
+/// One token's log-probability under the model's raw distribution (the log-softmax of
+/// the logits, before any sampling setting), with the most likely alternatives: what
+/// OpenAI's `logprobs` report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// (id, log-probability), most likely first, ties by id.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    /// Token `id`'s log-probability under `logits` and the `n` most likely tokens'.
+    pub fn new(logits: &[f32], id: u32, n: usize) -> Self {
+        let lse = log_sum_exp(logits, 1.0);
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        if n > 0 && n < order.len() {
+            order.select_nth_unstable_by(n - 1, by_logit);
+        }
+        order.truncate(n);
+        order.sort_unstable_by(by_logit);
+        let lp = |i: u32| (logits[i as usize] as f64 - lse) as f32;
+        Self { id, logprob: lp(id), top: order.into_iter().map(|i| (i, lp(i))).collect() }
+    }
+}
+
 /// `log Σ exp(x / temperature)`, computed stably in f64.
 pub fn log_sum_exp(x: &[f32], temperature: f64) -> f64 {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / temperature;
@@ -189,6 +216,15 @@ mod tests {
         assert_eq!(a, run(3));
         let ones = a.iter().filter(|&&t| t == 1).count() as f64 / a.len() as f64;
         assert!((ones - 0.75).abs() < 0.03, "{ones}");
+    }
+
+    #[test]
+    fn token_logprobs_are_a_log_softmax_most_likely_first() {
+        let d = TokenLogprob::new(&[0.0, 2.0, 1.0, -1.0], 3, 2);
+        assert_eq!(d.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2]);
+        let total: f64 = [0.0f64, 2.0, 1.0, -1.0].iter().map(|l| l.exp()).sum();
+        assert!((d.top[0].1 as f64 - (2.0 - total.ln())).abs() < 1e-6);
+        assert!((d.logprob as f64 - (-1.0 - total.ln())).abs() < 1e-6);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::draft::Drafter;
-use super::{Runtime, Sampler};
+use super::{Runtime, Sampler, TokenLogprob};
 use crate::kernels::Batching;
 use crate::model::{KvCache, ModelError};
 use crate::tokenizer::TokenizerError;
@@ -102,6 +102,10 @@ pub struct Generation {
     pub text: String,
     pub stop: StopReason,
     pub timings: Timings,
+    /// Each generated token's log-probability and alternatives, when the session records
+    /// them ([`Session::record_logprobs`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 pub struct Session<'r> {
@@ -111,13 +115,15 @@ pub struct Session<'r> {
     cached: Vec<u32>,
     /// Where drafts come from, and the most tokens drafted per step (none: plain decoding).
     speculation: Option<(Drafter<'r>, usize)>,
+    /// Record each generated token's log-probability and this many alternatives.
+    logprobs: Option<usize>,
 }
 
 impl<'r> Session<'r> {
     /// A session with a context of `n_ctx` positions (clamped to the model's trained
     /// context).
     pub fn new(rt: &'r Runtime, n_ctx: usize) -> Result<Self, GenerationError> {
-        Ok(Self { rt, cache: rt.model.new_cache(n_ctx)?, cached: Vec::new(), speculation: None })
+        Ok(Self { rt, cache: rt.model.new_cache(n_ctx)?, cached: Vec::new(), speculation: None, logprobs: None })
     }
 
     /// Decodes speculatively from now on, up to `draft_max` tokens drafted per step by
@@ -133,6 +139,12 @@ impl<'r> Session<'r> {
 
     pub fn n_ctx(&self) -> usize {
         self.cache.n_ctx()
+    }
+
+    /// From now on, [`Generation::logprobs`] holds each generated token's log-probability
+    /// under the model and its `top` most likely alternatives (`None`: not recorded).
+    pub fn record_logprobs(&mut self, top: Option<usize>) {
+        self.logprobs = top;
     }
 
     /// The model this session runs.
@@ -217,9 +229,17 @@ impl<'r> Session<'r> {
 
         let t1 = Instant::now();
         let n_vocab = self.rt.model.cfg.n_vocab;
+        let record = self.logprobs;
+        // Samples from `logits`, noting the raw distribution first when it is recorded.
+        let pick = |sampler: &mut Sampler, logits: &mut [f32], history: &[u32]| {
+            let raw = record.map(|_| logits.to_vec());
+            let id = sampler.sample(logits, history);
+            (id, raw.map(|raw| TokenLogprob::new(&raw, id, record.unwrap_or(0))))
+        };
         let mut out = Output {
             history: prompt.to_vec(),
             ids: Vec::new(),
+            logprobs: Vec::new(),
             text: Utf8Stream::default(),
             out: String::new(),
             on_text,
@@ -230,16 +250,16 @@ impl<'r> Session<'r> {
         let draft_max = self.speculation.as_ref().map_or(0, |s| s.1);
         let mut draft_len = draft_max.min(4);
         // A token the sampler chose while checking a draft, not yet emitted.
-        let mut chosen: Option<u32> = None;
+        let mut chosen: Option<(u32, Option<TokenLogprob>)> = None;
         let stop = 'decode: loop {
             if out.ids.len() >= max_tokens {
                 break StopReason::MaxTokens;
             }
-            let id = match chosen.take() {
-                Some(id) => id,
-                None => sampler.sample(&mut logits, &out.history),
+            let (id, logprob) = match chosen.take() {
+                Some(picked) => picked,
+                None => pick(sampler, &mut logits, &out.history),
             };
-            if let Some(stop) = out.emit(self.rt, id, max_tokens)? {
+            if let Some(stop) = out.emit(self.rt, id, logprob, max_tokens)? {
                 break stop;
             }
             if self.cached.len() >= self.cache.n_ctx() {
@@ -264,13 +284,13 @@ impl<'r> Session<'r> {
             // Keep drafted tokens while the sampler, at each, picks the token drafted.
             let mut kept = 0;
             for (&guess, row) in draft.iter().zip(all.chunks_exact_mut(n_vocab)) {
-                let pick = sampler.sample(row, &out.history);
-                if pick != guess {
-                    chosen = Some(pick);
+                let (id, logprob) = pick(sampler, row, &out.history);
+                if id != guess {
+                    chosen = Some((id, logprob));
                     break;
                 }
                 timings.accepted_tokens += 1;
-                if let Some(stop) = out.emit(self.rt, pick, max_tokens)? {
+                if let Some(stop) = out.emit(self.rt, id, logprob, max_tokens)? {
                     self.truncate(base + 1 + kept);
                     break 'decode stop;
                 }
@@ -288,7 +308,7 @@ impl<'r> Session<'r> {
         out.piece(tail);
         timings.generated_tokens = out.ids.len();
         timings.generation_ms = ms(t1.elapsed());
-        Ok(Generation { ids: out.ids, text: out.out, stop, timings })
+        Ok(Generation { ids: out.ids, text: out.out, stop, timings, logprobs: out.logprobs })
     }
 }
 
@@ -297,6 +317,7 @@ struct Output<F> {
     /// The prompt and the tokens generated: what the sampler's penalty and the drafter see.
     history: Vec<u32>,
     ids: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
     text: Utf8Stream,
     out: String,
     on_text: F,
@@ -304,11 +325,18 @@ struct Output<F> {
 
 impl<F: FnMut(&str)> Output<F> {
     /// Takes the chosen token `id`; says why generation stops if it does.
-    fn emit(&mut self, rt: &Runtime, id: u32, max_tokens: usize) -> Result<Option<StopReason>, GenerationError> {
+    fn emit(
+        &mut self,
+        rt: &Runtime,
+        id: u32,
+        logprob: Option<TokenLogprob>,
+        max_tokens: usize,
+    ) -> Result<Option<StopReason>, GenerationError> {
         if rt.tokenizer.is_end_of_generation(id) {
             return Ok(Some(StopReason::EndOfGeneration));
         }
         self.ids.push(id);
+        self.logprobs.extend(logprob);
         self.history.push(id);
         let piece = self.text.push(rt.tokenizer.token_bytes(id)?);
         self.piece(piece);
