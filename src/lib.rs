@@ -3,7 +3,8 @@
 //! Layers, lowest first (each imports only the ones below it):
 //! `gguf` (file format) → `kernels` (quantized math) → `model` (architectures) →
 //! `tokenizer` → `generate` (sampling, sessions) → `targets` (teacher soft targets) →
-//! `train` (distillation into LoRA adapters) → `bench` (quality and speed) → `cli`.
+//! `train` (distillation into LoRA adapters) → `bench` (quality and speed) → `serve` (the
+//! OpenAI-compatible HTTP server) → `cli`.
 //! `catalog` fetches and verifies the models everything else runs; `synth` writes tiny
 //! synthetic models for tests; `rng`, `fsutil`, `svg` and `threads` are shared utilities.
 
@@ -16,6 +17,8 @@ pub mod gguf;
 pub mod kernels;
 pub mod model;
 pub mod rng;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod svg;
 pub mod synth;
 pub mod targets;

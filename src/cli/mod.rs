@@ -8,6 +8,8 @@ mod measure;
 mod merge;
 mod report;
 mod run;
+#[cfg(feature = "serve")]
+mod serve;
 mod synth;
 mod targets;
 
@@ -94,6 +96,10 @@ pub enum Command {
     Synth(synth::SynthArgs),
     /// Bake LoRA adapters into a standalone GGUF (merged weights requantized).
     Merge(merge::MergeArgs),
+    /// Serve the model over OpenAI's HTTP API (chat, completions, streaming, logprobs),
+    /// decoding concurrent requests together.
+    #[cfg(feature = "serve")]
+    Serve(serve::ServeArgs),
     /// Built-in experiments (prompt baking evaluation).
     #[command(subcommand)]
     Experiment(experiment::ExperimentCommand),
@@ -232,5 +238,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(a) => synth::synth(a),
         Command::Report(a) => report::report(a),
         Command::Merge(a) => merge::merge(a),
+        #[cfg(feature = "serve")]
+        Command::Serve(a) => serve::serve(a, exec),
     }
 }
