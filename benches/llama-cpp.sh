@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-bench and llama-quantize from the llama.cpp vendored in the
+# Builds llama.cpp's llama-bench, llama-quantize, llama-perplexity and llama-server from the llama.cpp vendored in the
 # llama-cpp-python sdist on PyPI, outside the repository, for side-by-side runs with
 # `pupil bench` (see docs/benchmarks.md).
 #
@@ -24,7 +24,7 @@ if [ -n "${SOURCE_ONLY:-}" ]; then
   echo "$DIR/src/vendor/llama.cpp/ggml"
   exit 0
 fi
-if [ ! -x build/bin/llama-bench ]; then
+if [ ! -x build/bin/llama-bench ] || [ ! -x build/bin/llama-server ]; then
   python3 -m venv venv
   venv/bin/pip install -q cmake ninja
   # Some VMs report AMX (cpuinfo's amx_tile) but fault on the first tile instruction, and a
@@ -42,8 +42,8 @@ if [ ! -x build/bin/llama-bench ]; then
   fi
   venv/bin/cmake -S src/vendor/llama.cpp -B build -G Ninja -DCMAKE_MAKE_PROGRAM="$PWD/venv/bin/ninja" \
     -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
-    -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON >/dev/null
-  venv/bin/cmake --build build --target llama-bench llama-quantize llama-perplexity -j 2 >/dev/null
+  venv/bin/cmake --build build --target llama-bench llama-quantize llama-perplexity llama-server -j 2 >/dev/null
 fi
 echo "$DIR/build/bin"

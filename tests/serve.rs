@@ -381,3 +381,84 @@ fn the_openai_python_client_works_against_the_server() {
     assert!(stdout.contains("all checks passed"), "{stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A teacher behind a server makes targets the way a local one does: the server's own
+/// chat replies with logprobs (`scripts/openai-dump.py`), imported with `targets import
+/// --from openai`, store the distributions `targets make` stores when it scores the same
+/// replies, within the format's half precision (the server's come from decode passes,
+/// make's from one prefill pass; both are rounded to f16).
+#[test]
+fn targets_imported_from_the_servers_dump_equal_targets_made_on_the_same_replies() {
+    use pupil::targets::TargetFile;
+    let Some(server) = Server::start(&["--alias", "teacher"]) else { return };
+    let path = model(SMOLLM2).unwrap();
+    let dir = scratch_dir("serve-targets");
+    let prompts = dir.join("prompts.jsonl");
+    let questions = ["What is a rainbow?", "Name three fruits.", "Why is the sky blue?"];
+    let lines: Vec<String> =
+        questions.iter().map(|q| json!({"messages": [{"role": "user", "content": q}]}).to_string()).collect();
+    std::fs::write(&prompts, lines.join("\n")).unwrap();
+    let dump = dir.join("dump.jsonl");
+    let status = Command::new("python3")
+        .arg(repo_path("scripts/openai-dump.py"))
+        .args([format!("http://{}/v1", server.addr), "teacher".into()])
+        .args([&prompts, &dump])
+        .args(["--max-tokens", "24", "--temperature", "0", "--top-logprobs", "16"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "openai-dump.py failed");
+    let p = path.to_str().unwrap();
+    let imported = dir.join("imported.ptt");
+    let (ok, _, err) = pupil_cli(&[
+        "targets", "import", "--from", "openai", dump.to_str().unwrap(), "--tokenizer-model", p, "-o", imported.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    eprintln!("{err}");
+    // The same replies, scored by `targets make`.
+    let scored = dir.join("scored.jsonl");
+    let with_replies: Vec<String> = std::fs::read_to_string(&dump)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let mut messages = v["messages"].as_array().unwrap().clone();
+            let reply = v["response"]["choices"][0]["message"]["content"].clone();
+            messages.push(json!({"role": "assistant", "content": reply}));
+            json!({ "messages": messages }).to_string()
+        })
+        .collect();
+    std::fs::write(&scored, with_replies.join("\n")).unwrap();
+    let made = dir.join("made.ptt");
+    let (ok, _, err) = pupil_cli(&[
+        "-t", "2", "targets", "make", "--teacher", p, "--prompts", scored.to_str().unwrap(), "--k", "16", "-o", made.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+
+    let (imported, made) = (TargetFile::open(&imported).unwrap(), TargetFile::open(&made).unwrap());
+    assert_eq!(imported.len(), questions.len());
+    assert_eq!(made.len(), questions.len());
+    let (mut positions, mut worst) = (0, 0f32);
+    for i in 0..questions.len() {
+        let (a, b) = (imported.sequence(i).unwrap(), made.sequence(i).unwrap());
+        // make also scores the end-of-turn the template writes after the reply.
+        assert!(b.tokens.starts_with(&a.tokens), "sequence {i}: the imported tokens are not what make scored");
+        assert!(!a.targets.is_empty());
+        for (pos, (x, y)) in a.targets.iter().zip(&b.targets).enumerate() {
+            let ours: std::collections::HashMap<u32, f32> = y.ids().iter().copied().zip(y.logprobs().iter().copied()).collect();
+            let mut shared = 0;
+            for (id, lp) in x.ids().iter().zip(x.logprobs()) {
+                if let Some(other) = ours.get(id) {
+                    shared += 1;
+                    let d = (lp - other).abs();
+                    worst = worst.max(d / lp.abs().max(1.0));
+                    assert!(d <= 4e-3 * lp.abs().max(1.0), "sequence {i} position {pos} id {id}: {lp} vs {other}");
+                }
+            }
+            // Only near-ties at the edge of the top 16 may differ.
+            assert!(shared >= 14, "sequence {i} position {pos}: {shared} of 16 ids shared");
+            positions += 1;
+        }
+    }
+    eprintln!("{positions} positions: worst relative logprob difference {worst:.1e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

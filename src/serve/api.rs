@@ -393,10 +393,12 @@ pub fn detokenize_request(body: &Map<String, Value>, n_vocab: usize) -> Result<V
 }
 
 /// Text of a token for logprobs (lossy where a token is part of a character; `bytes`
-/// carries it exactly).
+/// carries it exactly). Control tokens, which print as nothing, show by their text
+/// (`<|im_end|>`), as other engines show them.
 fn token_json(tok: &Tokenizer, id: u32) -> (String, Vec<u8>) {
-    let bytes = tok.token_bytes(id).map(<[u8]>::to_vec).unwrap_or_default();
-    (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    let printed = tok.token_bytes(id).unwrap_or_default();
+    let bytes = if printed.is_empty() { tok.token_text(id).unwrap_or_default().as_bytes() } else { printed };
+    (String::from_utf8_lossy(bytes).into_owned(), bytes.to_vec())
 }
 
 /// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs: [...]}]}` entries.
