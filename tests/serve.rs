@@ -410,7 +410,15 @@ fn targets_imported_from_the_servers_dump_equal_targets_made_on_the_same_replies
     let p = path.to_str().unwrap();
     let imported = dir.join("imported.ptt");
     let (ok, _, err) = pupil_cli(&[
-        "targets", "import", "--from", "openai", dump.to_str().unwrap(), "--tokenizer-model", p, "-o", imported.to_str().unwrap(),
+        "targets",
+        "import",
+        "--from",
+        "openai",
+        dump.to_str().unwrap(),
+        "--tokenizer-model",
+        p,
+        "-o",
+        imported.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     eprintln!("{err}");
@@ -430,7 +438,18 @@ fn targets_imported_from_the_servers_dump_equal_targets_made_on_the_same_replies
     std::fs::write(&scored, with_replies.join("\n")).unwrap();
     let made = dir.join("made.ptt");
     let (ok, _, err) = pupil_cli(&[
-        "-t", "2", "targets", "make", "--teacher", p, "--prompts", scored.to_str().unwrap(), "--k", "16", "-o", made.to_str().unwrap(),
+        "-t",
+        "2",
+        "targets",
+        "make",
+        "--teacher",
+        p,
+        "--prompts",
+        scored.to_str().unwrap(),
+        "--k",
+        "16",
+        "-o",
+        made.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
 
@@ -444,7 +463,8 @@ fn targets_imported_from_the_servers_dump_equal_targets_made_on_the_same_replies
         assert!(b.tokens.starts_with(&a.tokens), "sequence {i}: the imported tokens are not what make scored");
         assert!(!a.targets.is_empty());
         for (pos, (x, y)) in a.targets.iter().zip(&b.targets).enumerate() {
-            let ours: std::collections::HashMap<u32, f32> = y.ids().iter().copied().zip(y.logprobs().iter().copied()).collect();
+            let ours: std::collections::HashMap<u32, f32> =
+                y.ids().iter().copied().zip(y.logprobs().iter().copied()).collect();
             let mut shared = 0;
             for (id, lp) in x.ids().iter().zip(x.logprobs()) {
                 if let Some(other) = ours.get(id) {

@@ -190,18 +190,36 @@ impl Ops for CpuPass<'_, '_> {
         let cfg = self.cfg;
         let (q_dim, kv_dim) = (cfg.n_head * cfg.head_dim, cfg.kv_dim());
         let mut out = self.scratch.take(q.len());
-        for (rows, item) in segments(self.items) {
+        let (heads, batching) = (cfg.heads(), self.batching);
+        let attend = |rows: std::ops::Range<usize>, item: &mut BatchItem, out: &mut [f32]| {
             let pos0 = item.cache.len();
             let (mut kv, _) = item.cache.parts();
-            kv.store(
-                layer,
-                pos0 * kv_dim,
-                &k[rows.start * kv_dim..rows.end * kv_dim],
-                &v[rows.start * kv_dim..rows.end * kv_dim],
-            );
+            let (ks, vs) = (&k[rows.start * kv_dim..rows.end * kv_dim], &v[rows.start * kv_dim..rows.end * kv_dim]);
+            kv.store(layer, pos0 * kv_dim, ks, vs);
             let (k_cache, v_cache) = kv.layer(layer);
-            let (q, out) = (&q[rows.start * q_dim..rows.end * q_dim], &mut out[rows.start * q_dim..rows.end * q_dim]);
-            attention::causal(q, k_cache, v_cache, pos0, cfg.heads(), window, out, self.batching);
+            attention::causal(
+                &q[rows.start * q_dim..rows.end * q_dim],
+                k_cache,
+                v_cache,
+                pos0,
+                heads,
+                window,
+                out,
+                batching,
+            );
+        };
+        if let [item] = self.items {
+            attend(0..self.rows, item, &mut out);
+        } else {
+            // Sequences share no keys: one task each, spread over the workers (decode's
+            // short attentions would otherwise run one after another on one thread).
+            let mut parts: Vec<_> = segments(self.items).collect();
+            let outs = DisjointMut::new(&mut out);
+            crate::threads::for_each_mut(&mut parts, |(rows, item)| {
+                // SAFETY: each item's rows of the output belong to its task alone.
+                let o = unsafe { outs.slice(rows.start * q_dim, rows.len() * q_dim) };
+                attend(rows.clone(), item, o)
+            });
         }
         for used in [q, k, v] {
             self.scratch.give(used);
