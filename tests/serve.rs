@@ -2,6 +2,7 @@
 //! be able to break, concurrent requests against the same requests one at a time, a
 //! client that goes away, a full queue, and the Python `openai` package as a real client
 //! (`tests/serve_client.py`).
+#![cfg(feature = "serve")]
 
 mod common;
 
