@@ -144,6 +144,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     many["top_logprobs"] = json!(21);
     assert_error("top_logprobs > 20", post(a, "/v1/chat/completions", &many, KEY), 400, Some("top_logprobs"), None);
     assert_error("bad stop", with("stop", json!([1])), 400, Some("stop"), None);
+    assert_error("logit_bias", with("logit_bias", json!({"42": 100})), 400, Some("logit_bias"), None);
     assert_error("no such adapter", with("lora", json!([{"id": 0, "scale": 1.0}])), 400, Some("lora"), None);
     assert_error(
         "beyond the context",
@@ -179,6 +180,16 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         400,
         Some("tokens"),
         None,
+    );
+
+    // A browser's preflight, and the header that lets a page read the answers.
+    let (status, head, _) = raw(a, b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: http://localhost:3000\r\nAccess-Control-Request-Method: POST\r\n\r\n");
+    assert_eq!(status, 204, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-origin: *")
+            && head.contains("access-control-allow-headers: authorization, content-type"),
+        "{head}"
     );
 
     // Still serving, unknown fields ignored; /health needs no key.

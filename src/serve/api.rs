@@ -173,10 +173,20 @@ pub fn completion_request(
             return Err(ApiError::field("n", format!("'n' is {n}; this server writes one choice per request (n = 1)")));
         }
     }
+    // Fields that would change the answer: refused rather than ignored.
     for key in ["frequency_penalty", "presence_penalty"] {
         if f.number(key)?.is_some_and(|x| x != 0.0) {
             return Err(ApiError::field(key, format!("'{key}' is not supported; use 'repeat_penalty'")));
         }
+    }
+    if f.get("logit_bias").is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty())) {
+        return Err(ApiError::field("logit_bias", "'logit_bias' is not supported"));
+    }
+    if f.boolean("echo")? == Some(true) {
+        return Err(ApiError::field("echo", "'echo' is not supported"));
+    }
+    if f.get("suffix").is_some() {
+        return Err(ApiError::field("suffix", "'suffix' (fill in the middle) is not supported"));
     }
     let max_tokens = match f.count("max_completion_tokens")? {
         Some(n) => Some(n),

@@ -286,7 +286,8 @@ fn choose(rt: &Runtime, slot: &mut Slot, logits: &mut [f32]) {
         if let Some((raw, n)) = raw {
             active.pending.push((start, active.text.len(), TokenLogprob::new(&raw, id, n)));
         }
-        let out_of_room = active.generated >= active.job.max_tokens || slot.cache.len() + 1 >= slot.cache.n_ctx();
+        // The chosen token runs next, at position `cache.len()`.
+        let out_of_room = active.generated >= active.job.max_tokens || slot.cache.len() >= slot.cache.n_ctx();
         out_of_room.then_some(Finish::Length)
     };
     let stopped_at = find_stop(&active.text, &active.job.stop, active.sent);

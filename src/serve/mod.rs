@@ -92,6 +92,7 @@ pub fn serve(rt: Runtime, opts: ServeOptions, on_ready: impl FnOnce(SocketAddr))
         .route("/detokenize", post(detokenize))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn(cors))
         .with_state(Arc::clone(&shared));
     let tokio_rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
     tokio_rt.block_on(async move {
@@ -121,6 +122,24 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Lets a chat page from any origin call the server, as llama-server does: preflight
+/// requests are answered here, and every answer says any origin may read it (the API key,
+/// when there is one, still guards the endpoints).
+async fn cors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut response = if request.method() == axum::http::Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+        r
+    } else {
+        next.run(request).await
+    };
+    response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
 }
 
 /// Checks the API key (when the server has one).
