@@ -233,7 +233,8 @@ fn open_stream(addr: SocketAddr, body: &Value) -> BufReader<TcpStream> {
 
 /// Eight seeded, sampled requests (chat and completions; short prompts, and long ones
 /// that share a 300-token prefix, so prefill runs in chunks and re-uses cached ones) sent
-/// all at once to four slots give the texts they give one at a time. Exactly: decode rows
+/// all at once to four slots give the texts, and the logprobs to the last bit, they give
+/// one at a time. Exactly: decode rows
 /// run with decode's own arithmetic whatever else is in the pass, and prefill's chunks
 /// start at the same positions however a slot was used before (`serve::engine`).
 #[test]
@@ -243,7 +244,7 @@ fn concurrent_requests_get_the_texts_they_get_one_at_a_time() {
     let story = "Once upon a time, in a village by the sea, there lived an old fisherman and his cat. ".repeat(16);
     let requests: Vec<(&str, Value)> = (0..8u64)
         .map(|i| {
-            let common = json!({"seed": 100 + i, "temperature": 0.9, "max_tokens": 24 + 4 * i});
+            let common = json!({"seed": 100 + i, "temperature": 0.9, "max_tokens": 24 + 4 * i, "logprobs": 2});
             let mut body = match i % 4 {
                 0 => json!({"messages": [{"role": "user", "content": format!("Tell me about the number {i}.")}]}),
                 1 => json!({"prompt": format!("{story}Chapter {i}:")}),
@@ -251,12 +252,19 @@ fn concurrent_requests_get_the_texts_they_get_one_at_a_time() {
                 _ => json!({"prompt": format!("Recipe number {i}: take")}),
             };
             body.as_object_mut().unwrap().extend(common.as_object().unwrap().clone());
+            if body.get("messages").is_some() {
+                body["logprobs"] = json!(true);
+                body["top_logprobs"] = json!(2);
+            }
             let path = if body.get("messages").is_some() { "/v1/chat/completions" } else { "/v1/completions" };
             (path, body)
         })
         .collect();
+    // The text and every token's logprobs, which show any difference in the logits' bits.
     let text = |v: &Value| {
-        v["choices"][0]["message"]["content"].as_str().or(v["choices"][0]["text"].as_str()).unwrap().to_string()
+        let c = &v["choices"][0];
+        let text = c["message"]["content"].as_str().or(c["text"].as_str()).unwrap();
+        format!("{text}\n{}", c["logprobs"])
     };
     let alone: Vec<String> = requests.iter().map(|(p, b)| text(&post(a, p, b, "").1)).collect();
 
