@@ -295,8 +295,9 @@ fn concurrent_requests_get_the_texts_they_get_one_at_a_time() {
     assert!(alone.iter().collect::<std::collections::HashSet<_>>().len() >= 6, "{alone:?}");
 }
 
-/// A streaming client that goes away frees its slot at the engine's next step: with one
-/// slot, the next request is served at once instead of after thousands of tokens.
+/// A client that goes away, streaming or waiting for the whole answer, frees its slot at
+/// the engine's next step: with one slot, the next request is served at once instead of
+/// after thousands of tokens.
 #[test]
 fn a_client_that_disconnects_frees_its_slot() {
     let Some(server) = Server::start(&["--parallel", "1", "-c", "4096"]) else { return };
@@ -308,6 +309,20 @@ fn a_client_that_disconnects_frees_its_slot() {
     assert_eq!(read_events(&mut long, 3).len(), 3);
     assert_eq!(get(a, "/health")["slots_processing"], 1);
     drop(long);
+    let start = Instant::now();
+    while get(a, "/health")["slots_processing"] != 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the slot of a client that left is still busy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The same for a client waiting for a whole (non-streamed) answer.
+    let mut waiting = TcpStream::connect(a).unwrap();
+    let body = json!({"prompt": "Count to ten thousand: 1, 2, 3,", "max_tokens": 4000}).to_string();
+    waiting.write_all(&request("POST", "/v1/completions", "application/json", "", body.as_bytes())).unwrap();
+    while get(a, "/health")["slots_processing"] != 1 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the request never took the slot");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(waiting);
     let start = Instant::now();
     while get(a, "/health")["slots_processing"] != 0 {
         assert!(start.elapsed() < Duration::from_secs(30), "the slot of a client that left is still busy");
