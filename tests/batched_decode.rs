@@ -130,3 +130,22 @@ fn wrong_adapter_scales_and_a_full_context_are_errors() {
     assert!(cache.is_empty(), "a refused pass left positions in the cache");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `pupil bench --parallel 1,3` adds a tg row that decodes three sequences together, its
+/// rate counting the tokens of all three.
+#[test]
+fn bench_measures_sequences_decoded_together() {
+    use pupil::synth::SynthModel;
+    let dir = scratch_dir("batched-bench");
+    let path = dir.join("tiny.gguf");
+    SynthModel::default().writer().write(&path).unwrap();
+    let args = ["bench", "-m", path.to_str().unwrap(), "-p", "0", "-n", "4", "--parallel", "1,3", "-r", "1", "-t", "1"];
+    let (ok, stdout, stderr) = pupil_cli(&[&args[..], &["-o", "jsonl"]].concat());
+    assert!(ok, "{stderr}");
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let tests: Vec<(&str, u64)> =
+        rows.iter().map(|r| (r["test"].as_str().unwrap(), r["n_seq"].as_u64().unwrap())).collect();
+    assert_eq!(tests, [("tg4", 1), ("tg4 x3", 3)]);
+    assert!(rows.iter().all(|r| r["median_ts"].as_f64().unwrap() > 0.0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

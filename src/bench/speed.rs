@@ -2,28 +2,38 @@
 //! tokens) and text generation (`tgN`: N single-token steps), optionally after `d`
 //! positions already in the cache (`@ dD`), on fixed random token ids after a warm-up, so
 //! tokenization and sampling are excluded. Logits are computed for the last position of
-//! every decode call, as llama.cpp does.
+//! every decode call, as llama.cpp does. A `tg` test may decode several sequences
+//! together (`tgN xS`: each step one pass over one new token of each of S sequences, each
+//! with its own cache, as `pupil serve` runs concurrent requests; llama-batched-bench's
+//! measure); its rate counts the tokens of all of them.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::generate::{GenerationError, Runtime};
+use crate::kernels::Batching;
+use crate::model::{BatchItem, KvCache};
 use crate::rng::Rng;
 
-/// One test: `n_prompt` tokens in one batch, or `n_gen` single-token steps, after `depth`
-/// cached positions.
+/// One test: `n_prompt` tokens in one batch, or `n_gen` single-token steps of each of
+/// `sequences` sequences, after `depth` cached positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SpeedTest {
     pub n_prompt: usize,
     pub n_gen: usize,
     pub depth: usize,
+    pub sequences: usize,
 }
 
 impl SpeedTest {
-    /// llama-bench's name: `pp512`, `tg128`, `tg128 @ d512`.
+    /// llama-bench's name: `pp512`, `tg128`, `tg128 @ d512`; `tg128 x4` for four sequences.
     pub fn name(&self) -> String {
-        let base = if self.n_prompt > 0 { format!("pp{}", self.n_prompt) } else { format!("tg{}", self.n_gen) };
+        let base = match (self.n_prompt, self.sequences) {
+            (0, 1) => format!("tg{}", self.n_gen),
+            (0, s) => format!("tg{} x{s}", self.n_gen),
+            (p, _) => format!("pp{p}"),
+        };
         if self.depth > 0 {
             format!("{base} @ d{}", self.depth)
         } else {
@@ -32,7 +42,7 @@ impl SpeedTest {
     }
 
     fn tokens(&self) -> usize {
-        self.n_prompt + self.n_gen
+        self.n_prompt + self.n_gen * self.sequences
     }
 }
 
@@ -80,37 +90,53 @@ pub fn run(rt: &Runtime, test: SpeedTest, repetitions: usize, seed: u64) -> Resu
     let n_vocab = model.cfg.n_vocab as u64;
     let mut rng = Rng::new(seed);
     let mut random_ids = |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % n_vocab) as u32).collect() };
-    let needed = test.depth + test.tokens();
-    let mut cache = model.new_cache(needed.max(1))?;
-    if cache.n_ctx() < needed {
-        return Err(GenerationError::PromptTooLong { prompt: needed, n_ctx: cache.n_ctx() });
+    let needed = test.depth + test.n_prompt + test.n_gen;
+    let mut caches =
+        (0..test.sequences.max(1)).map(|_| model.new_cache(needed.max(1))).collect::<Result<Vec<_>, _>>()?;
+    if caches[0].n_ctx() < needed {
+        return Err(GenerationError::PromptTooLong { prompt: needed, n_ctx: caches[0].n_ctx() });
     }
     let depth_ids = random_ids(test.depth);
     let prompt = random_ids(test.n_prompt);
-    let steps = random_ids(test.n_gen);
+    // Step i's token of sequence s: `steps[i * sequences + s]`.
+    let steps = random_ids(test.n_gen * caches.len());
     let e = model.cfg.n_embd;
 
-    let once = |cache: &mut crate::model::KvCache| -> Result<u64, GenerationError> {
-        cache.clear();
-        if !depth_ids.is_empty() {
-            rt.pool.install(|| model.forward(&depth_ids, cache))?;
+    let once = |caches: &mut [KvCache]| -> Result<u64, GenerationError> {
+        for cache in caches.iter_mut() {
+            cache.clear();
+            if !depth_ids.is_empty() {
+                rt.pool.install(|| model.forward(&depth_ids, cache))?;
+            }
         }
         let start = Instant::now();
         rt.pool.install(|| -> Result<(), GenerationError> {
-            if !prompt.is_empty() {
-                let h = model.forward(&prompt, cache)?;
-                std::hint::black_box(model.logits(&h[h.len() - e..])?);
+            if let [cache] = caches {
+                if !prompt.is_empty() {
+                    let h = model.forward(&prompt, cache)?;
+                    std::hint::black_box(model.logits(&h[h.len() - e..])?);
+                }
+                for &id in &steps {
+                    let h = model.forward(&[id], cache)?;
+                    std::hint::black_box(model.logits(h)?);
+                }
+                return Ok(());
             }
-            for &id in &steps {
-                let h = model.forward(&[id], cache)?;
-                std::hint::black_box(model.logits(h)?);
+            for step in steps.chunks_exact(caches.len()) {
+                let mut items: Vec<BatchItem> = caches
+                    .iter_mut()
+                    .zip(step.chunks_exact(1))
+                    .map(|(cache, id)| BatchItem { tokens: id, cache, lora_scales: None })
+                    .collect();
+                let h = model.forward_batch(&mut items, Batching::AsDecode)?;
+                std::hint::black_box(model.logits_with(h, Batching::AsDecode)?);
             }
             Ok(())
         })?;
         Ok(start.elapsed().as_nanos() as u64)
     };
-    once(&mut cache)?; // warm-up: page the weights in, size the buffers
-    let samples_ns = (0..repetitions.max(1)).map(|_| once(&mut cache)).collect::<Result<_, _>>()?;
+    once(&mut caches)?; // warm-up: page the weights in, size the buffers
+    let samples_ns = (0..repetitions.max(1)).map(|_| once(&mut caches)).collect::<Result<_, _>>()?;
     Ok(SpeedResult { test, samples_ns })
 }
 

@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Text-generation tests: tokens generated one at a time (0 to skip).
     #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
     pub n_gen: Vec<usize>,
+    /// Sequences decoded together in the text-generation tests (`tg128 x4`: each step one
+    /// pass over a token of each, as `pupil serve` runs concurrent requests), e.g. `1,4`.
+    #[arg(long = "parallel", value_delimiter = ',', default_value = "1")]
+    pub parallel: Vec<usize>,
     /// Positions already in the KV cache before each test.
     #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0")]
     pub depth: Vec<usize>,
@@ -76,6 +80,8 @@ struct Row {
     n_prompt: usize,
     n_gen: usize,
     n_depth: usize,
+    /// Sequences decoded together (tg rows; 1 elsewhere).
+    n_seq: usize,
     repetitions: usize,
     avg_ts: f64,
     stddev_ts: f64,
@@ -113,8 +119,16 @@ pub fn bench(
     };
     let mut tests = Vec::new();
     for &d in &a.depth {
-        tests.extend(a.n_prompt.iter().filter(|&&p| p > 0).map(|&p| SpeedTest { n_prompt: p, n_gen: 0, depth: d }));
-        tests.extend(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| SpeedTest { n_prompt: 0, n_gen: n, depth: d }));
+        let pp = |p| SpeedTest { n_prompt: p, n_gen: 0, depth: d, sequences: 1 };
+        tests.extend(a.n_prompt.iter().filter(|&&p| p > 0).map(|&p| pp(p)));
+        for &n in a.n_gen.iter().filter(|&&n| n > 0) {
+            tests.extend(a.parallel.iter().map(|&s| SpeedTest {
+                n_prompt: 0,
+                n_gen: n,
+                depth: d,
+                sequences: s.max(1),
+            }));
+        }
     }
     let quality_text = match &a.quality {
         Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?),
@@ -147,7 +161,9 @@ pub fn bench(
                 let mem = memory_status();
                 peak_anon = peak_anon.max(mem.map_or(0, |m| m.rss_anon));
                 // Step i of a tg test attends to depth + i + 1 positions: the mean context.
-                let decode_bytes = (test.n_gen > 0).then(|| rt.model.decode_bytes(test.depth + test.n_gen.div_ceil(2)));
+                // One sequence's bytes per token (several share their weights' reads).
+                let decode_bytes = (test.n_gen > 0 && test.sequences == 1)
+                    .then(|| rt.model.decode_bytes(test.depth + test.n_gen.div_ceil(2)));
                 let read_gbps = decode_bytes.map(|b| b as f64 * r.mean_tps() / 1e9);
                 let on_cpu = rt.model.device().is_cpu();
                 // A shared machine's bandwidth drifts by more than a tg row's margin between
@@ -169,6 +185,7 @@ pub fn bench(
                     n_prompt: test.n_prompt,
                     n_gen: test.n_gen,
                     n_depth: test.depth,
+                    n_seq: test.sequences,
                     repetitions: a.repetitions,
                     avg_ts: r.mean_tps(),
                     stddev_ts: r.stddev_tps(),
