@@ -2,7 +2,8 @@
 //!
 //! Up to `parallel` requests hold a slot (a KV cache) each. A step of the loop admits
 //! queued requests into free slots, prefills one chunk of one waiting prompt, then runs
-//! one decode pass over every decoding slot together ([`Model::forward_batch`]), so the
+//! one decode pass over every decoding slot together
+//! ([`Model::forward_batch`](crate::model::Model::forward_batch)), so the
 //! weights stream from memory once per step for all of them, and a new prompt holds the
 //! running ones back by at most one chunk.
 //!
@@ -187,8 +188,9 @@ impl<'r> Engine<'r> {
         }
     }
 
-    /// Runs the next chunk of the earliest-admitted prompt still being prefilled; at its
-    /// end, chooses the first token.
+    /// Runs the next chunk of one prompt still being prefilled (the first such slot's: it
+    /// runs to its end before the next slot's starts, so prompts finish one after another
+    /// rather than all late); at its end, chooses the first token.
     fn prefill_one_chunk(&mut self) {
         let rt = self.rt;
         let Some(slot) = self.slots.iter_mut().find(|s| s.active.as_ref().is_some_and(|a| a.next.is_none())) else {
