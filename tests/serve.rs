@@ -332,6 +332,25 @@ fn a_client_that_disconnects_frees_its_slot() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Ctrl-C (SIGINT) stops the server at once, even with a client streaming a long answer.
+#[test]
+fn an_interrupt_stops_the_server_with_a_stream_open() {
+    let Some(mut server) = Server::start(&["--parallel", "1"]) else { return };
+    let mut long = open_stream(server.addr, &json!({"prompt": "Count: 1, 2, 3,", "max_tokens": 4000, "stream": true}));
+    assert_eq!(read_events(&mut long, 2).len(), 2);
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "pupil serve exited with {status} on SIGINT");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "pupil serve still running 10 s after SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// With one slot and a queue of one, a third request is refused at once (503 with
 /// Retry-After), and the queued one is served when the slot frees.
 #[test]

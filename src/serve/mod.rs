@@ -100,14 +100,18 @@ pub fn serve(rt: Runtime, opts: ServeOptions, on_ready: impl FnOnce(SocketAddr))
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", opts.host, opts.port))?;
         on_ready(listener.local_addr()?);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        // Ctrl-C stops at once: waiting for open streams to end could take as long as
+        // their clients like.
+        tokio::select! {
+            served = axum::serve(listener, app) => served?,
+            _ = tokio::signal::ctrl_c() => eprintln!("pupil: interrupted, stopping"),
+        }
         anyhow::Ok(())
     })?;
-    // Dropping the last queue sender lets the engine's loop end.
+    // Dropping the runtime ends the connections' tasks, and with them the requests'
+    // receivers and the last queue senders: the engine frees every slot within a step and
+    // its loop ends.
+    drop(tokio_rt);
     drop(shared);
     let _ = engine.join();
     Ok(())
