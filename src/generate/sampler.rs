@@ -61,6 +61,22 @@ impl Sampler {
         &self.cfg
     }
 
+    /// [`Sampler::sample`], and with `top: Some(n)` the chosen token's [`TokenLogprob`]
+    /// (`n` alternatives) under `logits` as given: the raw distribution, before the
+    /// penalty changes them (a copy is kept only when the penalty is on).
+    pub fn sample_noting(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        top: Option<usize>,
+    ) -> (u32, Option<TokenLogprob>) {
+        let Some(n) = top else { return (self.sample(logits, history), None) };
+        let penalized = self.cfg.repeat_penalty != 1.0 && self.cfg.repeat_last_n > 0;
+        let raw = penalized.then(|| logits.to_vec());
+        let id = self.sample(logits, history);
+        (id, Some(TokenLogprob::new(raw.as_deref().unwrap_or(logits), id, n)))
+    }
+
     /// Picks the next token from `logits` (modified in place by the penalty), given the
     /// tokens seen so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
@@ -225,6 +241,17 @@ mod tests {
         let total: f64 = [0.0f64, 2.0, 1.0, -1.0].iter().map(|l| l.exp()).sum();
         assert!((d.top[0].1 as f64 - (2.0 - total.ln())).abs() < 1e-6);
         assert!((d.logprob as f64 - (-1.0 - total.ln())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn noted_logprobs_are_of_the_logits_before_the_penalty() {
+        let raw = [3.0f32, 2.0, -1.0];
+        let mut s = Sampler::new(SamplerConfig { repeat_penalty: 2.0, ..cfg(0.0, 0, 1.0, 0.0) });
+        let (id, lp) = s.sample_noting(&mut raw.clone(), &[0], Some(2));
+        assert_eq!((id, lp), (1, Some(TokenLogprob::new(&raw, 1, 2))));
+        let mut plain = Sampler::new(cfg(0.0, 0, 1.0, 0.0));
+        assert_eq!(plain.sample_noting(&mut raw.clone(), &[0], Some(2)), (0, Some(TokenLogprob::new(&raw, 0, 2))));
+        assert_eq!(plain.sample_noting(&mut raw.clone(), &[0], None), (0, None));
     }
 
     #[test]

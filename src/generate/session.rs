@@ -230,12 +230,6 @@ impl<'r> Session<'r> {
         let t1 = Instant::now();
         let n_vocab = self.rt.model.cfg.n_vocab;
         let record = self.logprobs;
-        // Samples from `logits`, noting the raw distribution first when it is recorded.
-        let pick = |sampler: &mut Sampler, logits: &mut [f32], history: &[u32]| {
-            let raw = record.map(|_| logits.to_vec());
-            let id = sampler.sample(logits, history);
-            (id, raw.map(|raw| TokenLogprob::new(&raw, id, record.unwrap_or(0))))
-        };
         let mut out = Output {
             history: prompt.to_vec(),
             ids: Vec::new(),
@@ -257,7 +251,7 @@ impl<'r> Session<'r> {
             }
             let (id, logprob) = match chosen.take() {
                 Some(picked) => picked,
-                None => pick(sampler, &mut logits, &out.history),
+                None => sampler.sample_noting(&mut logits, &out.history, record),
             };
             if let Some(stop) = out.emit(self.rt, id, logprob, max_tokens)? {
                 break stop;
@@ -284,7 +278,7 @@ impl<'r> Session<'r> {
             // Keep drafted tokens while the sampler, at each, picks the token drafted.
             let mut kept = 0;
             for (&guess, row) in draft.iter().zip(all.chunks_exact_mut(n_vocab)) {
-                let (id, logprob) = pick(sampler, row, &out.history);
+                let (id, logprob) = sampler.sample_noting(row, &out.history, record);
                 if id != guess {
                     chosen = Some((id, logprob));
                     break;

@@ -412,7 +412,7 @@ fn token_json(tok: &Tokenizer, id: u32) -> (String, Vec<u8>) {
 }
 
 /// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs: [...]}]}` entries.
-pub fn chat_logprobs(tok: &Tokenizer, tokens: &[TokenLogprob]) -> Vec<Value> {
+fn chat_logprobs(tok: &Tokenizer, tokens: &[TokenLogprob]) -> Vec<Value> {
     let entry = |id: u32, logprob: f32| {
         let (token, bytes) = token_json(tok, id);
         json!({"token": token, "logprob": logprob, "bytes": bytes})
@@ -428,7 +428,7 @@ pub fn chat_logprobs(tok: &Tokenizer, tokens: &[TokenLogprob]) -> Vec<Value> {
 }
 
 /// The legacy completions logprobs: parallel lists, `text_offset` from `offset` on.
-pub fn completion_logprobs(tok: &Tokenizer, tokens: &[TokenLogprob], mut offset: usize) -> Value {
+fn completion_logprobs(tok: &Tokenizer, tokens: &[TokenLogprob], mut offset: usize) -> Value {
     let mut out = json!({"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []});
     for t in tokens {
         let (token, _) = token_json(tok, t.id);
@@ -467,6 +467,15 @@ impl Head {
             (Endpoint::Chat, false) => "chat.completion",
             (Endpoint::Chat, true) => "chat.completion.chunk",
             (Endpoint::Completions, _) => "text_completion",
+        }
+    }
+
+    /// `tokens`' logprobs in this endpoint's shape (`offset`: where their text starts in
+    /// the completion, for the legacy `text_offset`).
+    pub fn logprobs(&self, tok: &Tokenizer, tokens: &[TokenLogprob], offset: usize) -> Value {
+        match self.endpoint {
+            Endpoint::Chat => Value::Array(chat_logprobs(tok, tokens)),
+            Endpoint::Completions => completion_logprobs(tok, tokens, offset),
         }
     }
 

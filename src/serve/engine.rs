@@ -271,9 +271,7 @@ fn fail(slot: &mut Slot, message: String) {
 /// and sends what it completes; ends the request when it is done.
 fn choose(rt: &Runtime, slot: &mut Slot, logits: &mut [f32]) {
     let active = slot.active.as_mut().expect("choose on an active slot");
-    // The raw distribution, before the sampler's penalty changes the logits.
-    let raw = active.job.logprobs.map(|n| (logits.to_vec(), n));
-    let id = active.sampler.sample(logits, &active.history);
+    let (id, logprob) = active.sampler.sample_noting(logits, &active.history, active.job.logprobs);
     let finish = if rt.tokenizer.is_end_of_generation(id) {
         Some(Finish::Stop)
     } else {
@@ -285,8 +283,8 @@ fn choose(rt: &Runtime, slot: &mut Slot, logits: &mut [f32]) {
         };
         let start = active.text.len();
         active.text.push_str(&piece);
-        if let Some((raw, n)) = raw {
-            active.pending.push((start, active.text.len(), TokenLogprob::new(&raw, id, n)));
+        if let Some(lp) = logprob {
+            active.pending.push((start, active.text.len(), lp));
         }
         // The chosen token runs next, at position `cache.len()`.
         let out_of_room = active.generated >= active.job.max_tokens || slot.cache.len() >= slot.cache.n_ctx();

@@ -361,10 +361,7 @@ async fn collect(
                 tokens.extend(lp);
             }
             Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
-                let logprobs = req.logprobs.map(|_| match head.endpoint {
-                    Endpoint::Chat => Value::Array(api::chat_logprobs(&s.tokenizer, &tokens)),
-                    Endpoint::Completions => api::completion_logprobs(&s.tokenizer, &tokens, 0),
-                });
+                let logprobs = req.logprobs.map(|_| head.logprobs(&s.tokenizer, &tokens, 0));
                 let body = head.response(&text, logprobs, finish, api::usage(prompt_tokens, completion_tokens));
                 return Ok(axum::Json(body).into_response());
             }
@@ -392,10 +389,7 @@ fn stream(s: Arc<Shared>, head: Head, req: CompletionRequest, mut rx: UnboundedR
             };
             let message = match event {
                 Some(Event::Text { text, tokens }) => {
-                    let logprobs = req.logprobs.map(|_| match head.endpoint {
-                        Endpoint::Chat => Value::Array(api::chat_logprobs(&s.tokenizer, &tokens)),
-                        Endpoint::Completions => api::completion_logprobs(&s.tokenizer, &tokens, offset),
-                    });
+                    let logprobs = req.logprobs.map(|_| head.logprobs(&s.tokenizer, &tokens, offset));
                     offset += text.len();
                     data(head.chunk(Some(&text), false, logprobs, None))
                 }
