@@ -1272,6 +1272,10 @@ unsafe fn rows_kernel<M: MulSum, F: RowsFormat, L: Lanes, const MAX: usize>(
     }
 }
 
+/// Tokens of the several-row kernels' middle instance: a batched decode step's
+/// sequences.
+const FEW: usize = 8;
+
 /// `TILE` consecutive tokens' activation rows, `stride` blocks apart.
 #[inline(always)]
 fn tile(x: &[Q8Block], stride: usize) -> [&[Q8Block]; TILE] {
@@ -1307,13 +1311,16 @@ macro_rules! rows_kernel {
         /// `w.len() / rb` rows: the module's [`ROWS`](self::ROWS) or one group of eight.
         #[target_feature(enable = $features)]
         pub unsafe fn $name(w: &[u8], rb: usize, x: &[Q8Block], n: usize, out: &mut [f32]) {
-            // One token (decode) on its own instance: the 64-token one zeroes 4 KiB of
-            // accumulators per call, as much as eight 576-wide rows of weights.
-            match (w.len() / rb == <$lanes>::ROWS, n == 1) {
-                (true, true) => rows_kernel::<$mulsum, $format, $lanes, 1>(w, rb, x, n, out),
-                (true, false) => rows_kernel::<$mulsum, $format, $lanes, ROWS_TILE>(w, rb, x, n, out),
-                (false, true) => rows_kernel::<$mulsum, $format, Y8, 1>(w, rb, x, n, out),
-                (false, false) => rows_kernel::<$mulsum, $format, Y8, ROWS_TILE>(w, rb, x, n, out),
+            // One token (decode) and a few (the server's batched decode) on instances of
+            // their own: the 64-token one zeroes 8 KiB of accumulators per call, more than
+            // sixteen 576-wide rows of weights.
+            match (w.len() / rb == <$lanes>::ROWS, n) {
+                (true, 1) => rows_kernel::<$mulsum, $format, $lanes, 1>(w, rb, x, n, out),
+                (true, 2..=FEW) => rows_kernel::<$mulsum, $format, $lanes, FEW>(w, rb, x, n, out),
+                (true, _) => rows_kernel::<$mulsum, $format, $lanes, ROWS_TILE>(w, rb, x, n, out),
+                (false, 1) => rows_kernel::<$mulsum, $format, Y8, 1>(w, rb, x, n, out),
+                (false, 2..=FEW) => rows_kernel::<$mulsum, $format, Y8, FEW>(w, rb, x, n, out),
+                (false, _) => rows_kernel::<$mulsum, $format, Y8, ROWS_TILE>(w, rb, x, n, out),
             }
         }
     };

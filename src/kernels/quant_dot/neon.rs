@@ -942,17 +942,21 @@ unsafe fn rows_kernel<D: Dot, F: RowsFormat, const MAX: usize, const MMLA: bool>
     }
 }
 
+/// Tokens of the several-row kernels' middle instance: a batched decode step's
+/// sequences.
+const FEW: usize = 8;
+
 /// The several-row kernel of one format, for any number of tokens.
 macro_rules! rows_kernel {
     ($dot:ty, $features:literal, $mmla:literal, $name:ident, $format:ty) => {
         #[target_feature(enable = $features)]
         pub unsafe fn $name(w: &[u8], rb: usize, x: &[Q8Block], n: usize, out: &mut [f32]) {
-            // One token (decode) on its own instance: the 64-token one zeroes 4 KiB of
-            // accumulators per call.
-            if n == 1 {
-                rows_kernel::<$dot, $format, 1, false>(w, rb, x, n, out)
-            } else {
-                rows_kernel::<$dot, $format, ROWS_TILE, $mmla>(w, rb, x, n, out)
+            // One token (decode) and a few (the server's batched decode) on instances of
+            // their own: the 64-token one zeroes 6 KiB of accumulators per call.
+            match n {
+                1 => rows_kernel::<$dot, $format, 1, false>(w, rb, x, n, out),
+                2..=FEW => rows_kernel::<$dot, $format, FEW, $mmla>(w, rb, x, n, out),
+                _ => rows_kernel::<$dot, $format, ROWS_TILE, $mmla>(w, rb, x, n, out),
             }
         }
     };
