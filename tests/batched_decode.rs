@@ -8,15 +8,12 @@ mod common;
 use common::*;
 use pupil::generate::Runtime;
 use pupil::kernels::Batching;
-use pupil::model::{Adapter, BatchItem, KvCache, Target};
-use pupil::rng::Rng;
+use pupil::model::{BatchItem, KvCache};
 
 /// Two random adapters on every projection (B nonzero, so they change the output).
 fn add_adapters(rt: &mut Runtime) {
     for seed in [1, 2] {
-        let mut adapter = Adapter::init(&rt.model.cfg, 4, 8.0, &Target::ALL, seed);
-        let mut rng = Rng::new(seed + 10);
-        adapter.values.iter_mut().for_each(|v| *v = (rng.next_f64() as f32 - 0.5) * 0.05);
+        let adapter = random_adapter(&rt.model.cfg, 4, 8.0, seed, 0.05);
         rt.model.add_adapter(adapter, 1.0).unwrap();
     }
 }

@@ -392,9 +392,7 @@ fn the_openai_python_client_works_against_the_server() {
     let dir = scratch_dir("serve-client");
     // An adapter that changes the text: random A and B on every projection.
     let rt = pupil::generate::Runtime::load_path(&path, 2).unwrap();
-    let mut adapter = pupil::model::Adapter::init(&rt.model.cfg, 8, 16.0, &pupil::model::Target::ALL, 3);
-    let mut rng = pupil::rng::Rng::new(4);
-    adapter.values.iter_mut().for_each(|v| *v = (rng.next_f64() as f32 - 0.5) * 0.2);
+    let adapter = random_adapter(&rt.model.cfg, 8, 16.0, 3, 0.2);
     let adapter_path = dir.join("adapter.gguf");
     adapter.to_gguf(&rt.model.cfg.architecture, "random").write(&adapter_path).unwrap();
     // The reference distribution: `pupil complete`, greedy, with logprobs.

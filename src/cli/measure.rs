@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Context;
 use clap::Args;
 
-use super::ModelArg;
+use super::{AdapterArgs, ModelArg};
 use crate::bench::perplexity as score;
 use crate::bench::quality::kl_divergence;
 
@@ -13,6 +13,10 @@ use crate::bench::quality::kl_divergence;
 pub struct PerplexityArgs {
     #[command(flatten)]
     pub model: ModelArg,
+    /// Adapters on the scored model (llama-perplexity's --lora / --lora-scaled); with
+    /// --kl-reference, the KL divergence is the adapted model's.
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// Text file to score.
     #[arg(short = 'f', long)]
     pub file: std::path::PathBuf,
@@ -34,7 +38,7 @@ pub struct PerplexityArgs {
 
 pub fn perplexity(a: PerplexityArgs, exec: super::Exec) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-    let rt = exec.load(&a.model.model)?;
+    let rt = a.adapters.load(&a.model.model, exec)?;
     let r = score(&rt, &text, a.ctx_size, a.chunks, |done, total, ppl| {
         eprint!("\rpupil: chunk {done}/{total}, running PPL {ppl:.4}");
         let _ = std::io::stderr().flush();

@@ -69,6 +69,23 @@ pub const GEMMA3_FIXTURES: &str = "gemma3-270m-q4_k_m";
 pub const QWEN25: &str = "qwen2.5-coder-0.5b";
 pub const QWEN25_FIXTURES: &str = "qwen2.5-coder-0.5b-q4_k_m";
 
+/// An adapter of `rank` on every projection of every layer with every value (A and B)
+/// drawn uniformly from ±`spread` / 2 by `seed`: B is nonzero, so it changes the output,
+/// and the same seed writes the same file on every machine (fixtures made with llama.cpp
+/// from it stay valid).
+pub fn random_adapter(
+    cfg: &pupil::model::Config,
+    rank: usize,
+    alpha: f32,
+    seed: u64,
+    spread: f32,
+) -> pupil::model::Adapter {
+    let mut adapter = pupil::model::Adapter::init(cfg, rank, alpha, &pupil::model::Target::ALL, seed);
+    let mut rng = pupil::rng::Rng::new(seed + 10);
+    adapter.values.iter_mut().for_each(|v| *v = (rng.next_f64() as f32 - 0.5) * spread);
+    adapter
+}
+
 /// A fresh, empty temporary directory for one test (named by process and `name`).
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pupil-test-{}-{name}", std::process::id()));
