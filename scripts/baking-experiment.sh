@@ -51,8 +51,18 @@ for arm in $ARMS; do
 done
 
 "$P" experiment curves "${curves[@]}" -o "$OUT/curves.svg"
-for f in baseline $ARMS; do
-    printf '%-9s ' "$f"; python3 -c "import json,sys
-r=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2]))['kl']
-print(f\"KL {r['kl']:.4f}  gap closed {100*(1-r['kl']/b):.1f} %  top-1 {100*r['top1']:.1f} %  'Arr!' {r['prefixed_replies']}/{r['prompts']}\")" "$OUT/$f.json" "$OUT/baseline.json"
-done
+# Free generation beside the teacher-forced measures: greedy replies in the persona and
+# their distinct token 2-grams (low KL with looping text shows there). The teacher row is
+# the model with the system prompt.
+python3 - "$OUT" baseline $ARMS <<'PY'
+import json, sys
+out, names = sys.argv[1], sys.argv[2:]
+rows = {n: json.load(open(f"{out}/{n}.json")) for n in names}
+base = rows["baseline"]
+print("| arm | held-out KL | gap closed | top-1 | 'Arr!' replies | distinct 2-grams |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+print(f"| teacher | 0 | — | — | {base['teacher_prefixed_replies']}/{base['prompts']} | {base['teacher_distinct_2grams']:.3f} |")
+for n, r in rows.items():
+    print(f"| {n} | {r['kl']:.4f} | {100 * (1 - r['kl'] / base['kl']):.1f} % | {100 * r['top1']:.1f} % "
+          f"| {r['prefixed_replies']}/{r['prompts']} | {r['distinct_2grams']:.3f} |")
+PY

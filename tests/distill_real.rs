@@ -90,7 +90,14 @@ fn a_baked_system_prompt_lowers_the_kl_to_the_teacher() {
         }
         let (ok, stdout, stderr) = pupil(&args);
         assert!(ok, "{stderr}");
-        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["kl"].as_f64().unwrap()
+        let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        // Free generation beside the forced measures: shares of distinct 2-grams of the
+        // student's and the teacher's greedy replies.
+        for share in ["distinct_2grams", "teacher_distinct_2grams"] {
+            assert!(r[share].as_f64().is_some_and(|v| v > 0.0 && v <= 1.0), "{share}: {r}");
+        }
+        assert!(r["teacher_prefixed_replies"].as_u64().unwrap() <= r["prompts"].as_u64().unwrap(), "{r}");
+        r["kl"].as_f64().unwrap()
     };
     let (before, after) = (eval(None), eval(Some(&adapter)));
     assert!(after < before * 0.7, "full KL {before} → {after}");

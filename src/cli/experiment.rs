@@ -97,13 +97,18 @@ fn baking(a: BakingArgs, exec: super::Exec) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "held-out KL {:.4} nats over {} positions, top-1 agreement {:.1} %, {}/{} greedy replies start with {:?}",
+        "held-out KL {:.4} nats over {} positions, top-1 agreement {:.1} %, {}/{} greedy replies start with {:?} \
+         (teacher {}/{}), distinct 2-grams {:.3} (teacher {:.3})",
         r.kl,
         r.positions,
         r.top1 * 100.0,
         r.prefixed_replies,
         r.prompts,
-        a.prefix
+        a.prefix,
+        r.teacher_prefixed_replies,
+        r.prompts,
+        r.distinct_2grams,
+        r.teacher_distinct_2grams
     );
     for (prompt, reply) in r.replies.iter().take(a.show) {
         println!("> {prompt}\n{reply}\n");
