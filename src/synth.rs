@@ -26,10 +26,29 @@ pub enum SynthQuant {
     Q4_0,
     /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the token embedding (the tied output
     /// head) and for `attn_v` / `ffn_down` in the layers llama.cpp gives more bits (the
-    /// first and last eighth, and every third between). Rows not a multiple of 256 wide
-    /// fall back to Q8_0 (llama.cpp: Q5_0 / Q8_0).
+    /// first and last eighth, and every third between).
     #[value(name = "q4_k_m", alias = "Q4_K_M")]
     Q4KM,
+    /// llama.cpp's Q3_K_M mix: Q3_K, with Q4_K for `attn_output`, `ffn_down` and `attn_v`
+    /// (Q5_K for the first two `attn_v` and the first sixteenth of `ffn_down`), Q6_K for
+    /// the output head.
+    #[value(name = "q3_k_m", alias = "Q3_K_M")]
+    Q3KM,
+    /// llama.cpp's Q2_K mix: Q2_K, with Q3_K for `attn_output`, `ffn_down` and `attn_v`
+    /// (Q4_K for `attn_v` where four or more query heads share a KV head), Q6_K for the
+    /// output head.
+    #[value(name = "q2_k", alias = "Q2_K")]
+    Q2K,
+}
+
+/// What a weight is, as far as llama.cpp's `_K` mixes care.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    /// The output head (or the token embedding that is also the head).
+    Output,
+    /// Projection `target` of `layer` (of `n_layer`), in a model whose query heads share
+    /// each KV head `n_gqa` at a time; `None` for a fused projection.
+    Layer { target: Option<Target>, layer: usize, n_layer: usize, n_gqa: usize },
 }
 
 impl SynthQuant {
@@ -41,19 +60,39 @@ impl SynthQuant {
             SynthQuant::Q8_0 => "Q8_0",
             SynthQuant::Q4_0 => "Q4_0",
             SynthQuant::Q4KM => "Q4_K_M",
+            SynthQuant::Q3KM => "Q3_K_M",
+            SynthQuant::Q2K => "Q2_K",
         }
     }
 
-    /// The type of a `cols`-wide weight; `more_bits` marks the tensors Q4_K_M widens.
-    fn dtype(self, cols: usize, more_bits: bool) -> GgmlDType {
-        match self {
-            SynthQuant::F32 => GgmlDType::F32,
-            SynthQuant::F16 => GgmlDType::F16,
-            SynthQuant::Q8_0 => GgmlDType::Q8_0,
-            SynthQuant::Q4_0 => GgmlDType::Q4_0,
-            SynthQuant::Q4KM if !cols.is_multiple_of(256) => GgmlDType::Q8_0,
-            SynthQuant::Q4KM if more_bits => GgmlDType::Q6K,
-            SynthQuant::Q4KM => GgmlDType::Q4K,
+    /// The type of a `cols`-wide weight with `role`, as llama.cpp's `llama-quantize`
+    /// picks it (`llama_tensor_get_type`). Rows not a multiple of 256 wide cannot hold
+    /// K-quants and fall back to Q8_0 (llama.cpp: Q4_0, Q5_0, Q5_1 or Q8_0 by type).
+    fn dtype(self, cols: usize, role: Role) -> GgmlDType {
+        use GgmlDType::*;
+        let k_mix = matches!(self, SynthQuant::Q4KM | SynthQuant::Q3KM | SynthQuant::Q2K);
+        if k_mix && !cols.is_multiple_of(256) {
+            return Q8_0;
+        }
+        let (target, layer, n_layer, n_gqa) = match role {
+            Role::Output if k_mix => return Q6K,
+            Role::Output => (None, 0, 1, 1),
+            Role::Layer { target, layer, n_layer, n_gqa } => (target, layer, n_layer, n_gqa),
+        };
+        match (self, target) {
+            (SynthQuant::F32, _) => F32,
+            (SynthQuant::F16, _) => F16,
+            (SynthQuant::Q8_0, _) => Q8_0,
+            (SynthQuant::Q4_0, _) => Q4_0,
+            (SynthQuant::Q4KM, Some(Target::V | Target::Down)) if use_more_bits(layer, n_layer) => Q6K,
+            (SynthQuant::Q4KM, _) => Q4K,
+            (SynthQuant::Q3KM, Some(Target::V)) if layer < 2 => Q5K,
+            (SynthQuant::Q3KM, Some(Target::Down)) if layer < n_layer / 16 => Q5K,
+            (SynthQuant::Q3KM, Some(Target::V | Target::Down | Target::O)) => Q4K,
+            (SynthQuant::Q3KM, _) => Q3K,
+            (SynthQuant::Q2K, Some(Target::V)) if n_gqa >= 4 => Q4K,
+            (SynthQuant::Q2K, Some(Target::V | Target::Down | Target::O)) => Q3K,
+            (SynthQuant::Q2K, _) => Q2K,
         }
     }
 }
@@ -299,18 +338,21 @@ impl SynthModel {
 
         let mut rng = Rng::new(self.seed);
         let quant = self.quant;
-        let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize, more_bits: bool| {
+        let mut matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize, role: Role| {
             let values = random_weights(&mut rng, rows, cols);
             let dims = [cols as u64, rows as u64];
-            let dtype = quant.dtype(cols, more_bits);
+            let dtype = quant.dtype(cols, role);
             let bytes = quantize(dtype, &values).expect("the synthetic types all have quantizers");
             w.add_tensor(name, &dims, dtype, bytes);
         };
         let (e, q, kv) = (self.n_embd, self.n_head * head_dim, self.n_head_kv * head_dim);
-        // Tied, the embedding is also the output head, which the _M mixes widen.
-        matrix(&mut w, "token_embd.weight", e, n_vocab, !self.untied_output);
+        // Tied, the embedding is also the output head, which the _K mixes widen.
+        let (n_layer, n_gqa) = (self.n_layer, self.n_head / self.n_head_kv);
+        let embedding =
+            if self.untied_output { Role::Layer { target: None, layer: 0, n_layer, n_gqa } } else { Role::Output };
+        matrix(&mut w, "token_embd.weight", e, n_vocab, embedding);
         if self.untied_output {
-            matrix(&mut w, "output.weight", e, n_vocab, true);
+            matrix(&mut w, "output.weight", e, n_vocab, Role::Output);
         }
         if self.rope_factors.is_some() {
             // Divisors of each pair's frequency, growing towards the slow pairs as Phi-3's
@@ -336,18 +378,17 @@ impl SynthModel {
         let fused: &[&Fused] = if recipe.fused_gate_up { &[&FUSED_QKV, &FUSED_GATE_UP] } else { &[] };
         for i in 0..self.n_layer {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
-            let wide = use_more_bits(i, self.n_layer);
+            let role = |target| Role::Layer { target, layer: i, n_layer, n_gqa };
             for t in Target::ALL {
                 let (n_out, n_in) = t.shape_of(e, q, kv, self.n_ff);
-                let more_bits = wide && matches!(t, Target::V | Target::Down);
                 match fused.iter().find(|f| f.parts.contains(&t)) {
                     // A fused tensor is written whole, where its first part comes.
                     Some(f) if f.parts[0] == t => {
                         let rows = f.parts.iter().map(|p| p.shape_of(e, q, kv, self.n_ff).0).sum();
-                        matrix(&mut w, &name(f.tensor), n_in, rows, false);
+                        matrix(&mut w, &name(f.tensor), n_in, rows, role(None));
                     }
                     Some(_) => {}
-                    None => matrix(&mut w, &name(t.tensor()), n_in, n_out, more_bits),
+                    None => matrix(&mut w, &name(t.tensor()), n_in, n_out, role(Some(t))),
                 }
                 if t.has_bias(&recipe) {
                     let values: Vec<f32> = (0..n_out).map(|_| (bias_rng.next_f64() as f32 - 0.5) * 2.0).collect();
@@ -381,6 +422,8 @@ pub fn random_blocks(dtype: GgmlDType, n: usize, rng: &mut Rng) -> Vec<u8> {
     let mut w: Vec<u8> = (0..dtype.bytes_for(n as u64).expect("whole blocks")).map(|_| rng.next_u64() as u8).collect();
     let scale_fields: &[usize] = match dtype {
         GgmlDType::Q6K => &[208],
+        GgmlDType::Q3K => &[108],
+        GgmlDType::Q2K => &[80, 82],
         GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K => &[0, 2],
         _ => &[0],
     };
@@ -426,6 +469,45 @@ mod tests {
         let hidden = model.forward(&[1, 2, 3], &mut cache).unwrap();
         assert!(model.logits(hidden).unwrap().iter().all(|v| v.is_finite()));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The tensor types of a 16-layer mix, by type, and of a few tensors by name.
+    fn mix(quant: SynthQuant) -> (Vec<(GgmlDType, usize)>, impl Fn(&str) -> GgmlDType) {
+        let shape =
+            SynthModel { n_embd: 256, n_ff: 512, n_layer: 16, n_head: 8, n_head_kv: 2, quant, ..SynthModel::default() };
+        let dir = std::env::temp_dir().join(format!("pupil-synth-{}-{}", quant.label(), std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mix.gguf");
+        shape.writer().write(&path).unwrap();
+        let file = crate::gguf::GgufFile::open(&path).unwrap();
+        let types = [GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
+        let counts = types.map(|t| (t, file.tensors().iter().filter(|i| i.dtype == t).count())).to_vec();
+        let named: std::collections::HashMap<String, GgmlDType> =
+            file.tensors().iter().map(|i| (i.name.clone(), i.dtype)).collect();
+        // pupil runs what it writes.
+        let model = crate::model::Model::load(&file).unwrap();
+        let mut cache = model.new_cache(8).unwrap();
+        let hidden = model.forward(&[1, 2, 3], &mut cache).unwrap();
+        assert!(model.logits(hidden).unwrap().iter().all(|v| v.is_finite()), "{}", quant.label());
+        drop(model);
+        std::fs::remove_dir_all(&dir).unwrap();
+        (counts, move |name: &str| named[name])
+    }
+
+    #[test]
+    fn low_bit_mixes_pick_llama_cpps_types() {
+        use GgmlDType::*;
+        // What llama-quantize wrote for the same mixes of `synth --shape llama-3.2-1b
+        // --quant f16` (16 layers, four query heads per KV head): the same counts.
+        let (counts, of) = mix(SynthQuant::Q3KM);
+        assert_eq!(counts, [(Q2K, 0), (Q3K, 64), (Q4K, 45), (Q5K, 3), (Q6K, 1)]);
+        let names = ["blk.1.attn_v", "blk.2.attn_v", "blk.0.ffn_down", "blk.1.ffn_down", "blk.3.attn_output"];
+        assert_eq!(names.map(|n| of(&format!("{n}.weight"))), [Q5K, Q4K, Q5K, Q4K, Q4K]);
+        assert_eq!((of("blk.3.attn_q.weight"), of("token_embd.weight")), (Q3K, Q6K));
+        let (counts, of) = mix(SynthQuant::Q2K);
+        assert_eq!(counts, [(Q2K, 64), (Q3K, 32), (Q4K, 16), (Q5K, 0), (Q6K, 1)]);
+        let names = ["blk.0.attn_v", "blk.0.ffn_down", "blk.0.attn_output", "blk.0.ffn_up"];
+        assert_eq!(names.map(|n| of(&format!("{n}.weight"))), [Q4K, Q3K, Q3K, Q2K]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! pupil's dequantizers, written from the GGML format descriptions, agree bit for bit
 //! with candle's independent implementation on random blocks of every type the real
-//! models use.
+//! models use, and the 2–3-bit K-quants of low-bit students.
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType as CandleType};
 use candle_core::Device;
@@ -24,6 +24,8 @@ fn random_blocks(dtype: GgmlDType, n_blocks: usize, seed: u64) -> Vec<u8> {
         GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 => &[0],
         GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q4K | GgmlDType::Q5K => &[0, 2],
         GgmlDType::Q6K => &[208],
+        GgmlDType::Q3K => &[108],
+        GgmlDType::Q2K => &[80, 82],
         GgmlDType::F16 => &[0],
         _ => &[],
     };
@@ -82,6 +84,16 @@ fn q5_1() {
 fn q8_0() {
     check(GgmlDType::Q8_0, CandleType::Q8_0);
 }
+#[test]
+fn q2_k() {
+    check(GgmlDType::Q2K, CandleType::Q2K);
+}
+
+#[test]
+fn q3_k() {
+    check(GgmlDType::Q3K, CandleType::Q3K);
+}
+
 #[test]
 fn q4_k() {
     check(GgmlDType::Q4K, CandleType::Q4K);

@@ -8,7 +8,7 @@ use crate::gguf::GgmlDType;
 /// Whether pupil can compute with tensors of this type.
 pub fn is_supported(dtype: GgmlDType) -> bool {
     use GgmlDType::*;
-    matches!(dtype, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4K | Q5K | Q6K)
+    matches!(dtype, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2K | Q3K | Q4K | Q5K | Q6K)
 }
 
 #[inline]
@@ -49,6 +49,8 @@ pub fn dequantize(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
         GgmlDType::Q5_0 => blocks.for_each(|(b, y)| q5_0(b, y)),
         GgmlDType::Q5_1 => blocks.for_each(|(b, y)| q5_1(b, y)),
         GgmlDType::Q8_0 => blocks.for_each(|(b, y)| q8_0(b, y)),
+        GgmlDType::Q2K => blocks.for_each(|(b, y)| q2_k(b, y)),
+        GgmlDType::Q3K => blocks.for_each(|(b, y)| q3_k(b, y)),
         GgmlDType::Q4K => blocks.for_each(|(b, y)| q4_k(b, y)),
         GgmlDType::Q5K => blocks.for_each(|(b, y)| q5_k(b, y)),
         GgmlDType::Q6K => blocks.for_each(|(b, y)| q6_k(b, y)),
@@ -116,6 +118,42 @@ fn k_scale_min(j: usize, s: &[u8]) -> (f32, f32) {
         let sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
         let m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
         (sc as f32, m as f32)
+    }
+}
+
+/// Q2_K: 256 two-bit values in 16 sub-blocks of 16, each with a 4-bit scale (low nibble of
+/// `scales[i]`) and 4-bit minimum (high nibble) relative to the super-block's `d` and
+/// `dmin`; value = d·sc·q − dmin·m. Element `e` sits in byte `32·(e / 128) + e % 32` of
+/// `qs`, at bit `2·((e % 128) / 32)`.
+fn q2_k(b: &[u8], y: &mut [f32]) {
+    let (scales, qs) = (&b[0..16], &b[16..80]);
+    let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+    for (e, y) in y.iter_mut().enumerate() {
+        let q = (qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+        let s = scales[e / 16];
+        *y = d * (s & 0x0F) as f32 * q as f32 - dmin * (s >> 4) as f32;
+    }
+}
+
+/// The 6-bit scale of sub-block `i` (0..16) of a Q3_K super-block's 12 `scales` bytes,
+/// offset by 32: four low bits from a nibble of bytes 0–7, two high bits from bytes 8–11.
+#[inline]
+pub(crate) fn q3_k_scale(i: usize, s: &[u8]) -> i32 {
+    let low = (s[i % 8] >> (4 * (i / 8))) & 0x0F;
+    let high = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+    (low | (high << 4)) as i32 - 32
+}
+
+/// Q3_K: 256 three-bit values in 16 sub-blocks of 16 with signed 6-bit scales and one f16
+/// `d`; value = d·scale·(q − 4·(1 − h)), `q` two bits placed as in Q2_K and `h` bit
+/// `(e / 32)` of `hmask[e % 32]`.
+fn q3_k(b: &[u8], y: &mut [f32]) {
+    let (hmask, qs, scales) = (&b[0..32], &b[32..96], &b[96..108]);
+    let d = f16_at(b, 108);
+    for (e, y) in y.iter_mut().enumerate() {
+        let q = ((qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3) as i32;
+        let high = (hmask[e % 32] >> (e / 32)) & 1;
+        *y = d * q3_k_scale(e / 16, scales) as f32 * (q - if high == 0 { 4 } else { 0 }) as f32;
     }
 }
 

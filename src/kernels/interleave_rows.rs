@@ -11,10 +11,11 @@
 //! instead of pages of the map (the map's pages are handed back as each matrix is done).
 //!
 //! The layout serves the formats whose kernels read it: the 32-value block formats Q4_0,
-//! Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q4_K, Q5_K, Q6_K. Per group of eight rows and
+//! Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q4_K, Q5_K, Q6_K (Q2_K and Q3_K are laid out
+//! the same way, their trailing scales as fields, for kernels to come). Per group of eight rows and
 //! per block column (the group's blocks `i`, one per row), byte `k` of row `r`'s block
 //! moves to `8k + 2r` if it belongs to a two-byte field (a scale or minimum: the leading
-//! fields, and Q6_K's trailing scale) and to `8k + 4r` otherwise (quants, a five-bit
+//! fields, and the trailing scales of Q2_K, Q3_K and Q6_K) and to `8k + 4r` otherwise (quants, a five-bit
 //! block's high-bit word and a K-quant's packed sub-block scales, four bytes at a time):
 //! each field of the eight rows lies together, and each 32-byte run holds four bytes of
 //! every row — the columns the kernels multiply. A group occupies exactly the bytes its
@@ -43,6 +44,8 @@ macro_rules! by_shape {
             GgmlDType::Q5_0 => Some($f::<2, 22, 0>($($args),*)),
             GgmlDType::Q5_1 => Some($f::<4, 24, 0>($($args),*)),
             GgmlDType::Q8_0 => Some($f::<2, 34, 0>($($args),*)),
+            GgmlDType::Q2K => Some($f::<0, 84, 4>($($args),*)),
+            GgmlDType::Q3K => Some($f::<0, 110, 2>($($args),*)),
             GgmlDType::Q4K => Some($f::<4, 144, 0>($($args),*)),
             GgmlDType::Q5K => Some($f::<4, 176, 0>($($args),*)),
             GgmlDType::Q6K => Some($f::<0, 210, 2>($($args),*)),

@@ -129,12 +129,14 @@ pub struct SharedScale {
 }
 
 /// The weight types with an 8-bit-activation kernel.
-pub const TYPES: [GgmlDType; 8] = [
+pub const TYPES: [GgmlDType; 10] = [
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
     GgmlDType::Q5_0,
     GgmlDType::Q5_1,
     GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
     GgmlDType::Q4K,
     GgmlDType::Q5K,
     GgmlDType::Q6K,
@@ -265,6 +267,8 @@ pub fn scalar_kernel(dtype: GgmlDType) -> Option<Kernel> {
         Q5_0 => scalar!(Q5_0),
         Q5_1 => scalar!(Q5_1),
         Q8_0 => scalar!(Q8_0),
+        Q2K => scalar!(Q2K),
+        Q3K => scalar!(Q3K),
         Q4K => scalar!(Q4K),
         Q5K => scalar!(Q5K),
         Q6K => scalar!(Q6K),

@@ -4,6 +4,7 @@
 
 use half::f16;
 
+use super::super::dequant::q3_k_scale;
 use super::super::q8::Q8Block;
 use crate::gguf::GgmlDType;
 
@@ -21,6 +22,8 @@ pub fn vec_dot(dtype: GgmlDType, w: &[u8], x: &[Q8Block]) -> f32 {
         GgmlDType::Q5_0 => w.chunks_exact(ts).zip(x).map(|(b, x)| q5_0(b, x)).sum(),
         GgmlDType::Q5_1 => w.chunks_exact(ts).zip(x).map(|(b, x)| q5_1(b, x)).sum(),
         GgmlDType::Q8_0 => w.chunks_exact(ts).zip(x).map(|(b, x)| q8_0(b, x)).sum(),
+        GgmlDType::Q2K => w.chunks_exact(ts).zip(x.chunks_exact(8)).map(|(b, x)| q2_k(b, x)).sum(),
+        GgmlDType::Q3K => w.chunks_exact(ts).zip(x.chunks_exact(8)).map(|(b, x)| q3_k(b, x)).sum(),
         GgmlDType::Q4K => w.chunks_exact(ts).zip(x.chunks_exact(8)).map(|(b, x)| q4_k(b, x)).sum(),
         GgmlDType::Q5K => w.chunks_exact(ts).zip(x.chunks_exact(8)).map(|(b, x)| q5_k(b, x)).sum(),
         GgmlDType::Q6K => w.chunks_exact(ts).zip(x.chunks_exact(8)).map(|(b, x)| q6_k(b, x)).sum(),
@@ -144,6 +147,54 @@ fn q5_k(b: &[u8], x: &[Q8Block]) -> f32 {
         }
         q
     })
+}
+
+/// The two-bit weights of activation block `j` (elements `32j..32j+32`) of a Q2_K / Q3_K
+/// super-block's 64 `qs` bytes.
+#[inline]
+fn two_bits(qs: &[u8], j: usize) -> [u8; 32] {
+    let (bytes, shift) = (&qs[32 * (j / 4)..32 * (j / 4) + 32], 2 * (j % 4));
+    std::array::from_fn(|l| (bytes[l] >> shift) & 3)
+}
+
+/// `(Σ q·x over elements 0..16, over 16..32)` of one activation block.
+#[inline]
+fn dot16s(q: &[u8; 32], x: &Q8Block) -> [i32; 2] {
+    let half = |r: std::ops::Range<usize>| r.map(|l| q[l] as i32 * x.qs[l] as i32).sum();
+    [half(0..16), half(16..32)]
+}
+
+/// Q2_K: each 16 weights' scale and minimum are nibbles of `scales[i]`; the minimums
+/// multiply the activations' 16-element sums.
+fn q2_k(b: &[u8], x: &[Q8Block]) -> f32 {
+    let (scales, qs) = (&b[0..16], &b[16..80]);
+    let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+    let mut sum = 0f32;
+    for (j, xj) in x.iter().enumerate() {
+        let p = dot16s(&two_bits(qs, j), xj);
+        let (s0, s1) = (scales[2 * j], scales[2 * j + 1]);
+        let scaled = (s0 & 0x0F) as i32 * p[0] + (s1 & 0x0F) as i32 * p[1];
+        let mins = (s0 >> 4) as i32 * xj.sum16[0] as i32 + (s1 >> 4) as i32 * xj.sum16[1] as i32;
+        sum += xj.d * (d * scaled as f32 - dmin * mins as f32);
+    }
+    sum
+}
+
+/// Q3_K: two-bit weights plus a high bit (clear: subtract 4), signed 6-bit scales per 16.
+fn q3_k(b: &[u8], x: &[Q8Block]) -> f32 {
+    let (hmask, qs, scales) = (&b[0..32], &b[32..96], &b[96..108]);
+    let d = f16_at(b, 108);
+    let mut sum = 0f32;
+    for (j, xj) in x.iter().enumerate() {
+        let mut q = two_bits(qs, j);
+        // Stored with the high bit set meaning "no offset": q + 4·h is the weight + 4.
+        q.iter_mut().zip(hmask).for_each(|(q, h)| *q |= ((h >> j) & 1) << 2);
+        let p = dot16s(&q, xj);
+        let (s0, s1) = (q3_k_scale(2 * j, scales), q3_k_scale(2 * j + 1, scales));
+        let isum = s0 * (p[0] - 4 * xj.sum16[0] as i32) + s1 * (p[1] - 4 * xj.sum16[1] as i32);
+        sum += d * xj.d * isum as f32;
+    }
+    sum
 }
 
 /// Q6_K: element `p` of half `h` (`p` in 0..128) has scale `scales[8h + p/16]`; weights
