@@ -8,6 +8,7 @@
 
 use std::arch::x86_64::*;
 
+use super::super::dequant::q3_k_scale;
 use super::super::q8::Q8Block;
 use super::scalar::k_scales_mins;
 use super::{ROWS_TILE, TILE};
@@ -642,6 +643,119 @@ unsafe fn q6_k_shared_scale<M: MulSum, const T: usize>(w: &[u8], xs: [&[Q8Block]
             let offset = _mm256_madd_epi16(half_sums(xb[t]), scales);
             let net = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(offset, 5));
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb[t][0].d), _mm256_cvtepi32_ps(net), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]))
+}
+
+/// The sixteen per-16 scales of a Q2_K / Q3_K super-block as words, in the order the
+/// gathered half sums come in (words `2j`, `2j + 1` for activation block `j`), and one
+/// half's eight of them in both lanes.
+#[inline(always)]
+unsafe fn half_scales(scales: __m256i, h: usize) -> __m256i {
+    _mm256_broadcastsi128_si256(if h == 0 {
+        _mm256_castsi256_si128(scales)
+    } else {
+        _mm256_extracti128_si256(scales, 1)
+    })
+}
+
+/// 16-bit lanes shifted right by `n` (a loop's count; the immediate form needs a constant).
+#[inline(always)]
+unsafe fn shift_right(v: __m256i, n: usize) -> __m256i {
+    _mm256_srl_epi16(v, _mm_cvtsi32_si128(n as i32))
+}
+
+/// The shuffle that gives quarter `k` of a half its first sixteen weights' scale word in
+/// the low lane and its last sixteen's in the high lane.
+#[inline(always)]
+unsafe fn quarter_pick(k: usize) -> __m256i {
+    let (first, second) = ((4 * k) as i16 | ((4 * k + 1) as i16) << 8, (4 * k + 2) as i16 | ((4 * k + 3) as i16) << 8);
+    _mm256_set_m128i(_mm_set1_epi16(second), _mm_set1_epi16(first))
+}
+
+/// Decode form of Q3_K for shared-scale activations, Q6_K's scheme with three-bit
+/// weights: each weight unpacked as `q + 4` (0..7: two bits of `qs` and the `hmask` bit),
+/// its signed 6-bit scale applied in integers, the offset (4 · Σ scale · x) taken from the
+/// activations' half sums. For `T` tokens, each token's sums in the same order as alone.
+#[inline(always)]
+unsafe fn q3_k_shared_scale<M: MulSum, const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let (two, bit) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+    for (i, b) in w.chunks_exact(110).enumerate() {
+        if T == 1 {
+            prefetch_ahead(b, 110);
+        }
+        let xb: [&[Q8Block]; T] = std::array::from_fn(|t| &xs[t][8 * i..8 * i + 8]);
+        let packed: [i8; 16] = std::array::from_fn(|j| q3_k_scale(j, &b[96..108]) as i8);
+        let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(packed.as_ptr() as *const __m128i));
+        let hmask = _mm256_loadu_si256(b.as_ptr() as *const __m256i);
+        let mut sumi = [_mm256_setzero_si256(); T];
+        for h in 0..2 {
+            let words = half_scales(scales, h);
+            let qs = _mm256_loadu_si256(b.as_ptr().add(32 + 32 * h) as *const __m256i);
+            for k in 0..4 {
+                let j = 4 * h + k;
+                let low = _mm256_and_si256(shift_right(qs, 2 * k), two);
+                // hmask bit j moved to bit 2.
+                let high = _mm256_and_si256(
+                    if j < 2 {
+                        _mm256_sll_epi16(hmask, _mm_cvtsi32_si128(2 - j as i32))
+                    } else {
+                        shift_right(hmask, j - 2)
+                    },
+                    bit,
+                );
+                let q = _mm256_or_si256(low, high);
+                let scale = _mm256_shuffle_epi8(words, quarter_pick(k));
+                for t in 0..T {
+                    sumi[t] = M::add_scaled(sumi[t], _mm256_maddubs_epi16(q, load_x(&xb[t][j])), scale);
+                }
+            }
+        }
+        let d = f16_at(b, 108);
+        for t in 0..T {
+            let offset = _mm256_madd_epi16(half_sums(xb[t]), scales);
+            let net = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(offset, 2));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb[t][0].d), _mm256_cvtepi32_ps(net), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]))
+}
+
+/// Decode form of Q2_K for shared-scale activations: two-bit weights times their 4-bit
+/// scales in integers over the super-block, the 4-bit minimums times the activations'
+/// half sums likewise; one conversion each. Same bits for every `T`.
+#[inline(always)]
+unsafe fn q2_k_shared_scale<M: MulSum, const T: usize>(w: &[u8], xs: [&[Q8Block]; T]) -> [f32; T] {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let two = _mm256_set1_epi8(3);
+    for (i, b) in w.chunks_exact(84).enumerate() {
+        if T == 1 {
+            prefetch_ahead(b, 84);
+        }
+        let xb: [&[Q8Block]; T] = std::array::from_fn(|t| &xs[t][8 * i..8 * i + 8]);
+        let bytes = _mm_loadu_si128(b.as_ptr() as *const __m128i);
+        let scales = _mm256_cvtepu8_epi16(_mm_and_si128(bytes, _mm_set1_epi8(0x0F)));
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F)));
+        let mut sumi = [_mm256_setzero_si256(); T];
+        for h in 0..2 {
+            let words = half_scales(scales, h);
+            let qs = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * h) as *const __m256i);
+            for k in 0..4 {
+                let q = _mm256_and_si256(shift_right(qs, 2 * k), two);
+                let scale = _mm256_shuffle_epi8(words, quarter_pick(k));
+                for t in 0..T {
+                    sumi[t] = M::add_scaled(sumi[t], _mm256_maddubs_epi16(q, load_x(&xb[t][4 * h + k])), scale);
+                }
+            }
+        }
+        let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+        for t in 0..T {
+            let min_sum = _mm256_madd_epi16(half_sums(xb[t]), mins);
+            let xd = xb[t][0].d;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * xd), _mm256_cvtepi32_ps(min_sum), acc[t]);
         }
     }
     std::array::from_fn(|t| hsum(acc[t]))
@@ -1345,6 +1459,23 @@ macro_rules! kernels {
             }
 
             shared_scale_kernels!($mulsum, $features);
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn q2_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
+                q2_k_shared_scale::<$mulsum, 1>(w, [x])[0]
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q2_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                q2_k_shared_scale::<$mulsum, TILE>(w, tile(x, stride))
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q3_k_shared(w: &[u8], x: &[Q8Block]) -> f32 {
+                q3_k_shared_scale::<$mulsum, 1>(w, [x])[0]
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn q3_k_shared_tile(w: &[u8], x: &[Q8Block], stride: usize) -> [f32; TILE] {
+                q3_k_shared_scale::<$mulsum, TILE>(w, tile(x, stride))
+            }
 
             rows_kernel!($mulsum, $features, $lanes, q8_0_interleaved, Blocks<Q80>);
             rows_kernel!($mulsum, $features, $lanes, q4_k_interleaved, KQuant<false>);

@@ -310,9 +310,22 @@ fn x86_kernel(dtype: GgmlDType, f: Features) -> Option<Kernel> {
     if !f.avx2 {
         return None;
     }
+    // The 2–3-bit K-quants: shared-scale forms only (no re-laid rows yet), x86 only.
+    macro_rules! low_bit {
+        ($($m:ident)::+) => {{
+            use $($m)::+ as k;
+            match dtype {
+                GgmlDType::Q2K => return Some(checked_kernel!(Q2K; shared k::q2_k_shared, k::q2_k_shared_tile)),
+                GgmlDType::Q3K => return Some(checked_kernel!(Q3K; shared k::q3_k_shared, k::q3_k_shared_tile)),
+                _ => {}
+            }
+        }};
+    }
     if f.vnni {
+        low_bit!(avx2::vnni);
         simd_kernel!(avx2::vnni, dtype)
     } else {
+        low_bit!(avx2::plain);
         simd_kernel!(avx2::plain, dtype)
     }
 }
@@ -547,7 +560,7 @@ mod tests {
     fn shared_scale_kernels_equal_scalar_kernels() {
         let mut rng = Rng::new(23);
         let mut checked = 0;
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+        for dtype in [GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
             let variants: Vec<_> = simd_variants().into_iter().map(|(name, f)| (name, kernel_for(dtype, f))).collect();
             for n in [256, 512, 256 * 7] {
                 let rows = random_blocks(dtype, 8 * n, &mut rng);
