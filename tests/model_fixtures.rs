@@ -156,7 +156,7 @@ fn smollm2_perplexity_with_an_adapter_matches_llama_cpp() {
     let adapter_path = dir.join("adapter.gguf");
     let rt = Runtime::load_path(&path, 1).unwrap();
     random_adapter(&rt.model.cfg, 8, 16.0, 7, 0.15)
-        .to_gguf(&rt.model.cfg.architecture, "random")
+        .to_gguf(&rt.model.cfg.architecture, "random", pupil::gguf::GgmlDType::F32)
         .write(&adapter_path)
         .unwrap();
     drop(rt);

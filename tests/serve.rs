@@ -394,7 +394,7 @@ fn the_openai_python_client_works_against_the_server() {
     let rt = pupil::generate::Runtime::load_path(&path, 2).unwrap();
     let adapter = random_adapter(&rt.model.cfg, 8, 16.0, 3, 0.2);
     let adapter_path = dir.join("adapter.gguf");
-    adapter.to_gguf(&rt.model.cfg.architecture, "random").write(&adapter_path).unwrap();
+    adapter.to_gguf(&rt.model.cfg.architecture, "random", pupil::gguf::GgmlDType::F32).write(&adapter_path).unwrap();
     // The reference distribution: `pupil complete`, greedy, with logprobs.
     let prompt = "The three primary colors are";
     let (ok, out, err) = pupil_cli(&[

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::scratch_dir;
 use pupil::generate::Runtime;
+use pupil::gguf::GgmlDType;
 use pupil::model::{Adapter, Family, Target};
 use pupil::rng::Rng;
 use pupil::synth::{SynthModel, SynthQuant};
@@ -252,9 +253,24 @@ fn adapters_round_trip_and_apply_at_inference_as_in_training() {
     }
     let adapter = lora.adapter.clone();
     let path = dir.join("a.gguf");
-    adapter.to_gguf("llama", "test").write(&path).unwrap();
+    adapter.to_gguf("llama", "test", GgmlDType::F32).write(&path).unwrap();
     let back = Adapter::load(&path, &cfg).unwrap();
     assert_eq!(back, adapter);
+    // Stored as f16: half the tensor bytes, every value its f16 rounding.
+    let half_path = dir.join("a16.gguf");
+    adapter.to_gguf("llama", "test", GgmlDType::F16).write(&half_path).unwrap();
+    let half = Adapter::load(&half_path, &cfg).unwrap();
+    for (l, t) in (0..cfg.n_layer).flat_map(|l| Target::ALL.map(|t| (l, t))) {
+        let (Some((a, b)), Some((ha, hb))) = (adapter.pair(l, t), half.pair(l, t)) else { continue };
+        for (x, y) in a.iter().chain(b).zip(ha.iter().chain(hb)) {
+            assert_eq!(*y, half::f16::from_f32(*x).to_f32(), "layer {l} {t:?}");
+        }
+    }
+    let tensor_bytes = |p: &std::path::Path| {
+        let f = pupil::gguf::GgufFile::open(p).unwrap();
+        f.tensors().iter().map(|t| f.tensor_bytes(t).len()).sum::<usize>()
+    };
+    assert_eq!(tensor_bytes(&half_path) * 2, tensor_bytes(&path));
     let file = pupil::gguf::GgufFile::open(&path).unwrap();
     assert_eq!(file.get_str("general.type").unwrap(), Some("adapter"));
     assert_eq!(file.tensor("blk.0.attn_q.weight.lora_a").unwrap().dims, vec![32, 4]);

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{Exec, ModelArg};
 use crate::bench::memory::{memory_status, mib};
 use crate::generate::WeightLayout;
+use crate::gguf::GgmlDType;
 use crate::model::Target;
 use crate::svg::{line_chart, Series};
 use crate::targets::TargetFile;
@@ -16,6 +17,22 @@ use crate::train::checkpoint::CurvePoint;
 use crate::train::distill::{checkpoint_path, distill as run_distill, DistillConfig, DistillJob};
 use crate::train::loss::LossConfig;
 use crate::train::optim::OptimConfig;
+
+/// `distill --outtype`: the adapter file's tensor type.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Outtype {
+    F32,
+    F16,
+}
+
+impl Outtype {
+    fn dtype(self) -> GgmlDType {
+        match self {
+            Outtype::F32 => GgmlDType::F32,
+            Outtype::F16 => GgmlDType::F16,
+        }
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct DistillArgs {
@@ -28,6 +45,10 @@ pub struct DistillArgs {
     /// the learning curve to ADAPTER.svg.
     #[arg(short = 'o', long)]
     pub output: PathBuf,
+    /// How the adapter file stores its tensors: f32 (exactly as trained) or f16 (half
+    /// the size; llama.cpp's converter writes f16). The checkpoint always keeps f32.
+    #[arg(long, value_enum, default_value_t = Outtype::F32)]
+    pub outtype: Outtype,
     #[arg(long, default_value_t = 16)]
     pub rank: usize,
     #[arg(long, default_value_t = 32.0)]
@@ -183,7 +204,7 @@ pub fn distill(a: DistillArgs, exec: super::Exec) -> anyhow::Result<()> {
     outcome
         .lora
         .adapter
-        .to_gguf(&rt.model.cfg.architecture, &name)
+        .to_gguf(&rt.model.cfg.architecture, &name, a.outtype.dtype())
         .write(&a.output)
         .with_context(|| format!("writing {}", a.output.display()))?;
     let chart = curve_chart(&s.curve);

@@ -223,8 +223,14 @@ impl Adapter {
         all.filter_map(|(l, t)| self.ranges(l, t).map(|(a, b)| (l, t, a, b))).collect()
     }
 
-    /// Writes the adapter as a GGUF LoRA file for a base model of `architecture`.
-    pub fn to_gguf(&self, architecture: &str, name: &str) -> GgufWriter {
+    /// Writes the adapter as a GGUF LoRA file for a base model of `architecture`, its
+    /// tensors as `storage`: F32 (exactly what was trained) or F16 (half the size, as
+    /// llama.cpp's `convert_lora_to_gguf.py` writes by default).
+    ///
+    /// # Panics
+    /// For a `storage` other than F32 or F16.
+    pub fn to_gguf(&self, architecture: &str, name: &str, storage: GgmlDType) -> GgufWriter {
+        assert!(matches!(storage, GgmlDType::F32 | GgmlDType::F16), "adapters are stored as F32 or F16");
         let mut w = GgufWriter::new();
         w.add("general.architecture", Value::String(architecture.into()));
         w.add("general.type", Value::String("adapter".into()));
@@ -234,8 +240,10 @@ impl Adapter {
         for (layer, t, a, b) in self.tensors() {
             let (n_out, n_in) = self.shapes[t as usize];
             let base = format!("blk.{layer}.{}.weight", t.tensor());
-            w.add_f32(format!("{base}.lora_a"), &[n_in as u64, self.rank as u64], &self.values[a]);
-            w.add_f32(format!("{base}.lora_b"), &[self.rank as u64, n_out as u64], &self.values[b]);
+            for (part, dims, range) in [("a", [n_in, self.rank], a), ("b", [self.rank, n_out], b)] {
+                let bytes = crate::kernels::quantize::quantize(storage, &self.values[range]).expect("F32 or F16");
+                w.add_tensor(format!("{base}.lora_{part}"), &dims.map(|d| d as u64), storage, bytes);
+            }
         }
         w
     }
