@@ -126,6 +126,33 @@ fn tensor_offset_past_end_of_file() {
     assert_refused(&write(&dir, "o.gguf", &raw_header(1, 1, &rest)), "lies outside the file");
 }
 
+/// Where tensor `name`'s info record keeps its type id (the offset follows it).
+fn type_field(header: &[u8], name: &str) -> usize {
+    let mut record = (name.len() as u64).to_le_bytes().to_vec();
+    record.extend_from_slice(name.as_bytes());
+    let at = header.windows(record.len()).position(|w| w == record).expect("tensor info") + record.len();
+    let n_dims = u32::from_le_bytes(header[at..at + 4].try_into().unwrap()) as usize;
+    at + 4 + 8 * n_dims
+}
+
+#[test]
+fn tensors_must_follow_each_other_as_writers_lay_them_out() {
+    let dir = scratch_dir("layout");
+    // blk.0.ffn_up.weight declared Q8_0 over the F32 bytes the file holds: its data is
+    // four times the declared size, so the next tensor no longer starts where it ends.
+    let mut b = valid_model();
+    let ty = type_field(&b, "blk.0.ffn_up.weight");
+    assert_eq!(b[ty..ty + 4], 0u32.to_le_bytes(), "the synthetic model's weights are F32");
+    b[ty..ty + 4].copy_from_slice(&8u32.to_le_bytes());
+    assert_refused(&write(&dir, "retyped.gguf", &b), "tensor \"blk.0.ffn_down.weight\" starts at data offset");
+    // Two tensors over the same bytes.
+    let mut b = valid_model();
+    let (up, down) = (type_field(&b, "blk.0.ffn_up.weight") + 4, type_field(&b, "blk.0.ffn_down.weight") + 4);
+    let up_offset: [u8; 8] = b[up..up + 8].try_into().unwrap();
+    b[down..down + 8].copy_from_slice(&up_offset);
+    assert_refused(&write(&dir, "overlap.gguf", &b), "where \"blk.0.ffn_up.weight\" before it ends");
+}
+
 #[test]
 fn absurd_counts_and_lengths() {
     let dir = scratch_dir("absurd");

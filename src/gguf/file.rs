@@ -53,6 +53,12 @@ pub enum GgufError {
     TensorOutOfBounds { tensor: String, start: u64, end: u64, file_len: u64 },
     #[error("corrupt GGUF file: tensor {tensor:?} offset {offset} is not a multiple of the alignment {alignment}")]
     Misaligned { tensor: String, offset: u64, alignment: u64 },
+    #[error(
+        "corrupt GGUF file: tensor {tensor:?} starts at data offset {offset} instead of {expected}, where {previous} \
+         ends (each tensor must follow the one before it, padded to the alignment: a wrong type or shape, a gap or \
+         an overlap)"
+    )]
+    Layout { tensor: String, offset: u64, expected: u64, previous: String },
     #[error("corrupt GGUF file: general.alignment {0} must be a power of two")]
     BadAlignment(u64),
     #[error("missing metadata key {0:?}")]
@@ -420,6 +426,11 @@ fn parse(map: &Arc<Mmap>) -> Result<Header, GgufError> {
     let file_len = bytes.len() as u64;
     let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
     let mut tensors = Vec::with_capacity(raw.len());
+    // Where the next tensor must start: GGUF writers lay tensors out in the order they are
+    // listed, each padded to the alignment, and llama.cpp refuses any other layout. A
+    // tensor whose declared type or shape disagrees with the bytes written for it (say Q8_0
+    // declared over F32 data) moves every later offset, so this catches it, and overlaps.
+    let (mut expected, mut previous) = (0u64, "the header".to_string());
     for (name, dims, dtype, offset) in raw {
         let bad_shape = |why| GgufError::BadShape { tensor: name.clone(), shape: dims.clone(), why };
         let n_elements = dims
@@ -437,6 +448,11 @@ fn parse(map: &Arc<Mmap>) -> Result<Header, GgufError> {
         let end = start.and_then(|s| s.checked_add(n_bytes));
         match (start, end) {
             (Some(start), Some(end)) if end <= file_len => {
+                if offset != expected {
+                    return Err(GgufError::Layout { tensor: name, offset, expected, previous });
+                }
+                expected = (offset + n_bytes).next_multiple_of(alignment);
+                previous = format!("{name:?} before it");
                 tensors.push(TensorInfo { name, dims, dtype, data: start as usize..end as usize });
             }
             _ => {
