@@ -601,6 +601,26 @@ unsafe fn k_quant_shared<M: MulSum, const FIVE_BITS: bool, const T: usize>(w: &[
     std::array::from_fn(|t| hsum(acc[t]))
 }
 
+/// The sixteen per-16 scales of a Q2_K / Q3_K / Q6_K super-block as words, in the order the
+/// gathered half sums come in (words `2j`, `2j + 1` for activation block `j`), and one
+/// half's eight of them in both lanes.
+#[inline(always)]
+unsafe fn half_scales(scales: __m256i, h: usize) -> __m256i {
+    _mm256_broadcastsi128_si256(if h == 0 {
+        _mm256_castsi256_si128(scales)
+    } else {
+        _mm256_extracti128_si256(scales, 1)
+    })
+}
+
+/// The shuffle that gives quarter `k` of a half its first sixteen weights' scale word in
+/// the low lane and its last sixteen's in the high lane.
+#[inline(always)]
+unsafe fn quarter_pick(k: usize) -> __m256i {
+    let (first, second) = ((4 * k) as i16 | ((4 * k + 1) as i16) << 8, (4 * k + 2) as i16 | ((4 * k + 3) as i16) << 8);
+    _mm256_set_m128i(_mm_set1_epi16(second), _mm_set1_epi16(first))
+}
+
 /// Decode form of Q6_K for activations with one scale per super-block: the per-16 scales
 /// already enter in integers (`vpmaddwd`), and now the sums run over the whole super-block
 /// before one conversion.
@@ -618,19 +638,10 @@ unsafe fn q6_k_shared_scale<M: MulSum, const T: usize>(w: &[u8], xs: [&[Q8Block]
         let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(192) as *const __m128i));
         let mut sumi = [_mm256_setzero_si256(); T];
         for h in 0..2 {
-            // Both lanes hold half h's eight scale words; a shuffle then gives quarter k
-            // its first-half scale in the low lane and its second-half scale in the high.
-            let words = _mm256_broadcastsi128_si256(if h == 0 {
-                _mm256_castsi256_si128(scales)
-            } else {
-                _mm256_extracti128_si256(scales, 1)
-            });
+            let words = half_scales(scales, h);
             let quarters = q6_quarters(b, h);
             for (k, q) in quarters.into_iter().enumerate() {
-                let (first, second) =
-                    ((4 * k) as i16 | ((4 * k + 1) as i16) << 8, (4 * k + 2) as i16 | ((4 * k + 3) as i16) << 8);
-                let pick = _mm256_set_m128i(_mm_set1_epi16(second), _mm_set1_epi16(first));
-                let scale = _mm256_shuffle_epi8(words, pick);
+                let scale = _mm256_shuffle_epi8(words, quarter_pick(k));
                 for t in 0..T {
                     sumi[t] = M::add_scaled(sumi[t], _mm256_maddubs_epi16(q, load_x(&xb[t][4 * h + k])), scale);
                 }
@@ -648,30 +659,10 @@ unsafe fn q6_k_shared_scale<M: MulSum, const T: usize>(w: &[u8], xs: [&[Q8Block]
     std::array::from_fn(|t| hsum(acc[t]))
 }
 
-/// The sixteen per-16 scales of a Q2_K / Q3_K super-block as words, in the order the
-/// gathered half sums come in (words `2j`, `2j + 1` for activation block `j`), and one
-/// half's eight of them in both lanes.
-#[inline(always)]
-unsafe fn half_scales(scales: __m256i, h: usize) -> __m256i {
-    _mm256_broadcastsi128_si256(if h == 0 {
-        _mm256_castsi256_si128(scales)
-    } else {
-        _mm256_extracti128_si256(scales, 1)
-    })
-}
-
 /// 16-bit lanes shifted right by `n` (a loop's count; the immediate form needs a constant).
 #[inline(always)]
 unsafe fn shift_right(v: __m256i, n: usize) -> __m256i {
     _mm256_srl_epi16(v, _mm_cvtsi32_si128(n as i32))
-}
-
-/// The shuffle that gives quarter `k` of a half its first sixteen weights' scale word in
-/// the low lane and its last sixteen's in the high lane.
-#[inline(always)]
-unsafe fn quarter_pick(k: usize) -> __m256i {
-    let (first, second) = ((4 * k) as i16 | ((4 * k + 1) as i16) << 8, (4 * k + 2) as i16 | ((4 * k + 3) as i16) << 8);
-    _mm256_set_m128i(_mm_set1_epi16(second), _mm_set1_epi16(first))
 }
 
 /// Decode form of Q3_K for shared-scale activations, Q6_K's scheme with three-bit
